@@ -8,20 +8,29 @@ so they are differentiable and cheap.
 
 Edge convention: ``edge_index[0] = i`` (centre), ``edge_index[1] = j`` (neighbour),
 bond vector ``r_ij = pos[j] + image_offsets[e] @ lattice - pos[i]`` (Å).
+
+The neighbour search is pymatgen's compiled ``find_points_in_spheres`` (the routine behind
+``Structure.get_neighbor_list`` / ``get_all_neighbors``): no Python loop over atoms or edges.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from pymatgen.core import Structure
+from pymatgen.optimization.neighbors import find_points_in_spheres
 from torch_geometric.data import Data
 
 #: MEGNet's global state when the user gives none: two zeros.
 DEFAULT_STATE: tuple[float, ...] = (0.0, 0.0)
+
+#: pymatgen's tolerance (Å): a point closer than this to its centre is the centre itself.
+_NUMERICAL_TOL = 1e-8
+#: relative width of the nearest-neighbour shell used for isolated atoms.
+_SHELL_TOL = 1e-3
 
 
 class StructureError(ValueError):
@@ -35,11 +44,12 @@ class GraphSettings:
     Args:
         cutoff: neighbour cutoff radius in Å (default 5.0, MEGNet).
         max_neighbors: keep at most this many nearest neighbours per atom (``None`` = all
-            inside the cutoff). Bounds memory for large cells (e.g. 1,000 atoms).
-        isolated_neighbors: policy for an atom with no neighbour inside ``cutoff``: it is
-            connected (both directions) to its nearest-neighbour shell, i.e. every atom within
-            ``(1 + 1e-3)`` × the nearest distance, searched up to ``max_isolated_radius`` Å.
-        max_isolated_radius: give up (clear error) if no neighbour is found within this radius.
+            inside the cutoff). Bounds memory for large cells (e.g. 1,000 atoms): ``E <= N * k``.
+            Ties at the cap are broken by neighbour index, then image.
+        max_isolated_radius: isolated-atom policy. An atom with no neighbour inside ``cutoff``
+            is connected (both directions) to its nearest-neighbour shell, i.e. every atom within
+            ``(1 + 1e-3)`` × the nearest distance, searched up to this radius (Å); beyond it the
+            structure is rejected with :class:`StructureError`.
         state: global state vector given to every graph (MEGNet default: two zeros).
     """
 
@@ -53,10 +63,30 @@ class GraphSettings:
             raise ValueError(f"cutoff must be > 0 Å, got {self.cutoff}")
         if self.max_neighbors is not None and self.max_neighbors < 1:
             raise ValueError(f"max_neighbors must be >= 1 or None, got {self.max_neighbors}")
+        if not self.max_isolated_radius > 0:
+            raise ValueError(f"max_isolated_radius must be > 0 Å, got {self.max_isolated_radius}")
+        object.__setattr__(self, "cutoff", float(self.cutoff))
+        object.__setattr__(self, "max_isolated_radius", float(self.max_isolated_radius))
+        if self.max_neighbors is not None:
+            object.__setattr__(self, "max_neighbors", int(self.max_neighbors))
         object.__setattr__(self, "state", tuple(float(s) for s in self.state))
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class GraphArrays(NamedTuple):
+    """One crystal graph as numpy arrays (what the cache stores).
+
+    ``atomic_numbers [N]`` int64, ``pos [N, 3]`` float64 Å, ``lattice [3, 3]`` float64 Å (rows are
+    lattice vectors), ``edge_index [2, E]`` int64, ``image_offsets [E, 3]`` int64.
+    """
+
+    atomic_numbers: np.ndarray
+    pos: np.ndarray
+    lattice: np.ndarray
+    edge_index: np.ndarray
+    image_offsets: np.ndarray
 
 
 def _check_structure(structure: Structure, name: str) -> None:
@@ -68,34 +98,54 @@ def _check_structure(structure: Structure, name: str) -> None:
             f"({structure.composition.reduced_formula}); SA-GNN needs an ordered structure. "
             "Order it first (e.g. pymatgen's OrderDisorderedStructureTransformation) or drop the entry."
         )
-    if abs(structure.lattice.volume) < 1e-6:
+
+
+def _check_arrays(cart: np.ndarray, lattice: np.ndarray, name: str) -> None:
+    if cart.shape[0] == 0:
+        raise StructureError(f"{name}: structure has no sites; remove this entry.")
+    if not (np.isfinite(cart).all() and np.isfinite(lattice).all()):
+        raise StructureError(f"{name}: lattice or coordinates contain NaN/inf; check the input file.")
+    if abs(np.linalg.det(lattice)) < 1e-6:
         raise StructureError(f"{name}: lattice has zero volume; check the cell.")
 
 
-def neighbor_list(
-    structure: Structure, cutoff: float, max_neighbors: int | None = None, max_isolated_radius: float = 20.0,
+def _search(cart: np.ndarray, centres: np.ndarray, lattice: np.ndarray, pbc: np.ndarray, r: float):
+    """pymatgen's compiled sphere search with ``Structure.get_neighbor_list``'s self exclusion."""
+    c, p, img, d = find_points_in_spheres(cart, centres, r=float(r), pbc=pbc, lattice=lattice, tol=_NUMERICAL_TOL)
+    keep = ~((c == p) & (d <= _NUMERICAL_TOL)) if centres is cart else np.ones(len(d), dtype=bool)
+    return c[keep].astype(np.int64), p[keep].astype(np.int64), np.rint(img[keep]).astype(np.int64).reshape(-1, 3), d[keep]
+
+
+def neighbor_list_arrays(
+    cart_coords: np.ndarray,
+    lattice: np.ndarray,
+    cutoff: float,
+    max_neighbors: int | None = None,
+    max_isolated_radius: float = 20.0,
+    pbc: Sequence[bool] = (True, True, True),
     name: str = "structure",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Periodic neighbour list from pymatgen's compiled search (no Python loop over atoms).
+    """Periodic neighbour list from Cartesian coordinates ``[N, 3]`` (Å) and a lattice ``[3, 3]`` (Å).
 
-    Returns ``(i, j, images, distances)`` with shapes ``[E]``, ``[E]``, ``[E, 3]`` (int),
-    ``[E]`` (Å), sorted by ``(i, distance, j)``. Isolated atoms get their nearest shell (see
-    :class:`GraphSettings`).
+    Returns ``(i, j, images, distances)`` with shapes ``[E]``, ``[E]``, ``[E, 3]`` (int64),
+    ``[E]`` (Å), sorted by ``(i, distance, j)``; ``images`` are relative to the *given*
+    coordinates (no wrapping). Isolated atoms get their nearest shell (see :class:`GraphSettings`).
     """
-    centers, points, images, dists = structure.get_neighbor_list(r=cutoff, exclude_self=True)
-    centers = centers.astype(np.int64)
-    points = points.astype(np.int64)
-    images = np.rint(images).astype(np.int64).reshape(-1, 3)
-    n = len(structure)
+    cart = np.ascontiguousarray(cart_coords, dtype=np.float64)
+    lat = np.ascontiguousarray(lattice, dtype=np.float64)
+    pbc_arr = np.ascontiguousarray([int(bool(x)) for x in pbc], dtype=np.int64)
+    _check_arrays(cart, lat, name)
+    centers, points, images, dists = _search(cart, cart, lat, pbc_arr, cutoff)
+    n = cart.shape[0]
 
-    isolated = np.setdiff1d(np.arange(n), centers)
+    isolated = np.flatnonzero(np.bincount(centers, minlength=n) == 0)
     if isolated.size:
-        extra = [_nearest_shell(structure, int(a), cutoff, max_isolated_radius, name) for a in isolated]
+        extra = [_nearest_shell(cart, lat, pbc_arr, int(a), cutoff, max_isolated_radius, name) for a in isolated]
         ei = np.concatenate([e[0] for e in extra])
         ej = np.concatenate([e[1] for e in extra])
         eimg = np.concatenate([e[2] for e in extra])
         ed = np.concatenate([e[3] for e in extra])
-        # both directions so the isolated atom also sends messages; drop duplicates later
+        # both directions so the isolated atom also receives messages; drop duplicates
         centers = np.concatenate([centers, ei, ej])
         points = np.concatenate([points, ej, ei])
         images = np.concatenate([images, eimg, -eimg])
@@ -105,30 +155,80 @@ def neighbor_list(
         keep.sort()
         centers, points, images, dists = centers[keep], points[keep], images[keep], dists[keep]
 
-    order = np.lexsort((points, dists, centers))
+    order = np.lexsort((images[:, 2], images[:, 1], images[:, 0], points, dists, centers))
     centers, points, images, dists = centers[order], points[order], images[order], dists[order]
     if max_neighbors is not None and centers.size:
         # rank of each edge within its centre's (distance-sorted) run
         starts = np.searchsorted(centers, centers, side="left")
-        rank = np.arange(centers.size) - starts
-        keep = rank < max_neighbors
+        keep = (np.arange(centers.size) - starts) < max_neighbors
         centers, points, images, dists = centers[keep], points[keep], images[keep], dists[keep]
     return centers, points, images, dists
 
 
-def _nearest_shell(structure: Structure, atom: int, cutoff: float, max_radius: float, name: str):
+def neighbor_list(
+    structure: Structure, cutoff: float, max_neighbors: int | None = None, max_isolated_radius: float = 20.0,
+    name: str = "structure",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Periodic neighbour list of a pymatgen ``Structure``; see :func:`neighbor_list_arrays`.
+
+    Inside the cutoff it equals ``structure.get_all_neighbors(cutoff)`` as a set of
+    ``(i, j, image)`` with the same distances.
+    """
+    return neighbor_list_arrays(
+        structure.cart_coords, structure.lattice.matrix, cutoff, max_neighbors, max_isolated_radius,
+        pbc=structure.pbc, name=name,
+    )
+
+
+def _nearest_shell(cart, lat, pbc, atom: int, cutoff: float, max_radius: float, name: str):
     radius = cutoff
     while radius < max_radius:
         radius = min(2 * radius, max_radius)
-        c, p, img, d = structure.get_neighbor_list(r=radius, sites=[structure[atom]], exclude_self=True)
+        _, p, img, d = _search(cart, cart[atom : atom + 1], lat, pbc, radius)
+        self_pair = (p == atom) & (d <= _NUMERICAL_TOL)
+        p, img, d = p[~self_pair], img[~self_pair], d[~self_pair]
         if len(d):
-            shell = d <= d.min() * (1 + 1e-3)
+            shell = d <= d.min() * (1 + _SHELL_TOL)
             m = int(shell.sum())
-            return (np.full(m, atom, dtype=np.int64), p[shell].astype(np.int64),
-                    np.rint(img[shell]).astype(np.int64).reshape(-1, 3), d[shell])
+            return np.full(m, atom, dtype=np.int64), p[shell], img[shell], d[shell]
     raise StructureError(
-        f"{name}: atom {atom} ({structure[atom].species_string}) has no neighbour within "
-        f"{max_radius} Å; the cell is probably wrong (check lattice units)."
+        f"{name}: atom {atom} has no neighbour within {max(max_radius, cutoff)} Å; the cell is probably "
+        "wrong (check lattice units) or raise GraphSettings.max_isolated_radius."
+    )
+
+
+def graph_arrays(
+    atomic_numbers: np.ndarray, cart_coords: np.ndarray, lattice: np.ndarray, settings: GraphSettings,
+    pbc: Sequence[bool] = (True, True, True), name: str = "structure",
+) -> GraphArrays:
+    """Graph of an ordered crystal given as arrays (Z ``[N]``, Cartesian ``[N, 3]`` Å, lattice ``[3, 3]`` Å)."""
+    cart = np.array(cart_coords, dtype=np.float64).reshape(-1, 3)  # copies: pymatgen's arrays are read-only
+    lat = np.array(lattice, dtype=np.float64).reshape(3, 3)
+    i, j, images, _ = neighbor_list_arrays(
+        cart, lat, settings.cutoff, settings.max_neighbors, settings.max_isolated_radius, pbc=pbc, name=name
+    )
+    return GraphArrays(np.asarray(atomic_numbers, dtype=np.int64), cart, lat, np.stack([i, j]), images)
+
+
+def structure_graph_arrays(structure: Structure, settings: GraphSettings, name: str = "structure") -> GraphArrays:
+    """:func:`graph_arrays` of a pymatgen ``Structure`` (checks it is non-empty and ordered)."""
+    _check_structure(structure, name)
+    return graph_arrays(
+        np.array(structure.atomic_numbers), structure.cart_coords, structure.lattice.matrix, settings,
+        pbc=structure.pbc, name=name,
+    )
+
+
+def arrays_to_data(arrays: GraphArrays, state: Sequence[float] = DEFAULT_STATE) -> Data:
+    """Wrap :class:`GraphArrays` as a PyG ``Data`` with the dtypes of :func:`structure_to_graph`."""
+    return Data(
+        atomic_numbers=torch.as_tensor(arrays.atomic_numbers, dtype=torch.long),
+        pos=torch.as_tensor(arrays.pos, dtype=torch.float64),
+        lattice=torch.as_tensor(arrays.lattice, dtype=torch.float64).reshape(1, 3, 3),
+        edge_index=torch.as_tensor(arrays.edge_index, dtype=torch.long),
+        image_offsets=torch.as_tensor(arrays.image_offsets, dtype=torch.long),
+        state=torch.tensor([tuple(state)], dtype=torch.float32),
+        num_nodes=int(arrays.atomic_numbers.shape[0]),
     )
 
 
@@ -154,24 +254,18 @@ def structure_to_graph(
         ``Data`` with ``atomic_numbers [N]`` (long), ``pos [N, 3]`` (float64, Å),
         ``lattice [1, 3, 3]`` (float64, Å, rows are lattice vectors), ``edge_index [2, E]`` (long),
         ``image_offsets [E, 3]`` (long), ``state [1, S]`` (float32), ``num_nodes = N``.
+
+    Raises:
+        StructureError: empty, disordered, non-finite or zero-volume structure, or an atom with no
+            neighbour within ``max_isolated_radius``.
     """
-    _check_structure(structure, name)
-    i, j, images, _ = neighbor_list(structure, cutoff, max_neighbors, max_isolated_radius, name)
-    state = DEFAULT_STATE if state is None else tuple(state)
-    return Data(
-        atomic_numbers=torch.as_tensor(structure.atomic_numbers, dtype=torch.long),
-        pos=torch.tensor(np.array(structure.cart_coords), dtype=torch.float64),
-        lattice=torch.tensor(np.array(structure.lattice.matrix), dtype=torch.float64).unsqueeze(0),
-        edge_index=torch.from_numpy(np.stack([i, j])),
-        image_offsets=torch.from_numpy(images),
-        state=torch.tensor([state], dtype=torch.float32),
-        num_nodes=len(structure),
+    settings = GraphSettings(
+        cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius,
+        state=DEFAULT_STATE if state is None else tuple(state),
     )
+    return graph_from_settings(structure, settings, name=name)
 
 
 def graph_from_settings(structure: Structure, settings: GraphSettings, name: str = "structure") -> Data:
     """:func:`structure_to_graph` with a :class:`GraphSettings`."""
-    return structure_to_graph(
-        structure, cutoff=settings.cutoff, max_neighbors=settings.max_neighbors, state=settings.state,
-        max_isolated_radius=settings.max_isolated_radius, name=name,
-    )
+    return arrays_to_data(structure_graph_arrays(structure, settings, name), settings.state)

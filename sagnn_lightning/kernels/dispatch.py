@@ -21,7 +21,11 @@ def triton_available() -> bool:
 
 
 def resolve_backend(backend: Backend, device_type: str) -> str:
-    """``"auto"`` → ``"triton"`` on CUDA when Triton imports, else ``"torch"``."""
+    """``"auto"`` → ``"triton"`` on CUDA when Triton imports, else ``"torch"``.
+
+    :func:`varlen_attention` further sends ``"auto"`` to torch for inputs the kernel does not take
+    (float64, head_dim > 128).
+    """
     if backend == "torch":
         return "torch"
     if backend == "triton":
@@ -51,7 +55,9 @@ def varlen_attention(
         ``(total, heads, head_dim)``.
     """
     if resolve_backend(backend, q.device.type) == "triton":
-        from sagnn_lightning.kernels.triton_attention import varlen_attention_triton
+        from sagnn_lightning.kernels.triton_attention import supports, varlen_attention_triton
 
-        return varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)
+        # "auto" falls back to torch for what the kernel does not take (float64, head_dim > 128)
+        if backend == "triton" or supports(q):
+            return varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)
     return varlen_attention_padded(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)

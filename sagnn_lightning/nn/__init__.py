@@ -1,0 +1,14 @@
+"""Neural-network layers: scatter ops, distance basis, MEGNet block, atom self-attention, readout."""
+
+from sagnn_lightning.nn.attention import AtomSelfAttention
+from sagnn_lightning.nn.basis import GaussianExpansion
+from sagnn_lightning.nn.geometry import bond_lengths, bond_vectors
+from sagnn_lightning.nn.megnet_block import MEGNetBlock, ShiftedSoftplus, make_activation, mlp
+from sagnn_lightning.nn.readout import MEGNetReadout, Set2Set
+from sagnn_lightning.nn.scatter import scatter_max, scatter_mean, scatter_softmax, scatter_sum, torch_scatter_available
+
+__all__ = [
+    "AtomSelfAttention", "GaussianExpansion", "MEGNetBlock", "MEGNetReadout", "Set2Set", "ShiftedSoftplus",
+    "bond_lengths", "bond_vectors", "make_activation", "mlp", "scatter_max", "scatter_mean", "scatter_softmax",
+    "scatter_sum", "torch_scatter_available",
+]

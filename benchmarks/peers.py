@@ -1,0 +1,269 @@
+"""Training speed and memory of SA-GNN against the peers users actually run.
+
+Same machine, same real crystals, same batches, one process, models taking turns over several rounds
+(single runs on a 2-core CPU vary by ±20 %): crystals/s for forward + backward, the median over rounds.
+
+Peers:
+- matgl 4.1.2 ``MEGNet`` (PyG backend), fed our periodic edges as ``pbc_offshift``;
+- PyTorch Geometric ``SchNet`` with its ``interaction_graph`` replaced by our periodic edges (its own
+  ``radius_graph`` needs pyg-lib and ignores periodicity);
+- a CGCNN built from PyG's ``CGConv`` (Xie & Grossman 2018: 64 features, 3 convolutions, 41 Gaussians, mean pool).
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` per model in-process; on CPU, peak RSS growth of
+a fresh subprocess per model (a process-wide peak cannot be split between models on the CPU).
+
+Also: cost vs crystal size (perovskite supercells, 5 → 200 atoms per cell).
+
+Run:  python benchmarks/peers.py --data ../shared/data/matbench/matbench_phonons.json.gz --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from sagnn_lightning.data import collate_graphs, structure_to_graph
+from sagnn_lightning.data.sources import read_structures
+from sagnn_lightning.models import SAGNN
+from sagnn_lightning.nn.geometry import bond_lengths, bond_vectors
+
+CUTOFF = 5.0
+
+
+# ----------------------------------------------------------------------------------- peers
+class CGCNN(nn.Module):
+    """CGCNN (Xie & Grossman, PRL 2018) from PyG's ``CGConv``: embedding → 3 × CGConv → mean pool → MLP."""
+
+    def __init__(self, channels: int = 64, num_gaussians: int = 41, num_convs: int = 3, hidden: int = 128) -> None:
+        super().__init__()
+        from torch_geometric.nn import CGConv
+
+        from sagnn_lightning.nn.basis import GaussianExpansion
+
+        self.embedding = nn.Embedding(101, channels)
+        self.expansion = GaussianExpansion(0.0, CUTOFF, num_gaussians, CUTOFF / (num_gaussians - 1))
+        self.convs = nn.ModuleList(CGConv(channels, dim=num_gaussians, batch_norm=True) for _ in range(num_convs))
+        self.head = nn.Sequential(nn.Linear(channels, hidden), nn.Softplus(), nn.Linear(hidden, 1))
+
+    def forward(self, batch) -> torch.Tensor:
+        from torch_geometric.nn import global_mean_pool
+
+        d = bond_lengths(batch.pos.float(), batch.lattice, batch.edge_index, batch.image_offsets, batch.batch)
+        edge_attr = self.expansion(d)
+        x = self.embedding(batch.atomic_numbers)
+        flow = batch.edge_index.flip(0)  # PyG messages flow edge_index[0] → edge_index[1]
+        for conv in self.convs:
+            x = nn.functional.softplus(conv(x, flow, edge_attr))
+        return self.head(global_mean_pool(x, batch.batch, size=batch.num_graphs))
+
+
+class SchNetPeriodic(nn.Module):
+    """PyG ``SchNet`` (its defaults) with our periodic edges as its interaction graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch_geometric.nn.models import SchNet
+
+        self._edges: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.schnet = SchNet(cutoff=CUTOFF, interaction_graph=self._interaction_graph)
+
+    def _interaction_graph(self, pos, batch):
+        return self._edges
+
+    def forward(self, batch) -> torch.Tensor:
+        pos = batch.pos.float()
+        d = bond_lengths(pos, batch.lattice, batch.edge_index, batch.image_offsets, batch.batch)
+        self._edges = (batch.edge_index.flip(0), d)
+        return self.schnet(batch.atomic_numbers, pos, batch.batch)
+
+
+class MatglMEGNet(nn.Module):
+    """matgl's PyG ``MEGNet`` with MEGNet's published sizes, fed our periodic edges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from matgl.models import MEGNet
+
+        from sagnn_lightning.nn.basis import GaussianExpansion
+
+        self.megnet = MEGNet(dim_node_embedding=16, dim_edge_embedding=100, dim_state_embedding=2, nblocks=3,
+                             hidden_layer_sizes_input=(64, 32), hidden_layer_sizes_conv=(64, 64, 32),
+                             hidden_layer_sizes_output=(32, 16), cutoff=CUTOFF, gauss_width=0.5)
+        self.num_types = len(self.megnet.element_types)
+
+    def forward(self, batch) -> torch.Tensor:
+        from types import SimpleNamespace
+
+        pos = batch.pos.float()
+        shift = bond_vectors(pos, batch.lattice, batch.edge_index, batch.image_offsets, batch.batch) \
+            - (pos[batch.edge_index[1]] - pos[batch.edge_index[0]])
+        # element index into matgl's element list (our atomic numbers are all within it for these data)
+        node_type = (batch.atomic_numbers - 1).clamp(max=self.num_types - 1)
+        g = SimpleNamespace(node_type=node_type, pos=pos, edge_index=batch.edge_index, pbc_offshift=shift,
+                            batch=batch.batch, num_graphs=batch.num_graphs)
+        state = torch.zeros(batch.num_graphs, 2)
+        return self.megnet(g, state_attr=state)
+
+
+def make_models() -> dict[str, Callable[[], nn.Module]]:
+    return {
+        "sagnn_mhsa8": lambda: SAGNN(heads=8, attention="last"),
+        "sagnn_no_mhsa": lambda: SAGNN(attention="none"),
+        "matgl_megnet": MatglMEGNet,
+        "pyg_schnet": SchNetPeriodic,
+        "pyg_cgcnn": CGCNN,
+    }
+
+
+# ----------------------------------------------------------------------------------- timing
+def load_batches(path: Path, batch_size: int, num_batches: int) -> list:
+    table = read_structures(path)
+    n = min(len(table.ids), batch_size * num_batches)
+    graphs = [structure_to_graph(table.structures[i], cutoff=CUTOFF, name=table.ids[i]) for i in range(n)]
+    return [collate_graphs(graphs[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def fwd_bwd(model: nn.Module, batches: list) -> float:
+    """Seconds for forward + backward over all batches."""
+    start = time.perf_counter()
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        model(batch).float().pow(2).mean().backward()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def speed(batches: list, rounds: int, names: list[str]) -> dict[str, dict]:
+    torch.manual_seed(0)
+    factories = make_models()
+    models = {name: factories[name]() for name in names}
+    crystals = sum(b.num_graphs for b in batches)
+    for m in models.values():
+        fwd_bwd(m, batches[:1])  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            times[name].append(fwd_bwd(models[name], batches))
+    return {
+        name: {
+            "params": sum(p.numel() for p in models[name].parameters()),
+            "crystals_per_s": crystals / statistics.median(times[name]),
+            "spread": (max(times[name]) - min(times[name])) / statistics.median(times[name]),
+        }
+        for name in names
+    }
+
+
+def peak_memory_subprocess(name: str, data: Path, batch_size: int, num_batches: int) -> float:
+    """Peak RSS growth (MiB) of one model's forward+backward, in a fresh process."""
+    code = (
+        "import resource, sys, torch; sys.path.insert(0, %r);"
+        "import peers; from pathlib import Path;"
+        "b = peers.load_batches(Path(%r), %d, %d); m = peers.make_models()[%r]();"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; peers.fwd_bwd(m, b);"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
+    ) % (str(Path(__file__).parent), str(data), batch_size, num_batches, name)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def size_scaling(rounds: int) -> list[dict]:
+    """Forward+backward cost vs atoms per cell, on supercells of one real perovskite."""
+    from pymatgen.core import Structure
+
+    table = read_structures(Path(__file__).resolve().parents[1] / "sagnn_lightning/data/samples/mp_abx3_perovskites.csv.gz")
+    base = table.structures[0]
+    rows = []
+    for scale in [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (4, 2, 2), (4, 4, 2), (5, 4, 2)]:
+        s: Structure = base * scale
+        batch = collate_graphs([structure_to_graph(s, cutoff=CUTOFF)] * 8)
+        for name in ("sagnn_mhsa8", "sagnn_no_mhsa", "matgl_megnet"):
+            torch.manual_seed(0)
+            m = make_models()[name]()
+            fwd_bwd(m, [batch])
+            t = statistics.median(fwd_bwd(m, [batch]) for _ in range(rounds))
+            rows.append({"model": name, "atoms_per_cell": len(s), "edges_per_cell": batch.edge_index.shape[1] // 8,
+                         "ms_per_crystal": 1e3 * t / 8})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/matbench/matbench_phonons.json.gz")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-batches", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-scaling", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    batches = load_batches(args.data, args.batch_size, args.num_batches)
+    names = list(make_models())
+    results = speed(batches, args.rounds, names)
+    if not args.skip_memory:
+        for name in names:
+            results[name]["peak_rss_mib"] = peak_memory_subprocess(name, args.data, args.batch_size, args.num_batches)
+    ref = results["matgl_megnet"]["crystals_per_s"]
+    print(f"{len(batches)} batches × {args.batch_size} crystals from {args.data.name}, {args.rounds} rounds, "
+          f"{torch.get_num_threads()} threads, device cpu")
+    print(f"{'model':16s} {'params':>9s} {'crystals/s':>11s} {'vs matgl':>9s} {'spread':>7s} {'peak MiB':>9s}")
+    for name, r in results.items():
+        print(f"{name:16s} {r['params']:9d} {r['crystals_per_s']:11.1f} {r['crystals_per_s'] / ref:8.2f}x "
+              f"{r['spread']:6.0%} {r.get('peak_rss_mib', float('nan')):9.1f}")
+    _write_csv(args.out / "peers_speed.csv", [{"model": k, **v} for k, v in results.items()])
+    if not args.skip_scaling:
+        rows = size_scaling(args.rounds)
+        _write_csv(args.out / "peers_size_scaling.csv", rows)
+        _plot(rows, args.out / "peers_size_scaling.png")
+        for row in rows:
+            print(f"{row['model']:16s} atoms/cell {row['atoms_per_cell']:4d}  {row['ms_per_crystal']:8.2f} ms/crystal")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name in sorted({r["model"] for r in rows}):
+        pts = [(r["atoms_per_cell"], r["ms_per_crystal"]) for r in rows if r["model"] == name]
+        ax.loglog(*zip(*pts), marker="o", label=name)
+    ax.set_xlabel("atoms per cell")
+    ax.set_ylabel("fwd+bwd ms per crystal (CPU)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

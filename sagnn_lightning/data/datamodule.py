@@ -1,0 +1,330 @@
+"""Shared machinery of the graph DataModules: target checks, cached graphs, splits, loaders, statistics.
+
+Subclasses (:class:`~sagnn_lightning.data.matbench.MatbenchDataModule`,
+:class:`~sagnn_lightning.data.crystal.CrystalDataModule`) only say how to read their rows, how to
+fingerprint them and how to split them (by sample id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from sagnn_lightning.data.batch import collate_graphs
+from sagnn_lightning.data.dataset import SkippedItem
+from sagnn_lightning.data.graph import GraphSettings
+from sagnn_lightning.data.sources import DataFormatError, Table
+
+log = logging.getLogger(__name__)
+
+TaskType = Literal["regression", "classification"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+ROWS_FORMAT = 1  # bump when readers change ids/targets of an unchanged file
+_MAX_LISTED = 20
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    """Graph cache folder: ``cache_dir`` if given, else ``$SAGNN_CACHE_DIR``, else
+    ``platformdirs.user_cache_dir("sagnn_lightning")/graphs`` (read when called, never at import)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    from sagnn_lightning.data.cache import default_cache_dir
+
+    return default_cache_dir()
+
+
+def format_skipped(items: Sequence[Any], total: int) -> str:
+    """``"skipped 3 of 636 rows: id (reason); ..."`` listing at most 20."""
+    listed = "; ".join(f"{s.sample_id} ({s.reason})" for s in items[:_MAX_LISTED])
+    more = f"; ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"skipped {len(items)} of {total} rows: {listed}{more}"
+
+
+def check_targets(table: Table, on_error: str, task_type: TaskType) -> tuple[Table, list[SkippedItem]]:
+    """Reject NaN/inf targets (and non-0/1 classification labels), naming the row ids.
+
+    Returns the table without bad rows and the list of skipped rows (``on_error="skip"``).
+    """
+    bad_rows: dict[int, str] = {}
+    t = table.targets
+    finite = np.isfinite(t)
+    for r in np.flatnonzero(~finite.all(axis=1)):
+        cols = [table.target_names[k] for k in np.flatnonzero(~finite[r])]
+        values = ", ".join(str(t[r, table.target_names.index(c)]) for c in cols)
+        bad_rows[int(r)] = f"target {', '.join(cols)} is {values}"
+    if task_type == "classification":
+        for r in np.flatnonzero((finite & ~np.isin(t, (0.0, 1.0))).any(axis=1)):
+            bad_rows.setdefault(int(r), f"classification target must be 0/1 or true/false, got {t[r].tolist()}")
+    if not bad_rows:
+        return table, []
+    skipped = [SkippedItem(table.ids[r], reason) for r, reason in sorted(bad_rows.items())]
+    if on_error != "skip":
+        ids = [s.sample_id for s in skipped]
+        raise DataFormatError(
+            f"{table.source}: {len(skipped)} row(s) with invalid targets, e.g. "
+            f"{'; '.join(f'{s.sample_id}: {s.reason}' for s in skipped[:5])} (ids: {ids[:_MAX_LISTED]}). "
+            "Fix or remove these rows, or pass on_error='skip' to leave them out."
+        )
+    keep = np.setdiff1d(np.arange(len(table)), np.fromiter(bad_rows, dtype=np.int64))
+    return table.subset(keep), skipped
+
+
+class GraphDataModule(pl.LightningDataModule):
+    """Base class: rows → graph cache → id-based splits → loaders.
+
+    Subclasses implement :meth:`_read_table` (rows, unchecked), :meth:`_fingerprint`,
+    :meth:`_split_ids` (``{"train": ids, "val": ids, "test": ids | None}``) and ``task_type``.
+    """
+
+    task_type: TaskType
+
+    def __init__(
+        self,
+        *,
+        cutoff: float = 5.0,
+        max_neighbors: int | None = None,
+        batch_size: int = 128,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        graph_workers: int = 0,
+        cache_dir: str | None = None,
+        on_error: str = "raise",
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.settings = GraphSettings(cutoff=cutoff, max_neighbors=max_neighbors)
+        self.cutoff, self.max_neighbors = cutoff, max_neighbors
+        self.batch_size = batch_size
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.graph_workers = graph_workers
+        self.cache_dir = resolve_cache_dir(cache_dir)
+        self.on_error = on_error
+        self.progress = progress
+        self._table: Table | None = None
+        self._fingerprint_value: str | None = None
+        self.file_ids: list[str] = []
+        self._ids: dict[str, list[str] | None] | None = None
+        self._stats: tuple[list[float], list[float]] | None = None
+        self._graphs: Any = None
+        self.skipped: list[SkippedItem] = []  # rows left out in skip mode: (sample_id, reason)
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+
+    # ---------------------------------------------------------------- subclass hooks
+    def _read_table(self) -> Table:
+        raise NotImplementedError
+
+    def _fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def _split_ids(self, table: Table) -> dict[str, list[str] | None]:
+        raise NotImplementedError
+
+    def _missing_split_message(self, split: str) -> str:
+        return f"no {split} split"
+
+    # ---------------------------------------------------------------- rows, splits, statistics
+    @property
+    def fingerprint(self) -> str:
+        """Content fingerprint of the data source (sha256 of the file bytes + column choices), memoized."""
+        if self._fingerprint_value is None:
+            self._fingerprint_value = self._fingerprint()
+        return self._fingerprint_value
+
+    @property
+    def table(self) -> Table:
+        """Checked rows (NaN/inf targets removed in skip mode); read once, lazily.
+
+        Ids and targets are also kept in a small index beside the graph cache
+        (``<cache_dir>/rows/v<format>-<fingerprint>.npz``), so a later run with cached graphs never parses the
+        structures again (``table.structures`` is then ``None`` until a graph build needs them).
+        """
+        if self._table is None:
+            table = self._load_rows()
+            self.file_ids = list(table.ids)
+            table, skipped = check_targets(table, self.on_error, self.task_type)
+            if len(table) == 0:
+                raise DataFormatError(f"{table.source}: no usable rows left; {format_skipped(skipped, len(skipped))}.")
+            self._table, self.skipped = table, list(skipped)
+            if skipped:
+                log.warning("%s: %s", table.source, format_skipped(skipped, len(table) + len(skipped)))
+        return self._table
+
+    def _rows_path(self) -> Path:
+        return self.cache_dir / "rows" / f"v{ROWS_FORMAT}-{self.fingerprint}.npz"
+
+    def _load_rows(self) -> Table:
+        path = self._rows_path()
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    ids, targets = z["ids"].tolist(), np.array(z["targets"], dtype=np.float64)
+                if targets.shape == (len(ids), len(meta["target_names"])):
+                    return Table(ids=ids, structures=None, targets=targets, target_names=meta["target_names"],
+                                 source=Path(meta["source"]), extra=meta["extra"])
+                log.warning("%s: inconsistent row index; re-reading the data", path)
+            except Exception as err:  # truncated / foreign file: just re-read the data
+                log.warning("%s: unreadable row index (%s); re-reading the data", path, err)
+        table = self._read_table()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            meta = {"target_names": table.target_names, "source": str(table.source), "extra": table.extra}
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
+                np.savez(fh, ids=np.array(table.ids, dtype=str), targets=table.targets, meta=np.array(json.dumps(meta)))
+            os.replace(fh.name, path)
+        except OSError as err:  # a read-only cache dir only costs a re-parse next time
+            log.warning("could not write row index %s (%s)", path, err)
+        return table
+
+    def _structures_for(self, table: Table) -> list[Any]:
+        """Raw structure inputs of ``table``'s rows, re-reading the source if only the index was loaded."""
+        if table.structures is not None:
+            return table.structures
+        raw = self._read_table()
+        position = {sid: k for k, sid in enumerate(raw.ids)}
+        return [raw.structures[position[i]] for i in table.ids]
+
+    @property
+    def split_ids(self) -> dict[str, list[str] | None]:
+        """Sample ids of each split (before structure errors are skipped); ``test`` may be ``None``."""
+        if self._ids is None:
+            ids = self._split_ids(self.table)
+            if not ids["train"]:
+                raise DataFormatError(f"{self.table.source}: the training split is empty; add rows or lower "
+                                      "val_fraction/test_fraction.")
+            self._ids = ids
+        return self._ids
+
+    @property
+    def target_names(self) -> list[str]:
+        return list(self.table.target_names)
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.target_names)
+
+    def _compute_stats(self) -> tuple[list[float], list[float]]:
+        if self._stats is None:
+            if self.task_type == "classification":
+                self._stats = ([0.0] * self.num_targets, [1.0] * self.num_targets)
+            else:
+                row = {sid: r for r, sid in enumerate(self.table.ids)}
+                train = self.table.targets[[row[i] for i in self.split_ids["train"]]]
+                mean = train.mean(axis=0)
+                std = train.std(axis=0)
+                std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+                self._stats = (mean.tolist(), std.tolist())
+        return self._stats
+
+    @property
+    def target_mean(self) -> list[float]:
+        """Per-target mean over the training split (0 for classification)."""
+        return self._compute_stats()[0]
+
+    @property
+    def target_std(self) -> list[float]:
+        """Per-target standard deviation over the training split (population; 1 for classification)."""
+        return self._compute_stats()[1]
+
+    # ---------------------------------------------------------------- graphs
+    def graph_dataset(self) -> Any:
+        """The cached :class:`GraphDataset` of every usable row (built on a cache miss)."""
+        if self._graphs is None:
+            from sagnn_lightning.data.cache import load_or_build_graphs
+
+            table = self.table
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            graphs = load_or_build_graphs(
+                self.cache_dir, self.fingerprint, table.ids, lambda: self._structures_for(table),
+                table.targets.astype(np.float64), self.settings, num_workers=self.graph_workers,
+                on_error=self.on_error, progress=self.progress,
+            )
+            cache_skipped = list(getattr(graphs, "skipped", []) or [])
+            if cache_skipped and self.on_error != "skip":
+                raise DataFormatError(
+                    f"{table.source}: {format_skipped(cache_skipped, len(table))} while building graphs; "
+                    "fix these entries or pass on_error='skip'."
+                )
+            if cache_skipped:
+                log.warning("%s: %s", table.source, format_skipped(cache_skipped, len(table)))
+                self.skipped = self.skipped + cache_skipped
+            if len(graphs) == 0:
+                raise DataFormatError(
+                    f"{table.source}: no usable structures; {format_skipped(self.skipped, len(table))}.")
+            table.structures = None  # graphs are on disk now; free the raw inputs
+            self._graphs = graphs
+        return self._graphs
+
+    def prepare_data(self) -> None:
+        """Build the graph cache once (rank 0); ``setup`` then finds it."""
+        self.graph_dataset()
+
+    def _subset(self, split: str) -> Dataset | None:
+        ids = self.split_ids[split]
+        if ids is None:
+            return None
+        graphs = self.graph_dataset()
+        position = {sid: k for k, sid in enumerate(graphs.sample_ids)}
+        return Subset(graphs, [position[i] for i in ids if i in position])
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the split datasets.
+
+        ``fit`` → train + val; ``validate`` → val; ``test``/``predict`` → test; ``None`` → all.
+        """
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
+            stage or "", SPLITS)
+        for split in wanted:
+            if split == "test" and self.split_ids["test"] is None:
+                if stage in ("test", "predict"):
+                    raise DataFormatError(self._missing_split_message("test"))
+                continue
+            subset = self._subset(split)
+            if split == "train" and subset is not None and len(subset) == 0:
+                raise DataFormatError(f"{self.table.source}: no training structures left; "
+                                      f"{format_skipped(self.skipped, len(self.table))}.")
+            setattr(self, f"{split}_dataset", subset)
+
+    # ---------------------------------------------------------------- loaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = getattr(self, f"{split}_dataset")
+        if dataset is None:
+            if split == "test" and self.split_ids["test"] is None:
+                raise DataFormatError(self._missing_split_message("test"))
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+            dataset = getattr(self, f"{split}_dataset")
+        generator = torch.Generator().manual_seed(self.split_seed) if shuffle else None
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+            collate_fn=collate_graphs, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split (predictions are what matbench records)."""
+        return self._loader("test", shuffle=False)

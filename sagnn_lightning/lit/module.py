@@ -1,0 +1,252 @@
+"""``SAGNNModule``: the LightningModule that trains an :class:`~sagnn_lightning.models.sagnn.SAGNN`.
+
+Regression: the network predicts *standardised* targets ``(y - mean) / std`` (training-split
+statistics, linked from the DataModule by the CLI); the loss (L1 or MSE) is computed in those
+units, everything returned or logged (predictions, MAE/RMSE/R²) is in real units.
+
+Binary classification: the network predicts logits; the loss is BCE-with-logits; ROC-AUC and
+accuracy (threshold 0.5 on the probability) are logged.
+
+Targets may contain NaN (multitask data with missing labels): those entries are left out of the
+loss and of the metrics.
+
+Logged keys (``stage`` in ``train``/``val``/``test``): ``{stage}/loss`` and, per stage,
+``{stage}/mae``, ``{stage}/rmse``, ``{stage}/r2`` (regression) or ``{stage}/auroc``,
+``{stage}/accuracy`` (classification). With several targets the plain key is the mean over targets
+and ``{stage}/<metric>_<target name>`` is logged for each target. Everything is logged per epoch with
+``batch_size=num_graphs`` and synchronised across DDP processes (torchmetrics states are reduced
+before ``compute``; the loss with ``sync_dist=True``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+
+from sagnn_lightning.models.sagnn import SAGNN
+
+TaskType = Literal["regression", "classification"]
+LossName = Literal["l1", "mse"]
+STAGES: tuple[str, ...] = ("train", "val", "test")
+
+#: metric used to pick the best checkpoint, and whether larger is better
+MONITOR: dict[str, tuple[str, str]] = {"regression": ("val/mae", "min"), "classification": ("val/auroc", "max")}
+
+
+class SAGNNModule(pl.LightningModule):
+    """Train / evaluate / predict with an SA-GNN.
+
+    Args:
+        model: the network, ``forward(batch) -> [B, T]`` (default: ``SAGNN()`` with its defaults).
+            From YAML: ``model: {class_path: sagnn_lightning.models.SAGNN, init_args: {...}}``; the CLI
+            sets ``num_targets`` from the DataModule.
+        task_type: ``"regression"`` or ``"classification"`` (binary, targets 0/1); set by the CLI
+            from the DataModule.
+        target_mean: per-target training mean ``[T]`` in real units (regression; default 0).
+        target_std: per-target training standard deviation ``[T]`` (regression; default 1).
+        target_names: ``T`` names used in metric keys and prediction columns (default ``target_<k>``).
+        loss: ``"l1"`` (default, matbench's MAE) or ``"mse"``; regression only.
+        optimizer: optimizer factory ``params -> Optimizer`` (default ``torch.optim.Adam``, lr 1e-3).
+        scheduler: LR scheduler factory ``optimizer -> scheduler`` or ``None`` (constant LR, default).
+            ``ReduceLROnPlateau`` monitors ``val/loss``; other schedulers step once per epoch.
+    """
+
+    def __init__(
+        self,
+        model: SAGNN | None = None,
+        task_type: TaskType = "regression",
+        target_mean: Sequence[float] | None = None,
+        target_std: Sequence[float] | None = None,
+        target_names: Sequence[str] | None = None,
+        loss: LossName = "l1",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if task_type not in ("regression", "classification"):
+            raise ValueError(f"SAGNNModule: task_type must be 'regression' or 'classification', got {task_type!r}")
+        if loss not in ("l1", "mse"):
+            raise ValueError(f"SAGNNModule: unknown loss {loss!r}; use 'l1' (mean absolute error) or 'mse'")
+        # Under LightningCLI the saved hyper-parameters are the parsed config (class paths + init args), so
+        # ``load_from_checkpoint`` rebuilds model and optimizer without pickled code. Built in Python, the
+        # objects themselves are not saved: pass ``model=`` to ``load_from_checkpoint`` then.
+        self.save_hyperparameters(ignore=[] if _under_cli() else ["model", "optimizer", "scheduler"])
+        self.model = model if model is not None else SAGNN()
+        num_targets = int(getattr(self.model, "num_targets", 1))
+        self.task_type: TaskType = task_type
+        self.loss_name = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.num_targets = num_targets
+        self.target_names = _check_names(target_names, num_targets)
+        mean = _check_stat(target_mean, num_targets, 0.0, "target_mean")
+        std = _check_stat(target_std, num_targets, 1.0, "target_std")
+        if task_type == "classification":  # logits are not standardised
+            mean, std = torch.zeros(num_targets), torch.ones(num_targets)
+        if not torch.all(std > 0):
+            raise ValueError(f"SAGNNModule: target_std must be > 0 for every target, got {std.tolist()}; "
+                             "a constant target cannot be learned, drop it")
+        self.register_buffer("target_mean", mean.reshape(1, -1))
+        self.register_buffer("target_std", std.reshape(1, -1))
+        self.train_metrics = self._make_metrics()
+        self.val_metrics = self._make_metrics()
+        self.test_metrics = self._make_metrics()
+
+    # ------------------------------------------------------------------ set-up
+    def _make_metrics(self) -> nn.ModuleList:
+        """One ``MetricCollection`` per target (targets can miss labels independently)."""
+        if self.task_type == "classification":
+            make = lambda: MetricCollection({"auroc": BinaryAUROC(), "accuracy": BinaryAccuracy()})  # noqa: E731
+        else:
+            make = lambda: MetricCollection(  # noqa: E731
+                {"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False), "r2": R2Score()}
+            )
+        return nn.ModuleList(make() for _ in range(self.num_targets))
+
+    def _metrics(self, stage: str) -> nn.ModuleList:
+        return getattr(self, f"{stage}_metrics")
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        """``(metric key, "min" | "max")`` that selects the best checkpoint."""
+        return MONITOR[self.task_type]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Any) -> Tensor:
+        """Predictions in real units ``[B, T]`` (regression) or logits ``[B, T]`` (classification)."""
+        out = self.model(batch)
+        if self.task_type == "regression":
+            out = out * self.target_std + self.target_mean
+        return out
+
+    def _loss(self, raw: Tensor, y: Tensor) -> Tensor:
+        mask = torch.isfinite(y)
+        y = torch.where(mask, y, torch.zeros_like(y))
+        if self.task_type == "classification":
+            per = nn.functional.binary_cross_entropy_with_logits(raw, y, reduction="none")
+        else:
+            target = (y - self.target_mean) / self.target_std
+            diff = raw - target
+            per = diff.abs() if self.loss_name == "l1" else diff.square()
+        mask = mask.to(per.dtype)
+        return (per * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def _step(self, batch: Any, stage: str) -> dict[str, Any]:
+        raw = self.model(batch)
+        y = batch.y.to(raw.dtype).reshape(raw.shape)
+        loss = self._loss(raw, y)
+        num_graphs = int(batch.num_graphs)
+        self.log(f"{stage}/loss", loss, batch_size=num_graphs, on_step=stage == "train", on_epoch=True,
+                 sync_dist=True, prog_bar=stage != "test")
+        with torch.no_grad():
+            if self.task_type == "classification":
+                pred = torch.sigmoid(raw.detach())
+            else:
+                pred = raw.detach() * self.target_std + self.target_mean
+            for t, metrics in enumerate(self._metrics(stage)):
+                keep = torch.isfinite(y[:, t])
+                if keep.any():
+                    target = y[keep, t]
+                    metrics.update(pred[keep, t], target.long() if self.task_type == "classification" else target)
+        return {"loss": loss, "pred": pred, "y": y, "sample_id": list(getattr(batch, "sample_id", []))}
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        per_target = []
+        for metrics in self._metrics(stage):
+            updated = any(m.update_called for m in metrics.values())
+            per_target.append(metrics.compute() if updated else None)
+            metrics.reset()
+        names = [n for n, v in zip(self.target_names, per_target) if v is not None]
+        values = [v for v in per_target if v is not None]
+        if not values:
+            return
+        logged = {}
+        for key in values[0]:
+            stacked = torch.stack([v[key].float() for v in values])
+            logged[f"{stage}/{key}"] = stacked.mean()
+            if self.num_targets > 1:
+                for name, value in zip(names, stacked):
+                    logged[f"{stage}/{key}_{_safe(name)}"] = value
+        # values are already global (torchmetrics syncs states across processes in compute())
+        self.log_dict(logged, prog_bar=False, sync_dist=False, rank_zero_only=False)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        out = self._step(batch, "train")
+        return {"loss": out["loss"]}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        return self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """``{"sample_id": [B] str, "prediction": [B, T] real units or 0/1 labels, "probability": [B, T]}``.
+
+        ``probability`` is present for classification only.
+        """
+        out = self(batch)
+        ids = [str(i) for i in getattr(batch, "sample_id", [])]
+        if self.task_type == "classification":
+            prob = torch.sigmoid(out)
+            return {"sample_id": ids, "prediction": (prob >= 0.5).long(), "probability": prob}
+        return {"sample_id": ids, "prediction": out}
+
+
+def _under_cli() -> bool:
+    """True while LightningCLI instantiates this module (it supplies the config as hyper-parameters)."""
+    try:
+        from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - older/newer Lightning: fall back to not saving objects
+        return False
+    return _given_hyperparameters.get() is not None
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(name)).strip("_") or "target"
+
+
+def _check_names(names: Sequence[str] | None, num_targets: int) -> list[str]:
+    if names is None:
+        return ["target"] if num_targets == 1 else [f"target_{k}" for k in range(num_targets)]
+    names = [str(n) for n in names]
+    if len(names) != num_targets:
+        raise ValueError(f"SAGNNModule: {len(names)} target_names {names} for a model with num_targets={num_targets}")
+    return names
+
+
+def _check_stat(values: Sequence[float] | None, num_targets: int, default: float, what: str) -> Tensor:
+    if values is None:
+        return torch.full((num_targets,), default)
+    tensor = torch.as_tensor(list(values), dtype=torch.float32).reshape(-1)
+    if tensor.numel() != num_targets:
+        raise ValueError(f"SAGNNModule: {what} has {tensor.numel()} values for a model with num_targets={num_targets}; "
+                         "link it from the same DataModule that sets num_targets")
+    return tensor

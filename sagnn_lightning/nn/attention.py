@@ -1,0 +1,95 @@
+"""Multi-head self-attention over the atoms of each crystal in a packed batch (SA-GNN's MHSA)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from sagnn_lightning.kernels import varlen_attention
+from sagnn_lightning.kernels.dispatch import Backend
+
+
+class AtomSelfAttention(nn.Module):
+    r"""Every atom attends to every atom of its own crystal (never across crystals).
+
+    .. math::
+        \mathrm{head}_h = \mathrm{softmax}\!\left(Q_h K_h^\top / \sqrt{d_h}\right) V_h, \qquad
+        x' = \mathrm{LayerNorm}\bigl(x + W_O [\mathrm{head}_1 \Vert \dots \Vert \mathrm{head}_H]\bigr)
+
+    with the softmax taken over the atoms of each crystal only (Vaswani et al. 2017, post-norm
+    residual; Cui et al., AIP Advances 14, 2024 use it on MEGNet's atom features). The packed batch is
+    handed to :func:`sagnn_lightning.kernels.varlen_attention` as ``(total, heads, head_dim)`` with
+    ``cu_seqlens = ptr`` (int32) and ``max_seqlen = max_num_atoms``.
+
+    Args:
+        dim: atom feature width (MEGNet blocks: 32).
+        heads: number of heads ``H`` (SA-GNN default 8).
+        dropout: dropout on the attention weights, training only (default 0).
+        backend: ``"auto"``, ``"torch"`` (padded SDPA with key mask) or ``"triton"`` (varlen kernel).
+            ``"auto"`` uses the PyTorch path for float64 inputs (the Triton kernel has no float64).
+        head_dim: width per head; default ``dim // heads`` (then ``heads`` must divide ``dim``, and the
+            parameter count does not depend on ``heads``).
+        residual: add the input back (default True).
+        layer_norm: LayerNorm after the residual sum (default True).
+
+    Shapes:
+        ``x [N, dim]`` (atoms of all crystals, packed), ``ptr [B + 1]`` (graph boundaries), ``max_num_atoms``
+        (Python int, largest crystal) → ``[N, dim]``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dropout: float = 0.0,
+        backend: Backend = "auto",
+        head_dim: int | None = None,
+        residual: bool = True,
+        layer_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if heads < 1:
+            raise ValueError(f"AtomSelfAttention: heads must be >= 1, got {heads}")
+        if head_dim is None:
+            if dim % heads != 0:
+                raise ValueError(f"AtomSelfAttention: dim={dim} is not divisible by heads={heads}; "
+                                 f"pick heads dividing {dim} or pass head_dim explicitly")
+            head_dim = dim // heads
+        if backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'torch' or 'triton'")
+        self.dim, self.heads, self.head_dim = dim, heads, head_dim
+        self.dropout, self.backend, self.residual = float(dropout), backend, residual
+        inner = heads * head_dim
+        self.q_proj = nn.Linear(dim, inner)
+        self.k_proj = nn.Linear(dim, inner)
+        self.v_proj = nn.Linear(dim, inner)
+        self.out_proj = nn.Linear(inner, dim)
+        self.norm: nn.Module = nn.LayerNorm(dim) if layer_norm else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        if isinstance(self.norm, nn.LayerNorm):
+            self.norm.reset_parameters()
+
+    def forward(self, x: Tensor, ptr: Tensor, max_num_atoms: int) -> Tensor:
+        total = x.shape[0]
+        shape = (total, self.heads, self.head_dim)
+        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        backend = "torch" if self.backend == "auto" and x.dtype == torch.float64 else self.backend
+        out = varlen_attention(
+            q, k, v, cu_seqlens=ptr.to(torch.int32), max_seqlen=int(max_num_atoms),
+            dropout_p=self.dropout if self.training else 0.0, scale=1.0 / math.sqrt(self.head_dim),
+            backend=backend,
+        )
+        out = self.out_proj(out.reshape(total, self.heads * self.head_dim))
+        if self.residual:
+            out = x + out
+        return self.norm(out)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, head_dim={self.head_dim}, dropout={self.dropout}, backend={self.backend!r}"

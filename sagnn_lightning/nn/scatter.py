@@ -1,0 +1,128 @@
+"""Segment (scatter) reductions over a packed batch: sum, mean, max and softmax.
+
+Every op takes a mandatory ``dim_size`` (the number of segments: atoms for edge → atom
+reductions, ``batch.num_graphs`` for graph-level ones), so nothing is read back from the GPU
+(no ``index.max()``). Empty segments give 0 (sum, mean, max), like torch-scatter.
+
+Backends: ``"torch"`` is the native path (``index_add_`` / ``scatter_reduce``) and always works;
+``"torch_scatter"`` uses the compiled torch-scatter package; ``"auto"`` picks torch-scatter when it
+imports (checked once, lazily, on first use; never at import of this module) and the native path
+otherwise. Both are tested equal.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from types import ModuleType
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+ScatterBackend = Literal["auto", "torch", "torch_scatter"]
+
+
+@lru_cache(maxsize=1)
+def _torch_scatter_module() -> ModuleType | None:
+    """The ``torch_scatter`` module when it imports (a broken binary counts as absent)."""
+    try:
+        import torch_scatter
+    except (ImportError, OSError):
+        return None
+    return torch_scatter
+
+
+def torch_scatter_available() -> bool:
+    """True when the optional ``torch_scatter`` package imports."""
+    return _torch_scatter_module() is not None
+
+
+def _use_torch_scatter(backend: ScatterBackend) -> bool:
+    if backend == "torch":
+        return False
+    if backend == "torch_scatter":
+        if not torch_scatter_available():
+            raise RuntimeError("backend='torch_scatter' requested but torch-scatter is not installed: "
+                               "`pip install torch-scatter` or use backend='torch'/'auto'.")
+        return True
+    if backend == "auto":
+        return torch_scatter_available()
+    raise ValueError(f"unknown scatter backend {backend!r}; choose 'auto', 'torch' or 'torch_scatter'")
+
+
+def _check(src: Tensor, index: Tensor, dim_size: int) -> None:
+    if index.dim() != 1 or index.numel() != src.shape[0]:
+        raise ValueError(f"scatter: index must be 1-D with one entry per row of src; got index {tuple(index.shape)} "
+                         f"for src {tuple(src.shape)}")
+    if not isinstance(dim_size, int) or dim_size < 0:
+        raise ValueError(f"scatter: dim_size must be a non-negative Python int (number of segments), got {dim_size!r}")
+
+
+def _expand(index: Tensor, src: Tensor) -> Tensor:
+    return index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+
+
+def scatter_sum(src: Tensor, index: Tensor, dim_size: int, backend: ScatterBackend = "auto") -> Tensor:
+    """Sum rows of ``src`` into segments.
+
+    Args:
+        src: ``[M, ...]`` values.
+        index: ``[M]`` segment of each row (long), values in ``[0, dim_size)``.
+        dim_size: number of segments ``S``.
+        backend: ``"auto"``, ``"torch"`` or ``"torch_scatter"``.
+
+    Returns:
+        ``[S, ...]``; empty segments are 0.
+    """
+    _check(src, index, dim_size)
+    if _use_torch_scatter(backend):
+        return _torch_scatter_module().scatter_sum(src, index, dim=0, dim_size=dim_size)
+    out = src.new_zeros((dim_size, *src.shape[1:]))
+    return out.index_add_(0, index, src)
+
+
+def _counts(index: Tensor, dim_size: int, dtype: torch.dtype) -> Tensor:
+    ones = torch.ones(index.shape[0], dtype=dtype, device=index.device)
+    return torch.zeros(dim_size, dtype=dtype, device=index.device).index_add_(0, index, ones)
+
+
+def scatter_mean(src: Tensor, index: Tensor, dim_size: int, backend: ScatterBackend = "auto") -> Tensor:
+    """Mean of the rows of each segment: ``[M, ...]`` → ``[S, ...]`` (empty segments are 0)."""
+    _check(src, index, dim_size)
+    if _use_torch_scatter(backend):
+        return _torch_scatter_module().scatter_mean(src, index, dim=0, dim_size=dim_size)
+    total = scatter_sum(src, index, dim_size, backend="torch")
+    count = _counts(index, dim_size, src.dtype).clamp_(min=1)
+    return total / count.view(-1, *([1] * (src.dim() - 1)))
+
+
+def scatter_max(src: Tensor, index: Tensor, dim_size: int, backend: ScatterBackend = "auto") -> Tensor:
+    """Element-wise max of the rows of each segment: ``[M, ...]`` → ``[S, ...]`` (values only; empty → 0).
+
+    Gradients flow to the arg-max rows (ties share the gradient evenly, native path).
+    """
+    _check(src, index, dim_size)
+    if _use_torch_scatter(backend):
+        return _torch_scatter_module().scatter_max(src, index, dim=0, dim_size=dim_size)[0]
+    out = src.new_zeros((dim_size, *src.shape[1:]))
+    return out.scatter_reduce(0, _expand(index, src), src, reduce="amax", include_self=False)
+
+
+def scatter_softmax(src: Tensor, index: Tensor, dim_size: int, backend: ScatterBackend = "auto") -> Tensor:
+    """Softmax of ``src`` within each segment (over rows sharing an ``index``), element-wise in the other dims.
+
+    Args:
+        src: ``[M, ...]`` logits.
+        index: ``[M]`` segment of each row.
+        dim_size: number of segments.
+        backend: scatter backend for the max/sum reductions.
+
+    Returns:
+        ``[M, ...]`` weights; they sum to 1 over each non-empty segment.
+    """
+    _check(src, index, dim_size)
+    # the shift is a constant per segment: softmax is invariant to it, so no gradient is needed through it
+    shift = scatter_max(src.detach(), index, dim_size, backend=backend)
+    exp = (src - shift[index]).exp()
+    denom = scatter_sum(exp, index, dim_size, backend=backend)
+    return exp / denom[index]

@@ -1,0 +1,259 @@
+"""Graph cache: hits, misses, corruption, atomic writes, skip mode, parallel build, memory map."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from sagnn_lightning.data import cache as cache_mod
+from sagnn_lightning.data.cache import (
+    CACHE_FORMAT_VERSION,
+    GraphDataset,
+    SkippedItem,
+    cache_key,
+    default_cache_dir,
+    load_or_build_graphs,
+)
+from sagnn_lightning.data.graph import GraphSettings, StructureError, structure_to_graph
+
+FIXTURE = Path(__file__).resolve().parents[2] / "tests/fixtures/graph/structures.json.gz"
+SETTINGS = GraphSettings(cutoff=5.0)
+
+
+def fixture() -> dict:
+    with gzip.open(FIXTURE, "rt") as f:
+        return json.load(f)
+
+
+def inputs(n: int | None = None):
+    d = fixture()
+    ids, dicts = d["ids"][:n], d["structures"][:n]
+    targets = np.array(d["targets"][:n], dtype=np.float64)[:, None]
+    return ids, dicts, targets
+
+
+class Counter:
+    """A structures callable that records whether the cache needed the structures."""
+
+    def __init__(self, structures) -> None:
+        self.structures, self.calls = structures, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.structures
+
+
+def build(tmp_path, structures, ids, targets, settings=SETTINGS, **kw) -> GraphDataset:
+    return load_or_build_graphs(tmp_path, "fp-test", ids, structures, targets, settings, progress=False, **kw)
+
+
+def assert_same_graph(a, b) -> None:
+    for key in ("atomic_numbers", "pos", "lattice", "edge_index", "image_offsets", "state"):
+        assert getattr(a, key).dtype == getattr(b, key).dtype, key
+        assert torch.equal(getattr(a, key), getattr(b, key)), key
+
+
+def test_dataset_items_equal_structure_to_graph(tmp_path) -> None:
+    ids, dicts, targets = inputs()
+    ds = build(tmp_path, dicts, ids, targets)
+    assert len(ds) == len(ids) and ds.sample_ids == ids
+    assert np.array_equal(ds.targets, targets) and ds.skipped == [] and ds.settings == SETTINGS
+    for k, d in enumerate(dicts):
+        s = Structure.from_dict(d)
+        item = ds[k]
+        assert_same_graph(item, structure_to_graph(s, cutoff=5.0))
+        assert item.y.dtype == torch.float32 and item.y.shape == (1, 1)
+        assert item.y.item() == pytest.approx(targets[k, 0], rel=1e-6)
+        assert item.sample_id == ids[k]
+    assert ds.num_atoms.tolist() == [len(d["sites"]) for d in dicts]
+    assert ds[-1].sample_id == ids[-1]
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    assert ds.header["arrays"]["image_offsets"]["dtype"] == "|i1"  # compact storage
+    assert ds.header["arrays"]["edge_index"]["dtype"] == "<i4"
+
+
+def test_cif_and_structure_inputs_give_same_graphs(tmp_path) -> None:
+    cifs = fixture()["cifs"]
+    ids = list(cifs)
+    targets = np.array([[v["band_gap"]] for v in cifs.values()])
+    from_text = build(tmp_path, [v["cif"] for v in cifs.values()], ids, targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structures = [Structure.from_str(v["cif"], fmt="cif") for v in cifs.values()]
+    from_pymatgen = load_or_build_graphs(tmp_path, "fp-other", ids, structures, targets, SETTINGS, progress=False)
+    for a, b in zip(from_text, from_pymatgen):
+        # the fast CIF path keeps file order, pymatgen sorts atoms: compare per (Z, sorted bond lengths)
+        def signature(g):
+            from sagnn_lightning.nn.geometry import bond_lengths
+
+            d = bond_lengths(g.pos, g.lattice, g.edge_index, g.image_offsets)
+            return sorted((int(z), tuple(np.round(np.sort(d[g.edge_index[0] == k].numpy()), 6)))
+                          for k, z in enumerate(g.atomic_numbers))
+        assert signature(a) == signature(b)
+
+
+def test_second_load_is_a_hit(tmp_path) -> None:
+    ids, dicts, targets = inputs()
+    first = Counter(dicts)
+    ds1 = build(tmp_path, first, ids, targets)
+    assert first.calls == 1
+    mtime = ds1.path.stat().st_mtime_ns
+    second = Counter(dicts)
+    ds2 = build(tmp_path, second, ids, targets)
+    assert second.calls == 0, "a cache hit must not touch the structures"
+    assert ds2.path == ds1.path and ds2.path.stat().st_mtime_ns == mtime
+    assert_same_graph(ds1[3], ds2[3])
+
+
+def test_changed_cutoff_or_fingerprint_is_a_miss(tmp_path) -> None:
+    ids, dicts, targets = inputs(6)
+    build(tmp_path, dicts, ids, targets)
+    again = Counter(dicts)
+    ds = build(tmp_path, again, ids, targets, settings=GraphSettings(cutoff=4.0))
+    assert again.calls == 1 and ds.settings.cutoff == 4.0
+    other = Counter(dicts)
+    load_or_build_graphs(tmp_path, "another-fingerprint", ids, other, targets, SETTINGS, progress=False)
+    assert other.calls == 1
+    assert len(list(tmp_path.glob("*.graphs"))) == 3
+
+
+def test_cache_key_depends_on_everything(monkeypatch) -> None:
+    base = cache_key("fp", SETTINGS)
+    assert len(base) == 64 and base == cache_key("fp", GraphSettings(cutoff=5.0))
+    assert cache_key("fp2", SETTINGS) != base
+    assert cache_key("fp", GraphSettings(cutoff=5.0, max_neighbors=12)) != base
+    assert cache_key("fp", GraphSettings(state=(1.0, 0.0))) != base
+    monkeypatch.setattr(cache_mod, "CACHE_FORMAT_VERSION", CACHE_FORMAT_VERSION + "x")
+    assert cache_key("fp", SETTINGS) != base
+
+
+@pytest.mark.parametrize("damage", ["flip_data", "truncate", "garbage", "flip_header"])
+def test_corrupted_cache_is_rebuilt(tmp_path, caplog, damage: str) -> None:
+    ids, dicts, targets = inputs()
+    path = build(tmp_path, dicts, ids, targets).path
+    raw = bytearray(path.read_bytes())
+    if damage == "flip_data":
+        raw[len(raw) // 3] ^= 0xFF
+    elif damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif damage == "garbage":
+        raw = bytearray(b"not a cache" * 10)
+    else:
+        raw[-60] ^= 0x01  # inside the JSON header
+    path.write_bytes(bytes(raw))
+    again = Counter(dicts)
+    with caplog.at_level(logging.WARNING, logger="sagnn_lightning.data.cache"):
+        ds = build(tmp_path, again, ids, targets)
+    assert again.calls == 1
+    assert "rebuilding graph cache" in caplog.text
+    assert len(ds) == len(ids) and ds.sample_ids == ids
+    assert_same_graph(ds[1], structure_to_graph(Structure.from_dict(dicts[1])))
+
+
+def test_stale_targets_are_rebuilt(tmp_path) -> None:
+    ids, dicts, targets = inputs(5)
+    build(tmp_path, dicts, ids, targets)
+    again = Counter(dicts)
+    ds = build(tmp_path, again, ids, targets + 1.0)
+    assert again.calls == 1 and np.array_equal(ds.targets, targets + 1.0)
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path) -> None:
+    ids, dicts, targets = inputs(5)
+    build(tmp_path, dicts, ids, targets)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{cache_key('fp-test', SETTINGS)}.graphs"]
+    # a failing build (bad structure, on_error="raise") leaves nothing behind either
+    bad = dicts[:4] + ["this is not a CIF"]
+    with pytest.raises(StructureError, match=r"sample mb-.*on_error='skip'"):
+        build(tmp_path / "fail", bad, ids, targets)
+    assert list((tmp_path / "fail").iterdir()) == []
+
+
+def test_skip_mode_records_and_persists_skipped(tmp_path, caplog) -> None:
+    ids, dicts, targets = inputs(6)
+    disordered = Structure(Lattice.cubic(4), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]]).as_dict()
+    empty = Structure(Lattice.cubic(4), [], []).as_dict()
+    items = [dicts[0], "garbage CIF", dicts[1], disordered, empty, dicts[2]]
+    with caplog.at_level(logging.WARNING, logger="sagnn_lightning.data.cache"):
+        ds = build(tmp_path, items, ids, targets, on_error="skip")
+    assert [s.sample_id for s in ds.skipped] == [ids[1], ids[3], ids[4]]
+    assert all(isinstance(s, SkippedItem) and s.reason for s in ds.skipped)
+    assert "parse" in ds.skipped[0].reason and "partially occupied" in ds.skipped[1].reason
+    assert "no sites" in ds.skipped[2].reason
+    assert "skipped 3 of 6" in caplog.text and ids[3] in caplog.text
+    assert ds.sample_ids == [ids[0], ids[2], ids[5]]
+    assert np.array_equal(ds.targets, targets[[0, 2, 5]])
+    again = Counter(items)
+    reloaded = build(tmp_path, again, ids, targets, on_error="skip")
+    assert again.calls == 0 and reloaded.skipped == ds.skipped
+    with pytest.raises(StructureError, match=ids[1]):
+        build(tmp_path / "raise", items, ids, targets, on_error="raise")
+
+
+def test_parallel_build_equals_in_process(tmp_path) -> None:
+    ids, dicts, targets = inputs()
+    serial = build(tmp_path / "a", dicts, ids, targets)
+    parallel = build(tmp_path / "b", dicts, ids, targets, num_workers=2, chunk_size=3)
+    assert serial.path.name == parallel.path.name
+    assert serial.path.read_bytes() == parallel.path.read_bytes()
+
+
+def test_parallel_build_error_stops_and_cleans_up(tmp_path) -> None:
+    ids, dicts, targets = inputs()
+    bad = list(dicts)
+    bad[5] = "not a CIF"
+    with pytest.raises(StructureError, match=ids[5]):
+        build(tmp_path, bad, ids, targets, num_workers=2, chunk_size=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dataset_pickles_and_loads_in_workers(tmp_path) -> None:
+    ids, dicts, targets = inputs(8)
+    ds = build(tmp_path, dicts, ids, targets)
+    ds[0]  # opens the map
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._arrays is None
+    assert_same_graph(clone[2], ds[2])
+    assert len(pickle.dumps(ds)) < 20_000  # the map itself is not pickled
+
+
+def test_release_pages_keeps_items_valid(tmp_path) -> None:
+    ids, dicts, targets = inputs()
+    path = build(tmp_path, dicts, ids, targets).path
+    ds = GraphDataset(path, release_every=1)  # unmap after every item
+    keep = [ds[k] for k in range(len(ds))]
+    for k, d in enumerate(dicts):
+        assert_same_graph(keep[k], structure_to_graph(Structure.from_dict(d)))
+    assert np.array_equal(ds.targets, targets)
+
+
+def test_default_cache_dir_env(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SAGNN_CACHE_DIR", str(tmp_path / "env-cache"))
+    assert default_cache_dir() == tmp_path / "env-cache"
+    ids, dicts, targets = inputs(3)
+    ds = load_or_build_graphs(None, "fp", ids, dicts, targets, SETTINGS, progress=False)
+    assert ds.path.parent == tmp_path / "env-cache"
+    monkeypatch.delenv("SAGNN_CACHE_DIR")
+    assert "sagnn_lightning" in str(default_cache_dir())
+
+
+def test_input_validation(tmp_path) -> None:
+    ids, dicts, targets = inputs(3)
+    with pytest.raises(ValueError, match="targets"):
+        build(tmp_path, dicts, ids, targets[:2])
+    with pytest.raises(ValueError, match="structures"):
+        build(tmp_path, dicts[:2], ids, targets)
+    with pytest.raises(ValueError, match="empty"):
+        build(tmp_path, [], [], np.zeros((0, 1)))
+    with pytest.raises(ValueError, match="on_error"):
+        build(tmp_path, dicts, ids, targets, on_error="ignore")

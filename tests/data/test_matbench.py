@@ -1,0 +1,211 @@
+"""MatbenchDataModule: official folds id for id (matbench's validation file), sizes, statistics, graphs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sagnn_lightning.data.matbench import (
+    MATBENCH_COMPOSITION_TASKS, MATBENCH_TASKS, MatbenchDataModule, carve_validation, get_task,
+)
+from sagnn_lightning.data.sources import DataFormatError
+
+ROOT = Path(__file__).resolve().parents[2]
+MATBENCH_DIR = ROOT / "../shared/data/matbench"
+
+
+@pytest.fixture(scope="module")
+def validation() -> dict:
+    from matbench.constants import MBV01_VALIDATION_DATA_PATH
+
+    with open(MBV01_VALIDATION_DATA_PATH) as fh:
+        return json.load(fh)["splits"]
+
+
+def data_home() -> Path:
+    if not (MATBENCH_DIR / "matbench_jdft2d.json.gz").exists():
+        pytest.skip(f"shared matbench data not available at {MATBENCH_DIR}")
+    return MATBENCH_DIR
+
+
+def test_task_table_matches_matbench_metadata():
+    from matbench.constants import MBV01_DATASET_METADATA_PATH
+
+    with open(MBV01_DATASET_METADATA_PATH) as fh:
+        meta = json.load(fh)
+    structure = {k for k, v in meta.items() if v["input_type"] == "structure"}
+    assert set(MATBENCH_TASKS) == structure and len(structure) == 9
+    assert set(MATBENCH_COMPOSITION_TASKS) == {k for k, v in meta.items() if v["input_type"] == "composition"}
+    for name, task in MATBENCH_TASKS.items():
+        assert (task.target, task.unit, task.task_type, task.n_samples) == (
+            meta[name]["target"], meta[name]["unit"], meta[name]["task_type"], meta[name]["n_samples"])
+    assert [t.task_type for t in MATBENCH_TASKS.values()].count("classification") == 1
+    assert get_task("jdft2d") is MATBENCH_TASKS["matbench_jdft2d"]
+
+
+@pytest.mark.parametrize("task", ["matbench_jdft2d", "matbench_phonons"])
+def test_folds_equal_matbench_validation_file(task, validation, tmp_path):
+    home = data_home()
+    all_test: list[str] = []
+    for fold in range(5):
+        dm = MatbenchDataModule(task, fold=fold, data_home=str(home), cache_dir=str(tmp_path), val_fraction=0.1)
+        ids = dm.split_ids
+        official = validation[task][f"fold_{fold}"]
+        assert ids["test"] == official["test"]  # id for id, in matbench's order
+        assert sorted(ids["train"] + ids["val"]) == sorted(official["train"])
+        assert not set(ids["train"]) & set(ids["val"])
+        assert not (set(ids["train"]) | set(ids["val"])) & set(ids["test"])
+        n_val = round(0.1 * len(official["train"]))
+        assert (len(ids["train"]), len(ids["val"]), len(ids["test"])) == (
+            len(official["train"]) - n_val, n_val, len(official["test"]))
+        all_test += ids["test"]
+    assert sorted(all_test) == sorted(dm.table.ids)  # the 5 test folds partition the task
+
+
+def test_known_sizes_jdft2d_fold0(tmp_path):
+    dm = MatbenchDataModule("matbench_jdft2d", fold=0, data_home=str(data_home()), cache_dir=str(tmp_path))
+    assert {k: len(v) for k, v in dm.split_ids.items()} == {"train": 457, "val": 51, "test": 128}
+
+
+def test_validation_carve_is_seeded_and_from_train_only(tmp_path):
+    home = str(data_home())
+    a = MatbenchDataModule("jdft2d", fold=2, data_home=home, split_seed=7, cache_dir=str(tmp_path)).split_ids
+    b = MatbenchDataModule("jdft2d", fold=2, data_home=home, split_seed=7, cache_dir=str(tmp_path)).split_ids
+    c = MatbenchDataModule("jdft2d", fold=2, data_home=home, split_seed=8, cache_dir=str(tmp_path)).split_ids
+    assert a == b
+    assert a["val"] != c["val"] and a["test"] == c["test"]
+    train, val = carve_validation([f"x{i}" for i in range(10)], 0.3, seed=0)
+    assert len(val) == 3 and sorted(train + val) == sorted(f"x{i}" for i in range(10))
+
+
+def test_target_statistics_over_training_split_only(tmp_path):
+    home = data_home()
+    dm = MatbenchDataModule("jdft2d", fold=1, data_home=str(home), cache_dir=str(tmp_path))
+    csv = pd.read_csv(home / "matbench_jdft2d.csv.gz").set_index("mbid")
+    train = csv.loc[dm.split_ids["train"], "exfoliation_en"].to_numpy()
+    assert dm.task_type == "regression" and dm.num_targets == 1 and dm.target_names == ["exfoliation_en"]
+    np.testing.assert_allclose(dm.target_mean, [train.mean()], rtol=1e-12)
+    np.testing.assert_allclose(dm.target_std, [train.std()], rtol=1e-12)
+    everything = csv["exfoliation_en"].to_numpy()
+    assert abs(dm.target_mean[0] - everything.mean()) > 1e-9  # really the training split, not all rows
+
+
+def test_setup_builds_graphs_for_fold_rows(tmp_path):
+    home = data_home()
+    dm = MatbenchDataModule("jdft2d", fold=0, data_home=str(home), cache_dir=str(tmp_path), batch_size=32,
+                            progress=False)
+    dm.setup()
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (457, 51, 128)
+    csv = pd.read_csv(home / "matbench_jdft2d.csv.gz").set_index("mbid")
+    for split in ("train", "val", "test"):
+        dataset = getattr(dm, f"{split}_dataset")
+        got = [dataset[k].sample_id for k in range(len(dataset))]
+        assert got == dm.split_ids[split]
+    g = dm.test_dataset[5]
+    assert g.y.shape == (1, 1) and g.y.dtype.is_floating_point
+    assert g.y.item() == pytest.approx(csv.loc[g.sample_id, "exfoliation_en"], rel=1e-6)
+    assert g.num_nodes == csv.loc[g.sample_id, "nsites"]
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch.num_graphs == 32 and list(batch.sample_id) == dm.split_ids["test"][:32]
+    assert batch.max_num_atoms == int(batch.ptr.diff().max())
+    # seeded shuffle: same order twice, not file order
+    first = [list(next(iter(dm.train_dataloader())).sample_id) for _ in range(2)]
+    assert first[0] == first[1] and first[0] != dm.split_ids["train"][:32]
+
+
+def test_csv_twin_gives_same_splits(tmp_path):
+    home = data_home()
+    a = MatbenchDataModule("jdft2d", fold=4, data_file=str(home / "matbench_jdft2d.csv.gz"), cache_dir=str(tmp_path))
+    b = MatbenchDataModule("jdft2d", fold=4, data_home=str(home), cache_dir=str(tmp_path))
+    assert a.split_ids == b.split_ids
+    np.testing.assert_allclose(a.target_mean, b.target_mean)
+
+
+def test_partial_file_fold0_train_only(tmp_path, validation):
+    path = MATBENCH_DIR / "matbench_perovskites_fold0_train.json.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    dm = MatbenchDataModule("perovskites", fold=0, data_file=str(path), cache_dir=str(tmp_path))
+    ids = dm.split_ids
+    assert sorted(ids["train"] + ids["val"]) == sorted(validation["matbench_perovskites"]["fold_0"]["train"])
+    assert ids["test"] is None
+    with pytest.raises(DataFormatError, match=r"lacks 3786 test rows .*fold 0"):
+        dm.setup("test")
+    with pytest.raises(DataFormatError, match=r"all training rows of folds \[0\]"):
+        MatbenchDataModule("perovskites", fold=1, data_file=str(path), cache_dir=str(tmp_path)).split_ids
+
+
+def test_matbench_own_loader_agrees_with_file_reader(tmp_path, monkeypatch):
+    """matbench's loading path (MatbenchBenchmark → task.load) on a local $MATMINER_DATA file: no download."""
+    home = data_home()
+    reference = MatbenchDataModule("jdft2d", fold=3, data_home=str(home), cache_dir=str(tmp_path / "a"))
+    monkeypatch.delenv("MATMINER_DATA", raising=False)
+    dm = MatbenchDataModule("jdft2d", fold=3, cache_dir=str(tmp_path / "b"))
+    assert dm.data_file is None  # → matbench's own loader
+    local = tmp_path / "matminer"
+    local.mkdir()
+    os.symlink((home / "matbench_jdft2d.json.gz").resolve(), local / "matbench_jdft2d.json.gz")
+    monkeypatch.setenv("MATMINER_DATA", str(local))
+    assert dm.split_ids == reference.split_ids
+    np.testing.assert_allclose(dm.table.targets, reference.table.targets)
+    assert dm.fingerprint == reference.fingerprint  # same file bytes → same graph cache
+    train_ids, test_ids = dm._matbench_fold  # from matbench's get_train_and_val_data / get_test_data
+    assert sorted(train_ids) == sorted(reference.split_ids["train"] + reference.split_ids["val"])
+    assert test_ids == reference.split_ids["test"]
+
+
+def test_matminer_data_env_is_honoured(tmp_path, monkeypatch):
+    home = data_home()
+    monkeypatch.setenv("MATMINER_DATA", str(home))
+    dm = MatbenchDataModule("phonons", cache_dir=str(tmp_path))
+    assert dm.data_file == home / "matbench_phonons.json.gz"
+
+
+def test_missing_dataset_offline_names_expected_file(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=r"expected .*empty_home/matbench_phonons\.json\.gz"):
+        MatbenchDataModule("phonons", data_home=str(tmp_path / "empty_home"), cache_dir=str(tmp_path))
+    monkeypatch.setenv("MATMINER_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"nowhere/matbench_dielectric\.json\.gz"):
+        MatbenchDataModule("dielectric", download=False, cache_dir=str(tmp_path))
+
+
+def test_classification_task_statistics(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps({"index": [], "columns": ["structure", "is_metal"], "data": []}))
+    dm = MatbenchDataModule("matbench_mp_is_metal", data_file=str(tmp_path / "m.json"), cache_dir=str(tmp_path))
+    assert dm.task_type == "classification" and dm.unit is None
+    assert (dm.target_mean, dm.target_std, dm.target_names) == ([0.0], [1.0], ["is_metal"])
+
+
+def test_cache_dir_resolution(tmp_path, monkeypatch):
+    home = str(data_home())
+    monkeypatch.setenv("SAGNN_CACHE_DIR", str(tmp_path / "env"))
+    assert MatbenchDataModule("jdft2d", data_home=home).cache_dir == tmp_path / "env"
+    assert MatbenchDataModule("jdft2d", data_home=home, cache_dir=str(tmp_path / "arg")).cache_dir == tmp_path / "arg"
+    monkeypatch.delenv("SAGNN_CACHE_DIR")
+    assert "sagnn_lightning" in str(MatbenchDataModule("jdft2d", data_home=home).cache_dir)
+
+
+def test_second_run_reads_row_index_not_structures(tmp_path, monkeypatch):
+    home = str(data_home())
+    first = MatbenchDataModule("jdft2d", fold=0, data_home=home, cache_dir=str(tmp_path), progress=False)
+    first.setup("fit")
+    import sagnn_lightning.data.matbench as mb
+
+    calls = []
+    real = mb.read_matbench_json
+    monkeypatch.setattr(mb, "read_matbench_json", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = MatbenchDataModule("jdft2d", fold=2, data_home=home, cache_dir=str(tmp_path), progress=False)
+    assert second.table.structures is None and second.split_ids["test"]  # ids/targets from the row index
+    np.testing.assert_array_equal(second.table.targets, first.table.targets)
+    second.setup()  # graph cache hit: still no parse
+    assert calls == []
+    third = MatbenchDataModule("jdft2d", fold=2, data_home=home, cache_dir=str(tmp_path), cutoff=4.0, progress=False)
+    third.setup("test")  # graph cache miss: the structures are read again, once
+    assert calls == [1] and len(third.test_dataset) == 127
+    assert third.test_dataset[0].sample_id == second.test_dataset[0].sample_id
+    assert third.test_dataset[0].edge_index.shape[1] < second.test_dataset[0].edge_index.shape[1]
