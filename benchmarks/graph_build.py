@@ -83,7 +83,14 @@ def loop_graph(structure: Structure, cutoff: float) -> dict[str, torch.Tensor]:
     }
 
 
-def baseline_build(items: list, cutoff: float) -> tuple[float, int]:
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (robust to other jobs on the machine)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def baseline_build(items: list, cutoff: float) -> tuple[float, int, float]:
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     edges = 0
     with warnings.catch_warnings():
@@ -91,20 +98,22 @@ def baseline_build(items: list, cutoff: float) -> tuple[float, int]:
         for item in items:
             s = Structure.from_str(item, fmt="cif") if isinstance(item, str) else Structure.from_dict(item)
             edges += loop_graph(s, cutoff)["edge_index"].shape[1]
-    return time.perf_counter() - t0, edges
+    return time.perf_counter() - t0, edges, cpu_seconds() - c0
 
 
-def ours_build(ids, items, targets, settings, workers: int, cache_dir: Path) -> tuple[float, int, float]:
+def ours_build(ids, items, targets, settings, workers: int, cache_dir: Path) -> tuple[float, int, float, float]:
     fp = uuid.uuid4().hex  # a fresh key: always a miss
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     ds = load_or_build_graphs(cache_dir, fp, ids, items, targets, settings, num_workers=workers, progress=False)
     build = time.perf_counter() - t0
+    cpu = cpu_seconds() - c0
     t0 = time.perf_counter()
     load_or_build_graphs(cache_dir, fp, ids, lambda: [], targets, settings, progress=False)  # hit
     hit = time.perf_counter() - t0
     edges = int(ds.num_edges.sum())
     ds.path.unlink()
-    return build, edges, hit
+    return build, edges, hit, cpu
 
 
 def throughput(args, rows: list[dict]) -> None:
@@ -115,17 +124,21 @@ def throughput(args, rows: list[dict]) -> None:
             n = len(ids)
             base = [baseline_build(items, args.cutoff) for _ in range(args.baseline_repeats)]
             t_base = statistics.median(b[0] for b in base)
+            cpu_base = statistics.median(b[2] for b in base)
             print(f"\n{name}: {n} structures, cutoff {args.cutoff} Å")
-            print(f"  baseline loop (pymatgen parse + get_all_neighbors + Python edges): {n / t_base:9.0f} structures/s")
+            print(f"  baseline loop (pymatgen parse + get_all_neighbors + Python edges): {n / t_base:9.0f} structures/s "
+                  f"({n / cpu_base:.0f} per CPU-second)")
             for w in args.workers:
                 runs = [ours_build(ids, items, targets, settings, w, Path(tmp)) for _ in range(args.repeats)]
                 t = statistics.median(r[0] for r in runs)
+                cpu = statistics.median(r[3] for r in runs)
                 assert runs[0][1] == base[0][1], f"edge count differs: ours {runs[0][1]} vs baseline {base[0][1]}"
                 ratio = t_base / t
                 print(f"  sagnn build, num_workers={w}: {n / t:9.0f} structures/s  ({ratio:.1f}x the loop; "
-                      f"cache hit {runs[0][2] * 1e3:.0f} ms)")
+                      f"{n / cpu:.0f} per CPU-second, {cpu_base / cpu:.1f}x; cache hit {runs[0][2] * 1e3:.0f} ms)")
                 rows.append({"dataset": name, "n": n, "edges": runs[0][1], "workers": w, "ours_per_s": n / t,
-                             "baseline_per_s": n / t_base, "ratio": ratio, "hit_ms": runs[0][2] * 1e3})
+                             "baseline_per_s": n / t_base, "ratio": ratio, "hit_ms": runs[0][2] * 1e3,
+                             "ours_per_cpu_s": n / cpu, "baseline_per_cpu_s": n / cpu_base, "cpu_ratio": cpu_base / cpu})
 
 
 # ----------------------------------------------------------------------------------- memory
@@ -144,7 +157,9 @@ def iterate_child(path: str, release_every: int) -> None:
     from torch.utils.data import DataLoader
 
     before = _status()
-    ds = GraphDataset(path, verify=True, release_every=release_every)
+    t0 = time.perf_counter()
+    ds = GraphDataset(path, verify=True, release_every=release_every)  # full crc32 check, as on a cache hit
+    open_s = time.perf_counter() - t0
     peak = {k: 0 for k in before}
     atoms = 0
     t0 = time.perf_counter()
@@ -153,7 +168,7 @@ def iterate_child(path: str, release_every: int) -> None:
         if k % 16 == 0:
             peak = {key: max(v, peak[key]) for key, v in _status().items()}
     peak = {key: max(v, peak[key]) for key, v in _status().items()}
-    print(json.dumps({"graphs": len(ds), "atoms": atoms, "seconds": time.perf_counter() - t0,
+    print(json.dumps({"graphs": len(ds), "atoms": atoms, "open_s": open_s, "seconds": time.perf_counter() - t0,
                       "file_mib": os.path.getsize(path) / 2**20, "before": before, "peak": peak,
                       "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -181,10 +196,12 @@ def memory(args, rows: list[dict]) -> None:
                 res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
                 b, p = res["before"], res["peak"]
                 print(f"    release_every={release:5d}: peak RSS {p['VmRSS']} MiB (anon {p['RssAnon']}, file-backed "
-                      f"{p['RssFile']}); before opening {b['VmRSS']} MiB; iterated in {res['seconds']:.1f} s")
+                      f"{p['RssFile']}); before opening {b['VmRSS']} MiB; open+verify {res['open_s']:.2f} s, "
+                      f"iterated in {res['seconds']:.1f} s")
                 rows.append({"dataset": f"rss {size}", "n": size, "release_every": release, "peak_rss_mib": p["VmRSS"],
                              "peak_anon_mib": p["RssAnon"], "peak_file_mib": p["RssFile"],
-                             "before_mib": b["VmRSS"], "file_mib": res["file_mib"], "iterate_s": res["seconds"]})
+                             "before_mib": b["VmRSS"], "file_mib": res["file_mib"], "iterate_s": res["seconds"],
+                             "open_s": res["open_s"]})
             ds.path.unlink()
     finally:
         for p in cache_dir.iterdir():
@@ -213,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.shared.is_dir():
         sys.exit(f"shared data folder {args.shared} not found (pass --shared)")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}")
     rows: list[dict] = []
     if not args.skip_throughput:
         throughput(args, rows)

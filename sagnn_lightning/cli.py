@@ -12,7 +12,8 @@ defaults). What it adds to ``LightningCLI``:
   ``checkpoint.*`` options), ``config.yaml``, parity plots, and the W&B files in ``<run dir>/wandb``;
 * W&B as the default logger, offline without an API key (:mod:`sagnn_lightning.lit.wandb`);
   ``--trainer.logger=false`` disables it. The full config is logged to it;
-* callbacks: parity plot, throughput, summary line (:mod:`sagnn_lightning.lit.callbacks`);
+* callbacks: parity plot, throughput, summary line, and for ``predict`` a CSV writer
+  (``--predictions.output``, default ``<run dir>/predictions.csv``) (:mod:`sagnn_lightning.lit.callbacks`);
 * ``seed_everything`` defaults to 0 (reproducible); a missing subcommand means ``fit``.
 """
 
@@ -28,7 +29,7 @@ import pytorch_lightning as pl
 from jsonargparse import Namespace, lazy_instance
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from sagnn_lightning.lit.callbacks import BestAndLastCheckpoint, ParityPlot, RunSummary, Throughput, wandb_run_dir
+from sagnn_lightning.lit.callbacks import BestAndLastCheckpoint, ParityPlot, PredictionsCSV, RunSummary, Throughput, wandb_run_dir
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.lit.wandb import WandbLogger
 
@@ -93,6 +94,7 @@ class SAGNNLightningCLI(LightningCLI):
         parser.add_lightning_class_args(ParityPlot, "parity")
         parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_lightning_class_args(RunSummary, "summary")
+        parser.add_lightning_class_args(PredictionsCSV, "predictions")
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
                               compute_fn=lambda root: str(Path(root or ".") / "checkpoints"))
         for source, target in (
@@ -144,6 +146,9 @@ _UPSTREAM_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     # we pass the (augmented) command line as ``args`` on purpose
     (r"LightningCLI's args parameter is intended to run from within Python", UserWarning),
+    # Lightning 2.6's LightningCLI calls jsonargparse APIs deprecated in jsonargparse 4.49
+    (r"[\s\S]*was deprecated in v4\.\d+", DeprecationWarning),
+    (r"[\s\S]*By default only one JsonargparseDeprecationWarning", DeprecationWarning),
 )
 
 

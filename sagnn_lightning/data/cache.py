@@ -105,7 +105,10 @@ def _item_to_arrays(item: StructureLike, settings: GraphSettings, name: str):
     except StructureError:
         raise
     except Exception as exc:  # any parser failure is a bad entry, reported with its id
-        raise StructureError(f"{name}: could not parse the structure ({type(exc).__name__}: {exc})") from exc
+        hint = ""
+        if isinstance(item, str) and "\n" not in item.strip():
+            hint = "; strings must be CIF text, not file names (read the file first)"
+        raise StructureError(f"{name}: could not parse the structure ({type(exc).__name__}: {exc}){hint}") from exc
     return structure_graph_arrays(structure, settings, name)
 
 
@@ -261,6 +264,8 @@ def load_or_build_graphs(
             log.warning("rebuilding graph cache: %s", exc)
 
     items = structures() if callable(structures) else structures
+    if not isinstance(items, (list, tuple)):
+        items = list(items)  # positional slicing for any sequence (pandas Series, numpy object arrays)
     if len(items) != len(sample_ids):
         raise ValueError(f"got {len(items)} structures for {len(sample_ids)} sample ids")
     n = len(items)

@@ -78,6 +78,7 @@ def read_header(path: Path) -> dict[str, Any]:
         raise CacheError(f"{path}: size {size} B, header says {header.get('file_size')} B")
     if set(header.get("arrays", {})) != set(ARRAY_NAMES):
         raise CacheError(f"{path}: graph cache is missing arrays")
+    header["_sha256"] = digest.hex()  # identifies this exact file (not stored in it)
     return header
 
 

@@ -20,6 +20,7 @@ from torch_geometric.data import Data
 
 from sagnn_lightning.data.cache_format import (
     CACHE_FORMAT_VERSION,
+    FOOTER,
     CacheError,
     SkippedItem,
     read_header,
@@ -64,7 +65,12 @@ class GraphDataset(Dataset):
     def _map(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
             with open(self.path, "rb") as f:
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            # the file may have been rebuilt since the header was read: same footer hash or refuse
+            if len(mm) != self.header["file_size"] or mm[-FOOTER.size :][8:40].hex() != self.header["_sha256"]:
+                mm.close()
+                raise CacheError(f"{self.path}: the cache file changed since it was opened; open it again")
+            self._mmap = mm
             arrays = {}
             for name, meta in self.header["arrays"].items():
                 shape, dtype = tuple(meta["shape"]), np.dtype(meta["dtype"])

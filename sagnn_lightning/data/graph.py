@@ -11,6 +11,9 @@ bond vector ``r_ij = pos[j] + image_offsets[e] @ lattice - pos[i]`` (Å).
 
 The neighbour search is pymatgen's compiled ``find_points_in_spheres`` (the routine behind
 ``Structure.get_neighbor_list`` / ``get_all_neighbors``): no Python loop over atoms or edges.
+
+Changing what a graph contains for given settings? Bump ``CACHE_FORMAT_VERSION`` in
+:mod:`sagnn_lightning.data.cache_format` so cached graphs are rebuilt.
 """
 
 from __future__ import annotations

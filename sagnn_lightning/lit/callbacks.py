@@ -248,3 +248,51 @@ class RunSummary(Callback):
     def _emit(self, line: str) -> None:
         self.lines.append(line)
         print(line, flush=True)
+
+
+class PredictionsCSV(Callback):
+    """Writes the ``predict`` subcommand's outputs as CSV (``id, prediction[, probability]``).
+
+    Predictions of every DDP process are gathered and de-duplicated by sample id (samplers pad with
+    repeats), then written once, atomically, by rank 0.
+
+    Args:
+        output: CSV path (default ``<run dir>/predictions.csv``).
+    """
+
+    def __init__(self, output: str | None = None) -> None:
+        self.output = output
+        self._rows: list[tuple[str, list[float], list[float] | None]] = []
+        self.path: Path | None = None
+
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rows = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not isinstance(outputs, dict) or "prediction" not in outputs:
+            return
+        pred = outputs["prediction"].float().cpu().tolist()
+        prob = outputs["probability"].float().cpu().tolist() if "probability" in outputs else [None] * len(pred)
+        ids = outputs.get("sample_id") or [f"{batch_idx}-{k}" for k in range(len(pred))]
+        self._rows.extend(zip(ids, pred, prob))
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rows = [r for part in _gather_objects(trainer, self._rows) for r in part]
+        self._rows = []
+        if trainer.global_rank != 0 or not rows:
+            return
+        unique: dict[str, tuple] = {}
+        for row in rows:
+            unique.setdefault(row[0], row)
+        from sagnn_lightning.lit.predict import Predictions, write_predictions_csv
+
+        ordered = list(unique.values())
+        classification = ordered[0][2] is not None
+        result = Predictions(
+            ids=[r[0] for r in ordered],
+            prediction=torch.tensor([r[1] for r in ordered]),
+            probability=torch.tensor([r[2] for r in ordered]) if classification else None,
+            target_names=list(getattr(pl_module, "target_names", ["target"])), errors=[],
+        )
+        self.path = write_predictions_csv(self.output or run_dir(trainer) / "predictions.csv", result)
+        print(f"sagnn predict done: wrote {len(ordered)} predictions to {self.path}", flush=True)

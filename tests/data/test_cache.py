@@ -160,6 +160,20 @@ def test_corrupted_cache_is_rebuilt(tmp_path, caplog, damage: str) -> None:
     assert_same_graph(ds[1], structure_to_graph(Structure.from_dict(dicts[1])))
 
 
+def test_large_image_offsets_use_a_wider_type(tmp_path) -> None:
+    # a 0.1 Å axis with a 13 Å cutoff reaches image 130 > int8
+    s = Structure(Lattice.orthorhombic(0.1, 10.0, 10.0), ["H"], [[0, 0, 0]])
+    ds = build(tmp_path, [s], ["thin"], np.zeros((1, 1)), settings=GraphSettings(cutoff=13.0))
+    assert ds.header["arrays"]["image_offsets"]["dtype"] == "<i2"
+    assert int(ds[0].image_offsets.abs().max()) == 130
+    assert_same_graph(ds[0], structure_to_graph(s, cutoff=13.0))
+
+
+def test_file_name_instead_of_cif_text_is_explained(tmp_path) -> None:
+    with pytest.raises(StructureError, match="CIF text, not file names"):
+        build(tmp_path, ["structures/mp-1.cif"], ["mp-1"], np.zeros((1, 1)))
+
+
 def test_stale_targets_are_rebuilt(tmp_path) -> None:
     ids, dicts, targets = inputs(5)
     build(tmp_path, dicts, ids, targets)
@@ -235,6 +249,18 @@ def test_release_pages_keeps_items_valid(tmp_path) -> None:
     for k, d in enumerate(dicts):
         assert_same_graph(keep[k], structure_to_graph(Structure.from_dict(d)))
     assert np.array_equal(ds.targets, targets)
+
+
+def test_file_replaced_after_open_is_refused(tmp_path) -> None:
+    ids, dicts, targets = inputs(4)
+    path = build(tmp_path, dicts, ids, targets).path
+    stale = GraphDataset(path)  # header read, not yet mapped
+    other = build(tmp_path / "other", dicts[:3], ids[:3], targets[:3]).path
+    path.write_bytes(other.read_bytes())
+    from sagnn_lightning.data.cache_format import CacheError
+
+    with pytest.raises(CacheError, match="changed since it was opened"):
+        stale[0]
 
 
 def test_default_cache_dir_env(tmp_path, monkeypatch) -> None:

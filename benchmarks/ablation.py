@@ -1,0 +1,286 @@
+"""The SA-GNN ablation table on real matbench data: heads, attention placement, w/o MHSA.
+
+Every variant trains with the same budget on ``matbench_perovskites`` fold 0's training rows (15,142
+real crystals, target ``e_form`` in eV per 5-atom cell): the same fixed internal validation split
+(``val_fraction`` of the fold's training rows, drawn with ``split_seed``; matbench's fold-0 test rows
+are not used), the same seed, batch size, number of epochs and optimizer (Adam, lr 1e-3, L1 loss on
+standardised targets). Recorded per run:
+
+- validation MAE in eV/cell, best over the epochs and after the last epoch (per-epoch curve too);
+- training throughput in crystals/s: crystals seen / time spent in the training batches (loading +
+  collating the cached graphs, forward, backward, optimizer step), summed over the training epochs;
+  graph building (done once, cached) and validation are excluded;
+- parameter count and wall time of the whole ``fit`` (training + validation epochs).
+
+Variants (``SAGNN`` constructor arguments):
+
+=============  =================================  ==========================================
+name           arguments                          meaning
+=============  =================================  ==========================================
+``h8_last``    ``heads=8, attention="last"``      SA-GNN as we ship it (default)
+``h4_last``    ``heads=4, attention="last"``      4 heads
+``h16_last``   ``heads=16, attention="last"``     16 heads
+``none``       ``attention="none"``               w/o MHSA = plain MEGNet
+``h8_each``    ``heads=8, attention="each"``      MHSA after every MEGNet block
+=============  =================================  ==========================================
+
+Results are appended (one row per variant × seed, replacing an older row with the same key) to a CSV
+written atomically after every run, so a long background run leaves usable rows if it is stopped;
+the per-epoch validation curves go to ``<out stem>_curves.csv``. The table is printed at the end.
+
+Usage (from the repository root)::
+
+    python benchmarks/ablation.py --quick                       # smoke check: 1 epoch, 256 crystals
+    python benchmarks/ablation.py --epochs 8 --threads 1        # the table (all 5 variants, seed 0)
+    python benchmarks/ablation.py --epochs 8 --variants h8_last none --seeds 1   # run-to-run spread
+
+Data: Castelli et al., Energy Environ. Sci. 5, 9034 (2012), through matbench (Dunn et al., npj Comput.
+Mater. 6, 138, 2020).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import Subset
+
+from sagnn_lightning.data.matbench import MatbenchDataModule
+from sagnn_lightning.lit.module import SAGNNModule
+from sagnn_lightning.models import SAGNN
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / "../shared/data/matbench/matbench_perovskites_fold0_train.json.gz"
+DEFAULT_OUT = REPO / "benchmarks/results/ablation.csv"
+
+#: variant name -> (description, SAGNN keyword arguments)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "h8_last": ("SA-GNN, 8 heads, MHSA after last block", {"heads": 8, "attention": "last"}),
+    "h4_last": ("SA-GNN, 4 heads, MHSA after last block", {"heads": 4, "attention": "last"}),
+    "h16_last": ("SA-GNN, 16 heads, MHSA after last block", {"heads": 16, "attention": "last"}),
+    "none": ("w/o MHSA (= plain MEGNet)", {"attention": "none"}),
+    "h8_each": ("SA-GNN, 8 heads, MHSA after each block", {"heads": 8, "attention": "each"}),
+}
+
+FIELDS = [
+    "variant", "description", "heads", "attention", "seed", "params", "epochs", "batch_size", "lr",
+    "train_crystals", "val_crystals", "val_mae_best", "best_epoch", "val_mae_final", "train_mae_final",
+    "train_crystals_per_s", "train_time_s", "val_time_s", "wall_time_s", "threads", "machine",
+]
+CURVE_FIELDS = ["variant", "seed", "epoch", "val_mae", "train_mae", "epoch_train_time_s"]
+
+
+class AblationMonitor(pl.Callback):
+    """Per-epoch validation MAE and training-batch time / crystals.
+
+    Training time of an epoch runs from ``on_train_epoch_start`` to the end of its last training batch
+    (data loading + collate + forward + backward + step); validation, which Lightning runs before
+    ``on_train_epoch_end``, is timed separately.
+    """
+
+    def __init__(self) -> None:
+        self.val_mae: list[float] = []
+        self.train_mae: list[float] = []
+        self.epoch_train_time: list[float] = []
+        self.val_time = 0.0
+        self.crystals = 0
+        self._epoch_start = 0.0
+        self._last_batch_end = 0.0
+        self._val_start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = self._last_batch_end = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self._last_batch_end = time.perf_counter()
+        self.crystals += int(batch.num_graphs)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.val_time += time.perf_counter() - self._val_start
+        self.val_mae.append(float(trainer.callback_metrics["val/mae"]))
+        print(f"   epoch {trainer.current_epoch + 1}: val MAE {self.val_mae[-1]:.4f}", flush=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_train_time.append(self._last_batch_end - self._epoch_start)
+
+
+class TrainMAE(pl.Callback):
+    """Reads ``train/mae`` after the module logged it (the module's epoch-end hook runs after callbacks')."""
+
+    def __init__(self, monitor: AblationMonitor) -> None:
+        self.monitor = monitor
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch > 0 and "train/mae" in trainer.callback_metrics:
+            self.monitor.train_mae.append(float(trainer.callback_metrics["train/mae"]))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if "train/mae" in trainer.callback_metrics:
+            self.monitor.train_mae.append(float(trainer.callback_metrics["train/mae"]))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="matbench_perovskites fold-0 training file")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results CSV (rows merged, written atomically)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="model/training seeds (pl.seed_everything)")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation carve and the shuffle")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training crystals")
+    p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation crystals")
+    p.add_argument("--cache-dir", type=str, default=None, help="graph cache (default $SAGNN_CACHE_DIR / user cache)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke check: 1 epoch, 256 training / 64 validation crystals, CSV beside --out as *_quick.csv")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs = 1
+        args.limit_train = args.limit_train or 256
+        args.limit_val = args.limit_val or 64
+        if args.out == DEFAULT_OUT:
+            args.out = DEFAULT_OUT.with_name("ablation_quick.csv")
+    return args
+
+
+def machine(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()}-core CPU ({cpu}), torch {torch.__version__}, {threads} thread(s)"
+
+
+def build_data(args: argparse.Namespace) -> MatbenchDataModule:
+    """Graphs (cached) + the fixed train/val split of fold 0's training rows."""
+    if not args.data.is_file():
+        sys.exit(f"ablation: data file {args.data} not found; pass --data <matbench_perovskites_fold0_train.json.gz>")
+    dm = MatbenchDataModule(task="matbench_perovskites", fold=0, data_file=str(args.data), batch_size=args.batch_size,
+                            val_fraction=args.val_fraction, split_seed=args.split_seed, cache_dir=args.cache_dir,
+                            download=False, progress=False)
+    t0 = time.perf_counter()
+    dm.prepare_data()
+    dm.setup("fit")
+    print(f"graphs ready in {time.perf_counter() - t0:.1f} s: {len(dm.train_dataset)} train / "
+          f"{len(dm.val_dataset)} val crystals", flush=True)
+    train, val = dm.train_dataset, dm.val_dataset
+    if args.limit_train:
+        train = Subset(train, range(min(args.limit_train, len(train))))
+    if args.limit_val:
+        val = Subset(val, range(min(args.limit_val, len(val))))
+    dm.train_dataset, dm.val_dataset = train, val  # the loaders read these attributes
+    return dm
+
+
+def run_variant(name: str, seed: int, dm: MatbenchDataModule, args: argparse.Namespace,
+                tmp: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    description, kwargs = VARIANTS[name]
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = SAGNN(num_targets=1, **kwargs)
+    lr = args.lr
+    module = SAGNNModule(model=model, task_type="regression", target_mean=dm.target_mean, target_std=dm.target_std,
+                         target_names=dm.target_names, loss="l1",
+                         optimizer=lambda params: torch.optim.Adam(params, lr=lr))
+    monitor = AblationMonitor()
+    trainer = pl.Trainer(
+        max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
+        callbacks=[monitor, TrainMAE(monitor)], default_root_dir=str(tmp),
+    )
+    # loaders built here so that every run sees the same shuffle (generator seeded with split_seed)
+    train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
+    t0 = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    wall = time.perf_counter() - t0
+    train_time = sum(monitor.epoch_train_time)
+    best = min(range(len(monitor.val_mae)), key=monitor.val_mae.__getitem__)
+    row = {
+        "variant": name, "description": description, "heads": kwargs.get("heads", "-"),
+        "attention": kwargs["attention"], "seed": seed, "params": sum(p.numel() for p in model.parameters()),
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": lr,
+        "train_crystals": len(dm.train_dataset), "val_crystals": len(dm.val_dataset),
+        "val_mae_best": f"{monitor.val_mae[best]:.5f}", "best_epoch": best + 1,
+        "val_mae_final": f"{monitor.val_mae[-1]:.5f}",
+        "train_mae_final": f"{monitor.train_mae[-1]:.5f}" if monitor.train_mae else "",
+        "train_crystals_per_s": f"{monitor.crystals / train_time:.1f}", "train_time_s": f"{train_time:.1f}",
+        "val_time_s": f"{monitor.val_time:.1f}", "wall_time_s": f"{wall:.1f}", "threads": args.threads,
+        "machine": machine(args.threads),
+    }
+    curves = [
+        {"variant": name, "seed": seed, "epoch": e + 1, "val_mae": f"{v:.5f}",
+         "train_mae": f"{monitor.train_mae[e]:.5f}" if e < len(monitor.train_mae) else "",
+         "epoch_train_time_s": f"{monitor.epoch_train_time[e]:.1f}" if e < len(monitor.epoch_train_time) else ""}
+        for e, v in enumerate(monitor.val_mae)
+    ]
+    return row, curves
+
+
+def merge_write(path: Path, rows: list[dict[str, Any]], fields: list[str], key: tuple[str, ...]) -> list[dict]:
+    """Merge ``rows`` into the CSV at ``path`` (same ``key`` replaced) and write it atomically."""
+    existing: list[dict] = []
+    if path.is_file():
+        with path.open(newline="") as fh:
+            existing = list(csv.DictReader(fh))
+    new_keys = {tuple(str(r[k]) for k in key) for r in rows}
+    merged = [r for r in existing if tuple(str(r.get(k)) for k in key) not in new_keys] + rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(merged)
+    os.replace(fh.name, path)
+    return merged
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'variant':<9} {'seed':>4} {'params':>8} {'val MAE best':>13} {'(ep)':>4} {'val MAE final':>14} " \
+           f"{'crystals/s':>11} {'wall s':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['variant']:<9} {r['seed']:>4} {int(r['params']):>8,} {float(r['val_mae_best']):>13.4f} "
+              f"{r['best_epoch']:>4} {float(r['val_mae_final']):>14.4f} {float(r['train_crystals_per_s']):>11.1f} "
+              f"{float(r['wall_time_s']):>8.0f}")
+    print("val MAE in eV per 5-atom cell (matbench_perovskites e_form); epochs "
+          f"{rows[0]['epochs'] if rows else '-'}, batch {rows[0]['batch_size'] if rows else '-'}")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dm = build_data(args)
+    curves_path = args.out.with_name(args.out.stem + "_curves.csv")
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="sagnn_ablation_") as tmp:
+        for seed in args.seeds:
+            for name in args.variants:
+                print(f"== {name} seed {seed}: {args.epochs} epochs", flush=True)
+                row, curves = run_variant(name, seed, dm, args, Path(tmp))
+                rows.append(row)
+                merge_write(args.out, [row], FIELDS, ("variant", "seed"))
+                merge_write(curves_path, curves, CURVE_FIELDS, ("variant", "seed"))
+                print(f"   val MAE best {row['val_mae_best']} (epoch {row['best_epoch']}), final "
+                      f"{row['val_mae_final']}, {row['train_crystals_per_s']} crystals/s, {row['wall_time_s']} s",
+                      flush=True)
+    print()
+    print_table(rows)
+    print(f"\nwrote {args.out} and {curves_path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

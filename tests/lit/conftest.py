@@ -1,0 +1,107 @@
+"""Shared fixtures of the CLI / DDP / resume / predict tests: real data subsets, tiny model, offline W&B."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sagnn_lightning.data.samples import sample_path
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO / "../shared/data"
+
+#: a tiny SA-GNN (every block type present, small widths) so that CLI tests take seconds
+TINY_MODEL_YAML = """\
+model:
+  model:
+    class_path: sagnn_lightning.models.SAGNN
+    init_args:
+      hidden_dim: 8
+      dense_hidden: 16
+      conv_hidden: [16]
+      heads: 2
+      num_blocks: 1
+      num_gaussians: 20
+      readout_hidden: [8]
+      attention: last
+      attention_backend: torch
+trainer:
+  accelerator: cpu
+  devices: 1
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+"""
+
+
+def write_sample_csv(path: Path, rows: int, start: int = 0) -> Path:
+    """``rows`` real Materials Project perovskites (id, cif, band gap, formation energy) from the bundled sample."""
+    frame = pd.read_csv(sample_path("mp_abx3_perovskites")).iloc[start:start + rows]
+    frame[["material_id", "cif", "band_gap", "formation_energy_per_atom"]].to_csv(path, index=False)
+    return path
+
+
+def crystal_data_yaml(csv: Path, batch_size: int = 8, targets: str = "[band_gap]") -> str:
+    return f"""\
+data:
+  class_path: sagnn_lightning.data.crystal.CrystalDataModule
+  init_args:
+    data_file: {csv}
+    target_columns: {targets}
+    val_fraction: 0.2
+    test_fraction: 0.2
+    batch_size: {batch_size}
+    num_workers: 0
+    progress: false
+"""
+
+
+@pytest.fixture()
+def offline_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """W&B offline into tmp, graph cache into tmp, no API key; returns the env for subprocesses."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("SAGNN_CACHE_DIR", str(tmp_path / "graph_cache"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@pytest.fixture()
+def sample_run(tmp_path) -> dict[str, Path]:
+    """A 48-crystal real-data CSV + its data YAML + the tiny model YAML, in tmp."""
+    csv = write_sample_csv(tmp_path / "mp48.csv", 48)
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(crystal_data_yaml(csv))
+    tiny_yaml = tmp_path / "tiny.yaml"
+    tiny_yaml.write_text(TINY_MODEL_YAML)
+    return {"csv": csv, "data": data_yaml, "tiny": tiny_yaml, "root": tmp_path / "run"}
+
+
+def run_python(args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` from the repository root; fails the test with the output on error."""
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"python {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+                    f"--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def wandb_run_bytes(root: Path) -> tuple[Path, bytes]:
+    """The offline W&B run folder under ``root`` and the bytes of its ``.wandb`` record log."""
+    runs = sorted((root / "wandb").glob("offline-run-*"))
+    assert runs, f"no offline W&B run under {root / 'wandb'}"
+    logs = list(runs[-1].glob("run-*.wandb"))
+    assert logs, f"no .wandb record file in {runs[-1]}"
+    return runs[-1], logs[0].read_bytes()
