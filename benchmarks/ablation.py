@@ -24,6 +24,10 @@ name           arguments                          meaning
 ``h8_each``    ``heads=8, attention="each"``      MHSA after every MEGNet block
 =============  =================================  ==========================================
 
+``--speed-rounds N`` measures throughput alone, the variants taking turns on the same batches (a shared
+CPU drifts over minutes, so this is the fairer speed comparison; see :func:`measure_speed`), into
+``<out stem>_speed.csv``.
+
 Results are appended (one row per variant × seed, replacing an older row with the same key) to a CSV
 written atomically after every run, so a long background run leaves usable rows if it is stopped;
 the per-epoch validation curves go to ``<out stem>_curves.csv``. The table is printed at the end.
@@ -33,6 +37,7 @@ Usage (from the repository root)::
     python benchmarks/ablation.py --quick                       # smoke check: 1 epoch, 256 crystals
     python benchmarks/ablation.py --epochs 8 --threads 1        # the table (all 5 variants, seed 0)
     python benchmarks/ablation.py --epochs 8 --variants h8_last none --seeds 1   # run-to-run spread
+    python benchmarks/ablation.py --speed-rounds 3 --speed-batches 20   # interleaved throughput only
 
 Data: Castelli et al., Energy Environ. Sci. 5, 9034 (2012), through matbench (Dunn et al., npj Comput.
 Mater. 6, 138, 2020).
@@ -42,8 +47,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -74,8 +81,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 FIELDS = [
     "variant", "description", "heads", "attention", "seed", "params", "epochs", "batch_size", "lr",
     "train_crystals", "val_crystals", "val_mae_best", "best_epoch", "val_mae_final", "train_mae_final",
-    "train_crystals_per_s", "train_time_s", "val_time_s", "wall_time_s", "threads", "machine",
+    "train_crystals_per_s", "train_crystals_per_cpu_s", "train_time_s", "val_time_s", "wall_time_s", "threads",
+    "machine",
 ]
+SPEED_FIELDS = ["variant", "heads", "attention", "params", "batch_size", "batches", "rounds",
+                "crystals_per_s_median", "crystals_per_s_min", "crystals_per_s_max", "crystals_per_cpu_s_median",
+                "threads", "machine"]
 CURVE_FIELDS = ["variant", "seed", "epoch", "val_mae", "train_mae", "epoch_train_time_s"]
 
 
@@ -91,6 +102,7 @@ class AblationMonitor(pl.Callback):
         self.val_mae: list[float] = []
         self.train_mae: list[float] = []
         self.epoch_train_time: list[float] = []
+        self.epoch_train_cpu: list[float] = []
         self.val_time = 0.0
         self.crystals = 0
         self._epoch_start = 0.0
@@ -99,9 +111,11 @@ class AblationMonitor(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = self._last_batch_end = time.perf_counter()
+        self._epoch_cpu_start = self._last_batch_cpu = time.process_time()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._last_batch_end = time.perf_counter()
+        self._last_batch_cpu = time.process_time()
         self.crystals += int(batch.num_graphs)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -116,6 +130,7 @@ class AblationMonitor(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_train_time.append(self._last_batch_end - self._epoch_start)
+        self.epoch_train_cpu.append(self._last_batch_cpu - self._epoch_cpu_start)
 
 
 class TrainMAE(pl.Callback):
@@ -148,6 +163,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training crystals")
     p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation crystals")
     p.add_argument("--cache-dir", type=str, default=None, help="graph cache (default $SAGNN_CACHE_DIR / user cache)")
+    p.add_argument("--speed-rounds", type=int, default=0,
+                   help="instead of training: interleaved throughput, N rounds of every variant (see measure_speed)")
+    p.add_argument("--speed-batches", type=int, default=20, help="timed training batches per variant and round")
     p.add_argument("--quick", action="store_true",
                    help="smoke check: 1 epoch, 256 training / 64 validation crystals, CSV beside --out as *_quick.csv")
     args = p.parse_args(argv)
@@ -155,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.epochs = 1
         args.limit_train = args.limit_train or 256
         args.limit_val = args.limit_val or 64
+        args.speed_batches = min(args.speed_batches, 1)
         if args.out == DEFAULT_OUT:
             args.out = DEFAULT_OUT.with_name("ablation_quick.csv")
     return args
@@ -216,7 +235,9 @@ def run_variant(name: str, seed: int, dm: MatbenchDataModule, args: argparse.Nam
         "val_mae_best": f"{monitor.val_mae[best]:.5f}", "best_epoch": best + 1,
         "val_mae_final": f"{monitor.val_mae[-1]:.5f}",
         "train_mae_final": f"{monitor.train_mae[-1]:.5f}" if monitor.train_mae else "",
-        "train_crystals_per_s": f"{monitor.crystals / train_time:.1f}", "train_time_s": f"{train_time:.1f}",
+        "train_crystals_per_s": f"{monitor.crystals / train_time:.1f}",
+        "train_crystals_per_cpu_s": f"{monitor.crystals / max(sum(monitor.epoch_train_cpu), 1e-9):.1f}",
+        "train_time_s": f"{train_time:.1f}",
         "val_time_s": f"{monitor.val_time:.1f}", "wall_time_s": f"{wall:.1f}", "threads": args.threads,
         "machine": machine(args.threads),
     }
@@ -227,6 +248,53 @@ def run_variant(name: str, seed: int, dm: MatbenchDataModule, args: argparse.Nam
         for e, v in enumerate(monitor.val_mae)
     ]
     return row, curves
+
+
+def measure_speed(dm: MatbenchDataModule, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Training-step throughput with the variants taking turns (a shared CPU drifts over minutes).
+
+    The same ``--speed-batches`` pre-collated training batches (after 1 untimed warm-up batch) run through
+    every variant: forward, L1 loss on standardised targets, backward, Adam step. ``--speed-rounds`` rounds,
+    the variant order rotated each round; reported: median / min / max crystals per wall-clock second and
+    the median crystals per CPU-second of this process (``time.process_time``), which other jobs on the
+    machine disturb much less than wall-clock time.
+    """
+    batches = list(itertools.islice(dm.train_dataloader(), args.speed_batches + 1))
+    if len(batches) < args.speed_batches + 1:
+        sys.exit(f"ablation: --speed-batches {args.speed_batches} needs {args.speed_batches + 1} training batches "
+                 f"(1 warm-up), the split has {len(batches)}; lower --speed-batches or raise --limit-train")
+    crystals = sum(int(b.num_graphs) for b in batches[1:])
+    mean, std = torch.tensor(dm.target_mean), torch.tensor(dm.target_std)
+    wall: dict[str, list[float]] = {v: [] for v in args.variants}
+    cpu: dict[str, list[float]] = {v: [] for v in args.variants}
+    params: dict[str, int] = {}
+    for r in range(args.speed_rounds):
+        order = args.variants[r % len(args.variants):] + args.variants[:r % len(args.variants)]
+        for name in order:
+            pl.seed_everything(args.seeds[0], verbose=False)
+            model = SAGNN(num_targets=1, **VARIANTS[name][1])
+            params[name] = sum(p.numel() for p in model.parameters())
+            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+            for k, batch in enumerate(batches):
+                if k == 1:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                optimizer.zero_grad()
+                target = (batch.y.reshape(-1, 1) - mean) / std
+                loss = (model(batch) - target).abs().mean()
+                loss.backward()
+                optimizer.step()
+            wall[name].append(crystals / (time.perf_counter() - t0))
+            cpu[name].append(crystals / (time.process_time() - c0))
+        print(f"   round {r + 1}: " + ", ".join(f"{v} {wall[v][-1]:.0f}/s" for v in args.variants), flush=True)
+    return [
+        {"variant": v, "heads": VARIANTS[v][1].get("heads", "-"), "attention": VARIANTS[v][1]["attention"],
+         "params": params[v], "batch_size": args.batch_size, "batches": args.speed_batches,
+         "rounds": args.speed_rounds, "crystals_per_s_median": f"{statistics.median(wall[v]):.1f}",
+         "crystals_per_s_min": f"{min(wall[v]):.1f}", "crystals_per_s_max": f"{max(wall[v]):.1f}",
+         "crystals_per_cpu_s_median": f"{statistics.median(cpu[v]):.1f}", "threads": args.threads,
+         "machine": machine(args.threads)}
+        for v in args.variants
+    ]
 
 
 def merge_write(path: Path, rows: list[dict[str, Any]], fields: list[str], key: tuple[str, ...]) -> list[dict]:
@@ -263,6 +331,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     dm = build_data(args)
+    if args.speed_rounds > 0:
+        speed = measure_speed(dm, args)
+        speed_path = args.out.with_name(args.out.stem + "_speed.csv")
+        merge_write(speed_path, speed, SPEED_FIELDS, ("variant",))
+        print(f"{'variant':<9} {'params':>8} {'crystals/s median (min-max)':>28} {'crystals/CPU-s':>15}")
+        for r in speed:
+            print(f"{r['variant']:<9} {r['params']:>8,} {r['crystals_per_s_median']:>12} "
+                  f"({r['crystals_per_s_min']}-{r['crystals_per_s_max']}) {r['crystals_per_cpu_s_median']:>15}")
+        print(f"\nwrote {speed_path}")
+        return speed
     curves_path = args.out.with_name(args.out.stem + "_curves.csv")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="sagnn_ablation_") as tmp:

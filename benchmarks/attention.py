@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -42,8 +43,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout, even when an installed copy exists
 
-from sagnn_lightning.kernels.dispatch import triton_available  # noqa: E402
-from sagnn_lightning.kernels.reference import varlen_attention_padded  # noqa: E402
+from sagnn_lightning.kernels.dispatch import triton_available
+from sagnn_lightning.kernels.reference import varlen_attention_padded
 
 MATBENCH_FILES = {
     "matbench_perovskites": "matbench/matbench_perovskites_fold0_train.csv.gz",
@@ -68,7 +69,7 @@ def atom_count_pools(data_root: Path, rng: np.random.Generator) -> dict[str, np.
 def per_crystal_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float) -> torch.Tensor:
     """One SDPA call per crystal on its slice; ``bounds`` is ``cu_seqlens`` on the host."""
     outs = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in itertools.pairwise(bounds):
         qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (H, n, D)
         outs.append(F.scaled_dot_product_attention(qs, ks, vs, scale=scale).transpose(0, 1))
     return torch.cat(outs)
@@ -178,7 +179,9 @@ def run(args: argparse.Namespace) -> list[Row]:
             q, k, v, do = (torch.randn(total, args.heads, args.head_dim, generator=gen).to(device, dtype) for _ in range(4))
             scale = 1.0 / math.sqrt(args.head_dim)
             for name, fn in methods.items():
-                method = lambda q_, k_, v_, fn=fn: fn(q_, k_, v_, cu, longest, bounds, scale)  # noqa: E731
+                def method(q_, k_, v_, fn=fn, cu=cu, longest=longest, bounds=bounds, scale=scale):
+                    return fn(q_, k_, v_, cu, longest, bounds, scale)
+
                 t_fwd, t_bwd, t_both, peak = measure(method, q, k, v, do, device, args.repeats, args.warmup)
                 rows.append(Row(
                     dist, batch_size, total, longest, total / batch_size, 1.0 - total / (batch_size * longest),

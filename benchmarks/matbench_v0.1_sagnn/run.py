@@ -423,6 +423,7 @@ def summarize(mb: Any) -> dict[str, Any]:
 def save(mb: Any, out: Path, variant: str, configs: dict[str, dict[str, Any]]) -> None:
     """Metadata + atomic writes of ``results.json.gz`` (matbench's ``to_file``) and ``info.json``."""
     summary = summarize(mb)
+    mb.user_metadata = {}  # rebuilt whole from the recorded folds (avoids matbench's "overwriting" warning)
     mb.add_metadata({"algorithm": ALGORITHM_NAMES[variant], "variant": variant,
                      "configs": json.loads(json.dumps(configs)), "machine": machine(),
                      "summary": json.loads(json.dumps(summary))})

@@ -309,9 +309,15 @@ class GraphDataModule(pl.LightningDataModule):
                 raise DataFormatError(self._missing_split_message("test"))
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
             dataset = getattr(self, f"{split}_dataset")
-        generator = torch.Generator().manual_seed(self.split_seed) if shuffle else None
+        if shuffle:  # order = f(split_seed, epoch) and exact mid-epoch resume (sagnn_lightning.data.loader)
+            from sagnn_lightning.data.loader import EpochRandomSampler, ResumableDataLoader
+
+            return ResumableDataLoader(
+                dataset, batch_size=self.batch_size, sampler=EpochRandomSampler(dataset, seed=self.split_seed),
+                collate_fn=collate_graphs, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            )
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+            dataset, batch_size=self.batch_size, shuffle=False,
             collate_fn=collate_graphs, num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

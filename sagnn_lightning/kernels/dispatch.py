@@ -39,7 +39,7 @@ def resolve_backend(backend: Backend, device_type: str) -> str:
 
 def varlen_attention(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, *,
-    dropout_p: float = 0.0, scale: float | None = None, backend: Backend = "auto",
+    dropout_p: float = 0.0, scale: float | None = None, backend: Backend = "auto", validate: bool = True,
 ) -> Tensor:
     """Attention of every packed row over the rows of its own sequence.
 
@@ -50,14 +50,20 @@ def varlen_attention(
         dropout_p: attention dropout probability (training only; pass 0.0 in eval).
         scale: softmax scale, default ``1 / sqrt(head_dim)``.
         backend: ``"auto"``, ``"torch"`` (padded SDPA) or ``"triton"`` (fused varlen kernel).
+        validate: let the Triton launcher check the values of ``cu_seqlens`` against ``max_seqlen``
+            (one device→host read per call); callers whose batches come from ``collate_graphs`` pass False.
 
     Returns:
         ``(total, heads, head_dim)``.
     """
     if resolve_backend(backend, q.device.type) == "triton":
-        from sagnn_lightning.kernels.triton_attention import supports, varlen_attention_triton
+        from sagnn_lightning.kernels.triton_attention import (
+            supports,
+            varlen_attention_triton,
+        )
 
         # "auto" falls back to torch for what the kernel does not take (float64, head_dim > 128)
         if backend == "triton" or supports(q):
-            return varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)
+            return varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale,
+                                           validate=validate)
     return varlen_attention_padded(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)

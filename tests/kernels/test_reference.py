@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from sagnn_lightning.kernels import resolve_backend, varlen_attention, varlen_attention_padded, varlen_attention_reference
+from sagnn_lightning.kernels import (
+    resolve_backend,
+    varlen_attention,
+    varlen_attention_padded,
+    varlen_attention_reference,
+)
 
 CASES = {
     "one_atom": [1],
@@ -62,9 +67,9 @@ def test_gradcheck_float64(fn: str) -> None:
     gen = torch.Generator().manual_seed(2)
     inputs = tuple(torch.randn(8, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
     if fn == "reference":
-        func = lambda q, k, v: varlen_attention_reference(q, k, v, cu)  # noqa: E731
+        func = lambda q, k, v: varlen_attention_reference(q, k, v, cu)
     else:
-        func = lambda q, k, v: varlen_attention_padded(q, k, v, cu, max(lengths))  # noqa: E731
+        func = lambda q, k, v: varlen_attention_padded(q, k, v, cu, max(lengths))
     assert torch.autograd.gradcheck(func, inputs)
 
 
@@ -95,7 +100,7 @@ def test_works_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     """With Triton unimportable: ``triton_available()`` is False, "auto" uses torch, "triton" raises clearly."""
     import sys
 
-    import sagnn_lightning.kernels as kernels
+    from sagnn_lightning import kernels
     from sagnn_lightning.kernels import triton_available
 
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError

@@ -8,13 +8,18 @@ size ± 1 (with 16-row tiles), a multi-tile 300-atom crystal among 5-atom ones, 
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import ModuleType
 
 import pytest
 import torch
 
-from sagnn_lightning.kernels import varlen_attention, varlen_attention_padded, varlen_attention_reference
+from sagnn_lightning.kernels import (
+    varlen_attention,
+    varlen_attention_padded,
+    varlen_attention_reference,
+)
 
 
 def cu_seqlens_of(lengths: list[int], device: torch.device) -> torch.Tensor:
@@ -90,7 +95,7 @@ def masked_dropout_reference(q, k, v, cu_seqlens, keep, dropout_p):
     scale = 1.0 / math.sqrt(q.shape[-1])
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
-    for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for b, (start, end) in enumerate(itertools.pairwise(bounds)):
         n = end - start
         qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))
         probs = (qs @ ks.transpose(-1, -2) * scale).softmax(-1)

@@ -1,0 +1,73 @@
+"""A training DataLoader that resumes mid-epoch exactly (Lightning's ``state_dict`` protocol).
+
+* :class:`EpochRandomSampler`: the shuffled order is a function of ``(seed, epoch)`` only; Lightning
+  calls ``set_epoch`` at every epoch start, so a resumed run draws the same order as an uninterrupted
+  one. It is a ``RandomSampler``, so under DDP Lightning swaps in its own ``DistributedSampler``
+  (also ordered by seed and epoch).
+* :class:`ResumableDataLoader`: a plain ``DataLoader`` that reports how many batches of the current
+  epoch were *trained on* in ``state_dict()`` (Lightning saves it in every checkpoint) and skips
+  that many batches on the first iteration after ``load_state_dict()``.
+
+Lightning prefetches one batch ahead to detect the epoch end, so while an epoch is running the number
+trained on is ``yielded - 1``; once the iterator is exhausted it is ``yielded``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sized
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+#: batches Lightning's training data fetcher holds ahead of the step being run
+LIGHTNING_PREFETCH = 1
+
+
+class EpochRandomSampler(RandomSampler):
+    """Random permutation of ``range(len(data_source))`` seeded by ``seed + epoch``."""
+
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class ResumableDataLoader(DataLoader):
+    """``DataLoader`` with ``state_dict``/``load_state_dict`` for exact mid-epoch resumption."""
+
+    def __iter__(self) -> Iterator[Any]:
+        skip = getattr(self, "_resume_skip", 0)
+        self._resume_skip = 0
+        self._yielded, self._exhausted = 0, False
+        iterator = super().__iter__()
+        if skip >= len(self):  # the checkpoint was taken at the end of an epoch
+            skip = 0
+        for _ in range(skip):
+            next(iterator)
+        self._yielded = skip
+        return self._count(iterator)
+
+    def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        for batch in iterator:
+            self._yielded += 1
+            yield batch
+        self._exhausted = True
+
+    def state_dict(self) -> dict[str, int]:
+        yielded = getattr(self, "_yielded", 0)
+        trained = yielded if getattr(self, "_exhausted", False) else max(yielded - LIGHTNING_PREFETCH, 0)
+        return {"trained_batches": trained, "epoch": int(getattr(self.sampler, "epoch", 0))}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Called by Lightning before the first iterator of a resumed run is created: restores the
+        epoch of the sampler (Lightning sets it only after that iterator exists) and the skip count."""
+        self._resume_skip = int(state.get("trained_batches", 0))
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(int(state.get("epoch", 0)))

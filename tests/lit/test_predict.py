@@ -1,0 +1,122 @@
+"""``python -m sagnn_lightning predict``: good + bad CIFs, tables, classification, atomic output."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from pymatgen.core import Structure
+
+from sagnn_lightning.__main__ import main as module_main
+from sagnn_lightning.cli import cli_main
+from sagnn_lightning.data import collate_graphs, structure_to_graph
+from sagnn_lightning.lit.module import SAGNNModule
+from tests.lit.conftest import REPO, TINY_MODEL_YAML, crystal_data_yaml, write_sample_csv
+
+INPUTS = REPO / "tests" / "fixtures" / "inputs"
+BASE = REPO / "recipes" / "configs" / "sagnn.yaml"
+
+
+def _train(tmp: Path, csv_path: Path, targets: str, extra: list[str]) -> Path:
+    (tmp / "data.yaml").write_text(crystal_data_yaml(csv_path, targets=targets))
+    (tmp / "tiny.yaml").write_text(TINY_MODEL_YAML)
+    cli_main(["fit", "--config", str(tmp / "data.yaml"), "--config", str(tmp / "tiny.yaml"),
+              "--trainer.logger=false", "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp / 'run'}",
+              *extra], configs=[BASE])
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def regression_ckpt(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("reg")
+    # a cutoff other than the default: predict must build graphs with the training settings
+    return _train(tmp, write_sample_csv(tmp / "mp.csv", 32, start=100), "[band_gap]",
+                  ["--data.init_args.cutoff=4.5", "--data.init_args.cache_dir=" + str(tmp / "cache")])
+
+
+@pytest.fixture(scope="module")
+def classification_ckpt(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("cls")
+    frame = pd.read_csv(write_sample_csv(tmp / "mp.csv", 32, start=100))
+    frame["is_metal"] = (frame["band_gap"] <= 0).astype(int)
+    frame.to_csv(tmp / "mp.csv", index=False)
+    return _train(tmp, tmp / "mp.csv", "[is_metal]",
+                  ["--data.init_args.task_type=classification", "--data.init_args.cache_dir=" + str(tmp / "cache")])
+
+
+def _reference(ckpt: Path, files: list[Path], cutoff: float) -> dict[str, torch.Tensor]:
+    """Independent path: pymatgen parses each CIF, graphs built one by one, the module called directly."""
+    module = SAGNNModule.load_from_checkpoint(ckpt).eval()
+    graphs = [structure_to_graph(Structure.from_file(f), cutoff=cutoff) for f in files]
+    with torch.no_grad():
+        out = module(collate_graphs(graphs))
+    return {f.stem: out[k] for k, f in enumerate(files)}
+
+
+def test_good_and_bad_cifs(regression_ckpt, tmp_path, capsys):
+    folder = tmp_path / "cifs"
+    shutil.copytree(INPUTS / "cifs", folder)
+    bad = sorted((INPUTS / "bad").glob("*.cif"))
+    for f in bad:
+        shutil.copy(f, folder / f.name)
+    out = tmp_path / "out" / "preds.csv"
+    status = module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(folder), "--output", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0
+    for f in bad:  # each bad file is reported by name
+        assert str(folder / f.name) in captured.err
+    good = sorted(f for f in folder.glob("*.cif") if f.name not in {b.name for b in bad})
+    rows = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in rows] == [f.stem for f in good]
+    assert set(rows[0]) == {"id", "prediction"}
+    reference = _reference(regression_ckpt, good, cutoff=4.5)
+    for r in rows:
+        assert float(r["prediction"]) == pytest.approx(float(reference[r["id"]][0]), rel=1e-5, abs=1e-6)
+    assert f"wrote {len(good)} predictions" in captured.out and f"({len(bad)} skipped)" in captured.out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["preds.csv"]  # no temporary file left
+
+
+def test_table_and_matbench_json_inputs(regression_ckpt, tmp_path):
+    out = tmp_path / "table.csv"
+    assert module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "mp_abx3_8.csv"),
+                        "--output", str(out)]) == 0
+    ids = [r["id"] for r in csv.DictReader(out.open())]
+    assert ids == list(pd.read_csv(INPUTS / "mp_abx3_8.csv")["material_id"])
+    assert module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "jdft2d_8.json"),
+                        "--output", str(out)]) == 0
+    assert [r["id"] for r in csv.DictReader(out.open())][0] == "mb-jdft2d-001"
+
+
+def test_only_bad_inputs_leave_existing_output_untouched(regression_ckpt, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    out.write_text("previous results\n")
+    status = module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "bad"),
+                          "--output", str(out)])
+    assert status == 1
+    assert out.read_text() == "previous results\n"
+    assert "nothing written" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv"]
+
+
+def test_classification_writes_label_and_probability(classification_ckpt, tmp_path):
+    out = tmp_path / "cls.csv"
+    files = sorted((INPUTS / "cifs").glob("*.cif"))
+    assert module_main(["predict", "--ckpt", str(classification_ckpt), "--input", str(INPUTS / "cifs"),
+                        "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert set(rows[0]) == {"id", "prediction", "probability"}
+    logits = _reference(classification_ckpt, files, cutoff=5.0)
+    for r in rows:
+        prob = torch.sigmoid(logits[r["id"]][0]).item()
+        assert float(r["probability"]) == pytest.approx(prob, rel=1e-5, abs=1e-7)
+        assert int(r["prediction"]) == int(prob >= 0.5)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint .* does not exist"):
+        module_main(["predict", "--ckpt", str(tmp_path / "nope.ckpt"), "--input", str(INPUTS / "cifs"),
+                     "--output", str(tmp_path / "o.csv")])

@@ -1,0 +1,60 @@
+"""Resume after a hard kill mid-epoch: ``--ckpt_path last`` ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.lit.conftest import REPO, run_python
+
+EPOCHS, BATCH, STEPS = 2, 4, 7  # 28 training crystals (48 - 10 val - 10 test) → 7 steps per epoch
+
+
+def _callbacks(path, *items: str) -> str:
+    path.write_text("trainer:\n  callbacks:\n" + "".join(items))
+    return str(path)
+
+
+def _item(class_path: str, **init_args) -> str:
+    args = "".join(f"        {k}: {v}\n" for k, v in init_args.items())
+    return f"    - class_path: {class_path}\n      init_args:\n{args}"
+
+
+def test_killed_mid_epoch_and_resumed_matches_uninterrupted(sample_run, offline_env, tmp_path):
+    common = ["recipes/quickstart.py", "fit", "--config", str(sample_run["data"]), "--config", str(sample_run["tiny"]),
+              f"--trainer.max_epochs={EPOCHS}", f"--data.init_args.batch_size={BATCH}", "--trainer.logger=false"]
+    step_ckpt = _item("pytorch_lightning.callbacks.ModelCheckpoint", every_n_train_steps=1, save_top_k=0,
+                      save_last=True, dirpath=tmp_path / "interrupted" / "checkpoints")
+
+    # reference: uninterrupted
+    ref = tmp_path / "ref.json"
+    run_python([*common, f"--trainer.default_root_dir={tmp_path / 'reference'}", "--config",
+                _callbacks(tmp_path / "a.yaml", _item("tests.lit.helpers.FinalState", path=ref))], offline_env)
+
+    # interrupted: SIGKILL at step 11 (epoch 1, batch 4 of 7); the newest checkpoint (step 10) is mid-epoch
+    root = tmp_path / "interrupted"
+    killed = subprocess.run(
+        [sys.executable, *common, f"--trainer.default_root_dir={root}", "--config",
+         _callbacks(tmp_path / "b.yaml", step_ckpt, _item("tests.lit.helpers.KillAtStep", step=11))],
+        cwd=REPO, env=offline_env, capture_output=True, text=True, timeout=240)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+
+    # resume with the same command + --ckpt_path last
+    out = tmp_path / "resumed.json"
+    proc = run_python([*common, f"--trainer.default_root_dir={root}", "--ckpt_path=last", "--config",
+                       _callbacks(tmp_path / "c.yaml", step_ckpt, _item("tests.lit.helpers.FinalState", path=out))],
+                      offline_env)
+    assert "Restored all states from the checkpoint" in proc.stdout + proc.stderr
+    assert "resuming from a checkpoint that ended before the epoch ended" not in proc.stderr
+
+    a, b = json.loads(ref.read_text()), json.loads(out.read_text())
+    print("DEBUG", root)
+    assert b["global_step"] == a["global_step"] == EPOCHS * STEPS
+    assert b["param_head"] == pytest.approx(a["param_head"], rel=1e-6, abs=1e-7)
+    assert b["param_sum"] == pytest.approx(a["param_sum"], rel=1e-6)
+    for key in ("val/loss", "val/mae", "val/rmse", "val/r2"):
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-6, abs=1e-7), key
