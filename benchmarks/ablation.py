@@ -166,6 +166,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed-rounds", type=int, default=0,
                    help="instead of training: interleaved throughput, N rounds of every variant (see measure_speed)")
     p.add_argument("--speed-batches", type=int, default=20, help="timed training batches per variant and round")
+    p.add_argument("--report", action="store_true",
+                   help="only print a Markdown summary of --out (and its _speed.csv): per variant over seeds")
     p.add_argument("--quick", action="store_true",
                    help="smoke check: 1 epoch, 256 training / 64 validation crystals, CSV beside --out as *_quick.csv")
     args = p.parse_args(argv)
@@ -327,8 +329,45 @@ def print_table(rows: list[dict]) -> None:
           f"{rows[0]['epochs'] if rows else '-'}, batch {rows[0]['batch_size'] if rows else '-'}")
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def markdown_report(out: Path) -> str:
+    """Markdown table of ``out`` aggregated per variant over seeds (mean ± sample std, per-seed values)."""
+    rows = _read_csv(out)
+    speed = {r["variant"]: r for r in _read_csv(out.with_name(out.stem + "_speed.csv"))}
+    lines = [("| variant | params | seeds | val MAE best (eV/cell) | val MAE final (eV/cell) | per seed (final) | "
+             "crystals/s in run | crystals/s interleaved | crystals/CPU-s | wall time / run |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in [v for v in VARIANTS if any(r["variant"] == v for r in rows)]:
+        runs = sorted((r for r in rows if r["variant"] == name), key=lambda r: int(r["seed"]))
+        best = [float(r["val_mae_best"]) for r in runs]
+        final = [float(r["val_mae_final"]) for r in runs]
+
+        def stat(xs: list[float]) -> str:
+            return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
+
+        per_seed = ", ".join(f"{float(r['val_mae_final']):.4f}" for r in runs)
+        rate = statistics.median(float(r["train_crystals_per_s"]) for r in runs)
+        wall = statistics.median(float(r["wall_time_s"]) for r in runs)
+        sp = speed.get(name)
+        inter = f"{sp['crystals_per_s_median']} ({sp['crystals_per_s_min']}–{sp['crystals_per_s_max']})" if sp else "–"
+        cpu = sp["crystals_per_cpu_s_median"] if sp else "–"
+        lines.append(f"| {name}: {VARIANTS[name][0]} | {int(runs[0]['params']):,} | {len(runs)} | {stat(best)} | "
+                     f"{stat(final)} | {per_seed} | {rate:.0f} | {inter} | {cpu} | {wall / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict] | str:
     args = parse_args(argv)
+    if args.report:
+        report = markdown_report(args.out)
+        print(report)
+        return report
     torch.set_num_threads(args.threads)
     dm = build_data(args)
     if args.speed_rounds > 0:

@@ -26,10 +26,18 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pytorch_lightning as pl
+import yaml
 from jsonargparse import Namespace, lazy_instance
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from sagnn_lightning.lit.callbacks import BestAndLastCheckpoint, ParityPlot, PredictionsCSV, RunSummary, Throughput, wandb_run_dir
+from sagnn_lightning.lit.callbacks import (
+    BestAndLastCheckpoint,
+    ParityPlot,
+    PredictionsCSV,
+    RunSummary,
+    Throughput,
+    wandb_run_dir,
+)
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.lit.wandb import WandbLogger
 
@@ -38,6 +46,7 @@ DEFAULT_RUNS_ROOT = "runs"
 
 
 def _datamodule_cutoff(datamodule: Any) -> float:
+    """Neighbour cutoff (Å) of a graph DataModule (``settings.cutoff``), default 5.0."""
     settings = getattr(datamodule, "settings", None)
     return float(getattr(settings, "cutoff", getattr(datamodule, "cutoff", 5.0)))
 
@@ -48,10 +57,7 @@ class SaveAndLogConfig(SaveConfigCallback):
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not trainer.loggers:
             return
-        config = self.parser.dump(self.config, skip_none=False, format="yaml")
-        import yaml
-
-        flat = yaml.safe_load(config)
+        flat = yaml.safe_load(self.parser.dump(self.config, skip_none=False, format="yaml"))
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": flat})
 

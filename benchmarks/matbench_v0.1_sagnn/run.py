@@ -288,6 +288,19 @@ def train_and_predict(config: dict[str, Any], task_type: str, train_df: Any, tes
     return {"ids": ids, "predictions": predictions, "params": params}
 
 
+def classification_extras(truth: Sequence[bool], probabilities: np.ndarray) -> dict[str, float]:
+    """Scores stored beside matbench's for a classification fold.
+
+    matbench's ``score_array`` turns float predictions into 0/1 labels for ``accuracy`` and then scores
+    ``rocauc`` on those labels, so its ``rocauc`` equals the balanced accuracy. Returns
+    ``{"rocauc_from_probabilities": ROC-AUC of the probabilities [n] against the 0/1 truth [n]}``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    return {"rocauc_from_probabilities": float(roc_auc_score(np.asarray(truth, dtype=bool),
+                                                             np.asarray(probabilities, dtype=float)))}
+
+
 # ---------------------------------------------------------------------------------------------- files
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,6 +308,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -367,7 +381,7 @@ def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[st
     attention = {"last": f"{model.get('heads')}-head self-attention over the atoms of each crystal after the last "
                          "MEGNet block", "each": f"{model.get('heads')}-head self-attention after every block",
                  "none": "no self-attention (the paper's w/o-MHSA ablation, i.e. MEGNet)"}[model["attention"]]
-    epochs = sorted({c["max_epochs"] for c in configs.values()})
+    budget = ", ".join(f"{name}: {c['max_epochs']} epochs" for name, c in sorted(configs.items()))
     return {
         "authors": "sagnn-lightning contributors",
         "algorithm": ALGORITHM_NAMES[variant],
@@ -379,7 +393,7 @@ def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[st
             f"with a {model['cutoff']} A cutoff. Trained with L1 loss on standardised targets, Adam, "
             "ReduceLROnPlateau on the validation loss; the checkpoint with the lowest validation MAE (validation = "
             f"{any_cfg['training']['val_fraction']:.0%} of each fold's training rows) predicts the test fold. "
-            f"Fixed hyper-parameters (recipes/configs), budget {epochs} epochs per fold."
+            f"Fixed hyper-parameters (recipes/configs); training budget per fold: {budget}."
         ),
         "bibtex_refs": BIBTEX_REFS,
         "notes": (
@@ -420,14 +434,16 @@ def summarize(mb: Any) -> dict[str, Any]:
     return out
 
 
-def save(mb: Any, out: Path, variant: str, configs: dict[str, dict[str, Any]]) -> None:
-    """Metadata + atomic writes of ``results.json.gz`` (matbench's ``to_file``) and ``info.json``."""
+def save(mb: Any, out: Path, variant: str, configs: dict[str, dict[str, Any]], results: bool = True) -> None:
+    """Metadata + atomic writes of ``results.json.gz`` (matbench's ``to_file``; skipped when ``results`` is
+    false) and ``info.json``."""
     summary = summarize(mb)
     mb.user_metadata = {}  # rebuilt whole from the recorded folds (avoids matbench's "overwriting" warning)
     mb.add_metadata({"algorithm": ALGORITHM_NAMES[variant], "variant": variant,
                      "configs": json.loads(json.dumps(configs)), "machine": machine(),
                      "summary": json.loads(json.dumps(summary))})
-    _atomic_write(out / RESULTS_FILE, lambda tmp: mb.to_file(tmp))
+    if results:
+        _atomic_write(out / RESULTS_FILE, lambda tmp: mb.to_file(tmp))
     info = info_json(variant, configs, {t: {"mean": s["mean"], "std": s["std"], "n_folds": s["n_folds"]}
                                         for t, s in summary.items()})
     _atomic_write(out / INFO_FILE, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
@@ -439,7 +455,6 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
         model_overrides: dict[str, Any] | None = None, seed: int = 0) -> Any:
     """Train/predict/record the requested folds (skipping recorded ones); returns the ``MatbenchBenchmark``."""
     import torch
-    from sklearn.metrics import roc_auc_score
 
     from sagnn_lightning.data.matbench import get_task
 
@@ -456,8 +471,11 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
         if old is not None and json.loads(json.dumps(old)) != json.loads(json.dumps(cfg)):
             recorded = [k for k, v in mb.tasks_map[name].is_recorded.items() if v]
             if recorded:
+                new = json.loads(json.dumps(cfg))
+                diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
                 raise ValueError(f"{out / RESULTS_FILE} holds {name} folds {recorded} recorded with another "
-                                 f"configuration ({old}); use another --out, or delete the file to start over.")
+                                 f"configuration (stored vs requested: {diff}); rerun with the stored settings, "
+                                 "use another --out, or delete the file to start over.")
         configs[name] = cfg
     configs = {**stored_configs, **configs}
 
@@ -495,7 +513,7 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
             predictions = result["predictions"]
             if meta.task_type == "classification":
                 truth = task.get_test_data(fold, as_type="tuple", include_target=True)[1]  # scoring only
-                params["rocauc_from_probabilities"] = float(roc_auc_score(np.asarray(truth, dtype=bool), predictions))
+                params.update(classification_extras(truth, predictions))
             task.record(fold, predictions.astype(float), params=params)
             save(mb, out, variant, configs)
             scores = task.results[task.folds_map[fold]]["scores"]
@@ -506,6 +524,8 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
                   f"train {params['train_seconds']:.0f} s, fold {params['fold_seconds']:.0f} s "
                   f"-> {out / RESULTS_FILE}", flush=True)
         task.df = None  # free the structures before the next task
+    if (out / RESULTS_FILE).is_file():
+        save(mb, out, variant, configs, results=False)  # info.json always reflects this code and the whole file
     return mb
 
 

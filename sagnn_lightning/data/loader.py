@@ -8,8 +8,8 @@
   epoch were *trained on* in ``state_dict()`` (Lightning saves it in every checkpoint) and skips
   that many batches on the first iteration after ``load_state_dict()``.
 
-Lightning prefetches one batch ahead to detect the epoch end, so while an epoch is running the number
-trained on is ``yielded - 1``; once the iterator is exhausted it is ``yielded``.
+Lightning's training fetcher does not prefetch from a loader with a length (it knows where the epoch
+ends), so the batches yielded in the current epoch are the batches trained on.
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ from typing import Any, Iterator, Sized
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler
-
-#: batches Lightning's training data fetcher holds ahead of the step being run
-LIGHTNING_PREFETCH = 1
-
 
 class EpochRandomSampler(RandomSampler):
     """Random permutation of ``range(len(data_source))`` seeded by ``seed + epoch``."""
@@ -45,7 +41,7 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         skip = getattr(self, "_resume_skip", 0)
         self._resume_skip = 0
-        self._yielded, self._exhausted = 0, False
+        self._yielded = 0
         iterator = super().__iter__()
         if skip >= len(self):  # the checkpoint was taken at the end of an epoch
             skip = 0
@@ -58,12 +54,9 @@ class ResumableDataLoader(DataLoader):
         for batch in iterator:
             self._yielded += 1
             yield batch
-        self._exhausted = True
 
     def state_dict(self) -> dict[str, int]:
-        yielded = getattr(self, "_yielded", 0)
-        trained = yielded if getattr(self, "_exhausted", False) else max(yielded - LIGHTNING_PREFETCH, 0)
-        return {"trained_batches": trained, "epoch": int(getattr(self.sampler, "epoch", 0))}
+        return {"trained_batches": getattr(self, "_yielded", 0), "epoch": int(getattr(self.sampler, "epoch", 0))}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Called by Lightning before the first iterator of a resumed run is created: restores the

@@ -30,6 +30,9 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         save_top_k: best checkpoints kept (default 1).
         save_last: also write ``last.ckpt`` (default ``True``; ``--ckpt_path last`` resumes from it).
         filename: name pattern (default ``best-{epoch}-{step}``).
+        last_every_n_train_steps: also refresh ``last.ckpt`` every this many training steps, mid-epoch
+            (0 = only at the end of each epoch); a run killed mid-epoch then resumes exactly with
+            ``--ckpt_path last``.
         **kwargs: other ``ModelCheckpoint`` arguments.
     """
 
@@ -41,8 +44,12 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         save_top_k: int = 1,
         save_last: bool = True,
         filename: str | None = "best-{epoch}-{step}",
+        last_every_n_train_steps: int = 0,
         **kwargs: Any,
     ) -> None:
+        if last_every_n_train_steps < 0:
+            raise ValueError(f"last_every_n_train_steps must be >= 0, got {last_every_n_train_steps}")
+        self.last_every_n_train_steps = last_every_n_train_steps
         self._auto_monitor, self._auto_mode = monitor == "auto", mode == "auto"
         super().__init__(dirpath=dirpath, monitor=None if monitor == "auto" else monitor,
                          mode="min" if mode == "auto" else mode, save_top_k=save_top_k, save_last=save_last,
@@ -59,6 +66,12 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             self.kth_value = torch_inf if mode == "min" else -torch_inf
             self.best_model_score = None
         super().setup(trainer, pl_module, stage)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self.last_every_n_train_steps
+        if n and self.save_last and trainer.global_step % n == 0 and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def _gather_objects(trainer: pl.Trainer, obj: Any) -> list[Any]:

@@ -173,7 +173,8 @@ class SAGNNModule(pl.LightningModule):
         for metrics in self._metrics(stage):
             updated = any(m.update_called for m in metrics.values())
             per_target.append(metrics.compute() if updated else None)
-            metrics.reset()
+            with torch.inference_mode(False):  # fresh states must stay usable after trainer.validate/test
+                metrics.reset()
         names = [n for n, v in zip(self.target_names, per_target) if v is not None]
         values = [v for v in per_target if v is not None]
         if not values:

@@ -127,3 +127,32 @@ def test_fixed_config_reads_the_recipes(runner):
     assert cfg["model"]["attention"] == "none" and cfg["max_epochs"] == 7
     cfg = runner.fixed_config(TASK, "sagnn", 7, None)  # built-in fallback = the recipes' values
     assert cfg["model"]["attention"] == "last" and cfg["model"]["heads"] == 8
+
+
+def test_classification_path_stores_true_rocauc(runner, one_thread, tmp_path):
+    """The is_metal hook, on real jdft2d fold-0 rows with a 0/1 label (exfoliation energy above the training
+    median): the classification branch predicts probabilities for exactly the test ids, and the stored
+    ROC-AUC is sklearn's on the probabilities, while matbench's own ``rocauc`` is the balanced accuracy."""
+    from matbench.data_ops import score_array
+    from matbench.metadata import mbv01_validation
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    df = runner.local_task_frame(TASK, DATA)
+    split = mbv01_validation.splits[TASK]["fold_0"]
+    threshold = float(df.loc[list(split["train"]), "exfoliation_en"].median())
+    labels = df["exfoliation_en"] > threshold
+    train_df = df.loc[list(split["train"])].assign(exfoliation_en=labels.loc[list(split["train"])])
+    test_df = df.loc[list(split["test"]), ["structure"]]
+    graphs = runner.build_graphs(df["structure"], 5.0)
+    config = runner.fixed_config(TASK, "sagnn", 1, None, TINY)
+    torch.set_num_threads(one_thread)
+    result = runner.train_and_predict(config, "classification", train_df, test_df, "exfoliation_en", graphs, 0,
+                                      tmp_path)
+    assert result["ids"] == list(split["test"])
+    prob = result["predictions"]
+    assert prob.shape == (len(split["test"]),) and np.all((prob >= 0) & (prob <= 1))
+    truth = labels.loc[list(split["test"])].to_numpy()
+    extras = runner.classification_extras(truth, prob)
+    assert extras["rocauc_from_probabilities"] == pytest.approx(roc_auc_score(truth, prob))
+    scores = score_array([bool(t) for t in truth], [float(p) for p in prob], "classification")
+    assert scores["rocauc"] == pytest.approx(balanced_accuracy_score(truth, prob > 0.5))

@@ -46,6 +46,14 @@ def write_sample_csv(path: Path, rows: int, start: int = 0) -> Path:
     return path
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts (file closed afterwards)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
 def crystal_data_yaml(csv: Path, batch_size: int = 8, targets: str = "[band_gap]") -> str:
     return f"""\
 data:

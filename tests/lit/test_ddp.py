@@ -3,7 +3,6 @@ shards, weights stay identical, logged metrics are global, W&B and files are wri
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from sagnn_lightning.lit.module import SAGNNModule
-from tests.lit.conftest import run_python, wandb_run_bytes
+from tests.lit.conftest import read_rows, run_python, wandb_run_bytes
 
 
 def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
@@ -70,6 +69,6 @@ def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
                 str(sample_run["tiny"]), "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
                 "--trainer.logger=false", f"--trainer.default_root_dir={root}", f"--ckpt_path={ckpt_path}",
                 f"--predictions.output={out}"], offline_env, timeout=200)
-    ids = [r["id"] for r in csv.DictReader(out.open())]
+    ids = [r["id"] for r in read_rows(out)]
     assert sorted(ids) == sorted(dm.split_ids["test"])
-    assert np.isfinite([float(r["prediction"]) for r in csv.DictReader(out.open())]).all()
+    assert np.isfinite([float(r["prediction"]) for r in read_rows(out)]).all()

@@ -186,7 +186,7 @@ def test_training_reduces_loss_and_checkpoint_roundtrip(graphs, tmp_path):
                          optimizer=partial(torch.optim.Adam, lr=3e-3))
     before = quiet_trainer().validate(module, dataloaders=loader(data), verbose=False)[0]["val/loss"]
     trainer = quiet_trainer(max_epochs=15, default_root_dir=tmp_path, log_every_n_steps=1)
-    trainer.fit(module, train_dataloaders=loader(data, 8))
+    trainer.fit(module, train_dataloaders=loader(data, 8), val_dataloaders=loader(data))
     after = quiet_trainer().validate(module, dataloaders=loader(data), verbose=False)[0]["val/loss"]
     assert after < 0.8 * before
     path = tmp_path / "m.ckpt"

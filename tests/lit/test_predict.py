@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from sagnn_lightning.__main__ import main as module_main
 from sagnn_lightning.cli import cli_main
 from sagnn_lightning.data import collate_graphs, structure_to_graph
 from sagnn_lightning.lit.module import SAGNNModule
-from tests.lit.conftest import REPO, TINY_MODEL_YAML, crystal_data_yaml, write_sample_csv
+from tests.lit.conftest import REPO, TINY_MODEL_YAML, crystal_data_yaml, read_rows, write_sample_csv
 
 INPUTS = REPO / "tests" / "fixtures" / "inputs"
 BASE = REPO / "recipes" / "configs" / "sagnn.yaml"
@@ -41,8 +40,9 @@ def regression_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def classification_ckpt(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("cls")
-    frame = pd.read_csv(write_sample_csv(tmp / "mp.csv", 32, start=100))
-    frame["is_metal"] = (frame["band_gap"] <= 0).astype(int)
+    frame = pd.read_csv(write_sample_csv(tmp / "all.csv", 400))
+    frame["is_metal"] = (frame["band_gap"] <= 0).astype(int)  # real labels, balanced: 16 metals + 16 others
+    frame = pd.concat([frame[frame.is_metal == 1].head(16), frame[frame.is_metal == 0].head(16)]).sort_index()
     frame.to_csv(tmp / "mp.csv", index=False)
     return _train(tmp, tmp / "mp.csv", "[is_metal]",
                   ["--data.init_args.task_type=classification", "--data.init_args.cache_dir=" + str(tmp / "cache")])
@@ -58,6 +58,9 @@ def _reference(ckpt: Path, files: list[Path], cutoff: float) -> dict[str, torch.
 
 
 def test_good_and_bad_cifs(regression_ckpt, tmp_path, capsys):
+    # the CLI linked the data cutoff into the model's Gaussian basis
+    hparams = torch.load(regression_ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["model"]["init_args"]["cutoff"] == 4.5
     folder = tmp_path / "cifs"
     shutil.copytree(INPUTS / "cifs", folder)
     bad = sorted((INPUTS / "bad").glob("*.cif"))
@@ -70,7 +73,7 @@ def test_good_and_bad_cifs(regression_ckpt, tmp_path, capsys):
     for f in bad:  # each bad file is reported by name
         assert str(folder / f.name) in captured.err
     good = sorted(f for f in folder.glob("*.cif") if f.name not in {b.name for b in bad})
-    rows = list(csv.DictReader(out.open()))
+    rows = read_rows(out)
     assert [r["id"] for r in rows] == [f.stem for f in good]
     assert set(rows[0]) == {"id", "prediction"}
     reference = _reference(regression_ckpt, good, cutoff=4.5)
@@ -84,11 +87,11 @@ def test_table_and_matbench_json_inputs(regression_ckpt, tmp_path):
     out = tmp_path / "table.csv"
     assert module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "mp_abx3_8.csv"),
                         "--output", str(out)]) == 0
-    ids = [r["id"] for r in csv.DictReader(out.open())]
+    ids = [r["id"] for r in read_rows(out)]
     assert ids == list(pd.read_csv(INPUTS / "mp_abx3_8.csv")["material_id"])
     assert module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "jdft2d_8.json"),
                         "--output", str(out)]) == 0
-    assert [r["id"] for r in csv.DictReader(out.open())][0] == "mb-jdft2d-001"
+    assert [r["id"] for r in read_rows(out)][0] == "mb-jdft2d-001"
 
 
 def test_only_bad_inputs_leave_existing_output_untouched(regression_ckpt, tmp_path, capsys):
@@ -107,7 +110,7 @@ def test_classification_writes_label_and_probability(classification_ckpt, tmp_pa
     files = sorted((INPUTS / "cifs").glob("*.cif"))
     assert module_main(["predict", "--ckpt", str(classification_ckpt), "--input", str(INPUTS / "cifs"),
                         "--output", str(out)]) == 0
-    rows = list(csv.DictReader(out.open()))
+    rows = read_rows(out)
     assert set(rows[0]) == {"id", "prediction", "probability"}
     logits = _reference(classification_ckpt, files, cutoff=5.0)
     for r in rows:

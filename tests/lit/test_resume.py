@@ -26,8 +26,6 @@ def _item(class_path: str, **init_args) -> str:
 def test_killed_mid_epoch_and_resumed_matches_uninterrupted(sample_run, offline_env, tmp_path):
     common = ["recipes/quickstart.py", "fit", "--config", str(sample_run["data"]), "--config", str(sample_run["tiny"]),
               f"--trainer.max_epochs={EPOCHS}", f"--data.init_args.batch_size={BATCH}", "--trainer.logger=false"]
-    step_ckpt = _item("pytorch_lightning.callbacks.ModelCheckpoint", every_n_train_steps=1, save_top_k=0,
-                      save_last=True, dirpath=tmp_path / "interrupted" / "checkpoints")
 
     # reference: uninterrupted
     ref = tmp_path / "ref.json"
@@ -37,24 +35,52 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted(sample_run, offline_
     # interrupted: SIGKILL at step 11 (epoch 1, batch 4 of 7); the newest checkpoint (step 10) is mid-epoch
     root = tmp_path / "interrupted"
     killed = subprocess.run(
-        [sys.executable, *common, f"--trainer.default_root_dir={root}", "--config",
-         _callbacks(tmp_path / "b.yaml", step_ckpt, _item("tests.lit.helpers.KillAtStep", step=11))],
+        [sys.executable, *common, f"--trainer.default_root_dir={root}",
+         "--checkpoint.last_every_n_train_steps=1", "--config",
+         _callbacks(tmp_path / "b.yaml", _item("tests.lit.helpers.KillAtStep", step=11))],
         cwd=REPO, env=offline_env, capture_output=True, text=True, timeout=240)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert (root / "checkpoints" / "last.ckpt").is_file()
 
     # resume with the same command + --ckpt_path last
     out = tmp_path / "resumed.json"
-    proc = run_python([*common, f"--trainer.default_root_dir={root}", "--ckpt_path=last", "--config",
-                       _callbacks(tmp_path / "c.yaml", step_ckpt, _item("tests.lit.helpers.FinalState", path=out))],
+    proc = run_python([*common, f"--trainer.default_root_dir={root}", "--ckpt_path=last",
+                       "--checkpoint.last_every_n_train_steps=1", "--config",
+                       _callbacks(tmp_path / "c.yaml", _item("tests.lit.helpers.FinalState", path=out))],
                       offline_env)
     assert "Restored all states from the checkpoint" in proc.stdout + proc.stderr
     assert "resuming from a checkpoint that ended before the epoch ended" not in proc.stderr
 
     a, b = json.loads(ref.read_text()), json.loads(out.read_text())
-    print("DEBUG", root)
     assert b["global_step"] == a["global_step"] == EPOCHS * STEPS
     assert b["param_head"] == pytest.approx(a["param_head"], rel=1e-6, abs=1e-7)
     assert b["param_sum"] == pytest.approx(a["param_sum"], rel=1e-6)
     for key in ("val/loss", "val/mae", "val/rmse", "val/r2"):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-6, abs=1e-7), key
+
+
+def test_loader_order_depends_on_seed_and_epoch_and_skips_after_restore():
+    import torch
+
+    from sagnn_lightning.data.loader import EpochRandomSampler, ResumableDataLoader
+
+    data = list(range(10))
+    sampler = EpochRandomSampler(data, seed=3)
+    orders = []
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    assert orders[0] == orders[2] != orders[1] and sorted(orders[1]) == data
+    loader = ResumableDataLoader(data, batch_size=3, sampler=EpochRandomSampler(data, seed=3))
+    loader.sampler.set_epoch(1)
+    iterator = iter(loader)
+    seen = [next(iterator), next(iterator)]
+    state = loader.state_dict()
+    assert state == {"trained_batches": 2, "epoch": 1}
+    fresh = ResumableDataLoader(data, batch_size=3, sampler=EpochRandomSampler(data, seed=3))
+    fresh.load_state_dict(state)  # a new process: epoch and position come from the checkpoint
+    rest = list(fresh)
+    sampler.set_epoch(1)
+    full = [b.tolist() for b in ResumableDataLoader(data, batch_size=3, sampler=sampler)]
+    assert [b.tolist() for b in seen + rest] == full
+    assert [torch.cat(rest).numel()] == [10 - 6]
