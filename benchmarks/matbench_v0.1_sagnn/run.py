@@ -15,6 +15,10 @@ Everything that touches the benchmark goes through matbench's own API::
   ``recipes/configs/matbench_<task>.yaml``; ``--max-epochs`` sets the budget); no test data is used
   for any choice. The checkpoint with the lowest validation MAE (validation = a seeded
   ``val_fraction`` of the fold's *training* rows) predicts the test set.
+* Graphs come from the project's on-disk graph cache (``--cache-dir``, default ``$SAGNN_CACHE_DIR`` or the user
+  cache dir): built once per task and cutoff (``--graph-workers`` processes), memory-mapped, reused by every fold
+  and every later run. The cache holds no targets (NaN): each fold's ``y`` comes from matbench's
+  ``get_train_and_val_data`` only.
 * Resumable per fold: after each fold, ``results.json.gz`` (written by ``MatbenchBenchmark.to_file``,
   to a temporary file then ``os.replace``) and ``info.json`` are saved; a rerun reloads the file and
   skips recorded folds. A run with a different configuration into the same folder is refused.
@@ -25,10 +29,10 @@ Everything that touches the benchmark goes through matbench's own API::
   balanced accuracy. The true ROC-AUC from the probabilities is stored beside it in each fold's
   ``parameters`` (``rocauc_from_probabilities``) and in the metadata.
 
-Usage (offline, shared data)::
+Usage (offline, shared data; the stored results used 50 epochs for jdft2d, 40 for phonons)::
 
-    python benchmarks/matbench_v0.1_sagnn/run.py --tasks matbench_jdft2d matbench_phonons \
-        --variant sagnn --max-epochs 40 --data-home ../shared/data/matbench --threads 1
+    python benchmarks/matbench_v0.1_sagnn/run.py --tasks matbench_jdft2d --variant sagnn \
+        --max-epochs 50 --data-home ../shared/data/matbench --threads 1
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -46,8 +51,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -173,10 +179,11 @@ def local_task_frame(task_name: str, data_home: Path) -> Any:
         )
     df = load_dataframe_from_json(str(path), pbar=False)
     n = int(meta.n_samples)
-    if len(df) != n or not set(range(n)) <= set(int(i) for i in df.index):
+    if len(df) != n or not set(range(n)) <= {int(i) for i in df.index}:
         raise ValueError(f"{path}: {len(df)} rows with index {df.index.min()}..{df.index.max()}, but {task_name} has "
                          f"{n} rows 0..{n - 1}; the runner needs the whole task (all folds' test rows).")
-    digits = math.floor(math.log(n, 10)) + 1  # as matbench.data_ops.load
+    # exactly as matbench.data_ops.load (math.log(1000, 10) < 3: log10 would change ids at powers of ten)
+    digits = math.floor(math.log(n, 10)) + 1  # noqa: FURB163
     prefix = task_name.replace("matbench", "mb").replace("_", "-")
     df = df.copy()
     df["mbid"] = [f"{prefix}-{int(i) + 1:0{digits}d}" for i in df.index]
@@ -184,35 +191,110 @@ def local_task_frame(task_name: str, data_home: Path) -> Any:
     return df[[meta.input_type, meta.target]]
 
 
-def build_graphs(structures: Any, cutoff: float) -> dict[str, Any]:
-    """``{mb id: graph Data}`` for every structure of the task (built once, reused by every fold)."""
-    from sagnn_lightning.data.graph import GraphSettings, graph_from_settings
+def task_fingerprint(task_name: str, ids: Sequence[str], source: Path | None) -> str:
+    """Graph-cache fingerprint of a task's structures (the cache key also holds the graph settings).
 
-    settings = GraphSettings(cutoff=cutoff)
-    graphs = {}
-    for mbid, structure in structures.items():
-        graph = graph_from_settings(structure, settings, name=str(mbid))
-        graph.sample_id = str(mbid)
-        graphs[str(mbid)] = graph
-    return graphs
+    * local file (``source``): sha256 of its bytes (:func:`sagnn_lightning.data.sources.fingerprint`), tagged
+      ``kind="matbench-runner"``. The tag keeps this entry apart from ``MatbenchDataModule``'s one for the same
+      file: the runner caches NaN targets (it never lets test targets into the cache), the DataModule caches the
+      real ones, and the same key with other targets would be rebuilt by each in turn.
+    * matbench's download (``source=None``): sha256 of the task name, the matbench and matminer versions and the
+      ordered matbench ids. matminer checks the downloaded file against the sha256 pinned in its dataset
+      metadata, so these identify the content without hashing (or even locating) the file.
+    """
+    if source is not None:
+        from sagnn_lightning.data.sources import fingerprint
+
+        return fingerprint(source, kind="matbench-runner", task=task_name, targets=None)
+    payload = {"kind": "matbench-runner-download", "task": task_name, "ids": [str(i) for i in ids]}
+    for pkg in ("matbench", "matminer"):
+        try:
+            payload[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            payload[pkg] = None
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def with_targets(graphs: dict[str, Any], ids: Sequence[str], targets: Sequence[float]) -> list[Any]:
-    """Copies of ``graphs[ids]`` carrying ``y [1, 1]`` (float32)."""
-    import torch
+def task_graphs(task_name: str, frame: Any, input_column: str, cutoff: float, cache_dir: Path | None, *,
+                source: Path | None = None, num_workers: int = 0, progress: bool = False) -> tuple[Any, bool]:
+    """Every structure of the task as graphs from the project's on-disk graph cache (built on a miss).
 
-    out = []
-    for mbid, value in zip(ids, targets):
-        graph = copy.copy(graphs[mbid])
-        graph.y = torch.tensor([[float(value)]], dtype=torch.float32)
-        out.append(graph)
-    return out
+    Args:
+        task_name: matbench task name.
+        frame: the task's DataFrame (index = matbench ids, ``frame[input_column]`` = pymatgen Structures).
+        input_column: the structure column (``task.metadata.input_type``).
+        cutoff: neighbour cutoff (Å).
+        cache_dir: graph cache folder (``None``: ``$SAGNN_CACHE_DIR``, else the user cache dir).
+        source: the local matbench-layout file the frame was read from (``None``: matbench's download).
+        num_workers: processes building graphs on a cache miss (0 = this process).
+        progress: progress bar while building.
+
+    Returns:
+        ``(dataset, built)``: a memory-mapped :class:`~sagnn_lightning.data.dataset.GraphDataset` of all rows in
+        ``frame`` order, whose ``y [1, 1]`` is NaN (targets are attached per fold from matbench's training data,
+        see :class:`FoldGraphs`), and whether the graphs were built now (``False``: cache hit).
+    """
+    from sagnn_lightning.data.cache import load_or_build_graphs
+    from sagnn_lightning.data.datamodule import resolve_cache_dir
+    from sagnn_lightning.data.graph import GraphSettings
+
+    ids = [str(i) for i in frame.index]
+    built: list[bool] = []
+
+    def structures() -> list[Any]:  # called by the cache on a miss only
+        built.append(True)
+        return list(frame[input_column])
+
+    dataset = load_or_build_graphs(
+        resolve_cache_dir(cache_dir), task_fingerprint(task_name, ids, source), ids, structures,
+        np.full((len(ids), 1), np.nan), GraphSettings(cutoff=float(cutoff)), num_workers=int(num_workers),
+        on_error="raise", progress=progress,
+    )
+    if dataset.sample_ids != ids:  # the fingerprint covers the ids; this guards the row mapping below
+        raise RuntimeError(f"{task_name}: graph cache {dataset.path} holds other ids than the task; delete it.")
+    return dataset, bool(built)
+
+
+class FoldGraphs:
+    """Rows of a task's cached graphs picked by matbench id (a ``Subset`` mapping mb id → dataset row).
+
+    ``targets`` (one float per id, from matbench's training data) become ``y [1, 1]`` float32; without
+    targets (test rows) the graphs carry no ``y`` at all.
+    """
+
+    def __init__(self, graphs: Any, row_of: dict[str, int], ids: Sequence[str],
+                 targets: Sequence[float] | None = None) -> None:
+        missing = [i for i in ids if i not in row_of]
+        if missing:
+            raise KeyError(f"{len(missing)} ids are not in the graph cache {getattr(graphs, 'path', '')} "
+                           f"(e.g. {missing[:3]}); delete the cache file to rebuild it.")
+        if targets is not None and len(targets) != len(ids):
+            raise ValueError(f"got {len(targets)} targets for {len(ids)} ids")
+        self.graphs, self.ids = graphs, list(ids)
+        self.rows = [row_of[i] for i in self.ids]
+        self.targets = None if targets is None else [float(t) for t in targets]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> Any:
+        import torch
+
+        graph = self.graphs[self.rows[k]]
+        if self.targets is None:
+            del graph.y
+        else:
+            graph.y = torch.tensor([[self.targets[k]]], dtype=torch.float32)
+        return graph
 
 
 # ---------------------------------------------------------------------------------------------- one fold
 def train_and_predict(config: dict[str, Any], task_type: str, train_df: Any, test_df: Any, target: str,
-                      graphs: dict[str, Any], fold: int, workdir: Path) -> dict[str, Any]:
+                      graphs: Any, fold: int, workdir: Path) -> dict[str, Any]:
     """Train on the fold's training rows (validation carved from them), predict the test rows.
+
+    ``graphs``: the task's cached graphs (:func:`task_graphs`; ``.sample_ids`` = matbench ids). Targets come
+    only from ``train_df`` (matbench's training data); the test graphs carry none.
 
     Returns ``{"ids": [...], "predictions": np.ndarray [n_test] (real units or probabilities), "params": {...}}``.
     """
@@ -239,11 +321,12 @@ def train_and_predict(config: dict[str, Any], task_type: str, train_df: Any, tes
     pl.seed_everything(seed + fold, workers=True, verbose=False)
     batch_size = int(training["batch_size"])
     loader = functools.partial(DataLoader, batch_size=batch_size, collate_fn=collate_graphs, num_workers=0)
-    train_loader = loader(with_targets(graphs, train_ids, [y_all[i] for i in train_ids]), shuffle=True,
+    row_of = {sid: k for k, sid in enumerate(graphs.sample_ids)}
+    train_loader = loader(FoldGraphs(graphs, row_of, train_ids, [y_all[i] for i in train_ids]), shuffle=True,
                           generator=torch.Generator().manual_seed(seed + fold))
-    val_loader = loader(with_targets(graphs, val_ids, [y_all[i] for i in val_ids]), shuffle=False)
+    val_loader = loader(FoldGraphs(graphs, row_of, val_ids, [y_all[i] for i in val_ids]), shuffle=False)
     test_ids = [str(i) for i in test_df.index]
-    test_loader = loader([graphs[i] for i in test_ids], shuffle=False)
+    test_loader = loader(FoldGraphs(graphs, row_of, test_ids), shuffle=False)
 
     model = SAGNN(num_targets=1, **config["model"])
     sched = training.get("scheduler")
@@ -452,8 +535,14 @@ def save(mb: Any, out: Path, variant: str, configs: dict[str, dict[str, Any]], r
 # ---------------------------------------------------------------------------------------------- main
 def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: int, out: Path,
         data_home: Path | None = None, config_dir: Path | None = DEFAULT_CONFIG_DIR, threads: int | None = None,
-        model_overrides: dict[str, Any] | None = None, seed: int = 0) -> Any:
-    """Train/predict/record the requested folds (skipping recorded ones); returns the ``MatbenchBenchmark``."""
+        model_overrides: dict[str, Any] | None = None, seed: int = 0, cache_dir: Path | None = None,
+        graph_workers: int = 0) -> Any:
+    """Train/predict/record the requested folds (skipping recorded ones); returns the ``MatbenchBenchmark``.
+
+    Graphs come from the project's on-disk graph cache in ``cache_dir`` (``None``: ``$SAGNN_CACHE_DIR``, else
+    the user cache dir), built once per task and cutoff with ``graph_workers`` processes, reused by every fold
+    and every later run.
+    """
     import torch
 
     from sagnn_lightning.data.matbench import get_task
@@ -488,14 +577,22 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
         if not todo:
             continue
         t_load = time.perf_counter()
+        source = None
         if data_home is not None:
+            source = Path(data_home).expanduser() / f"{name}.json.gz"
             task.df = local_task_frame(name, Path(data_home))
         else:
             task.load()
         meta = task.metadata
-        graphs = build_graphs(task.df[meta.input_type], float(configs[name]["training"]["cutoff"]))
+        graphs, built = task_graphs(name, task.df, meta.input_type, float(configs[name]["training"]["cutoff"]),
+                                    cache_dir, source=source, num_workers=graph_workers,
+                                    progress=sys.stderr.isatty())
+        # the graphs are on disk now: matbench's fold API only needs the index and the target column
+        task.df = task.df.assign(**{meta.input_type: None})
         t_graphs = time.perf_counter() - t_load
-        print(f"[{variant}] {name}: {len(graphs)} crystals loaded and graphed in {t_graphs:.1f} s", flush=True)
+        how = "graphs built into" if built else "graphs read from"
+        print(f"[{variant}] {name}: {len(graphs)} crystals loaded in {t_graphs:.1f} s ({how} the graph cache "
+              f"{graphs.path})", flush=True)
         for fold in todo:
             t0 = time.perf_counter()
             train_df = task.get_train_and_val_data(fold, as_type="df")
@@ -558,6 +655,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-overrides", type=_parse_overrides, default=None,
                         help="JSON object of SAGNN arguments overriding the config (e.g. tiny test models)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="graph cache folder (default $SAGNN_CACHE_DIR, else the user cache dir, e.g. "
+                             "~/.cache/sagnn_lightning/graphs); graphs are built once per task and cutoff")
+    parser.add_argument("--graph-workers", type=int, default=0,
+                        help="processes building graphs on a cache miss (default 0: this process)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -573,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     mb = run(args.tasks, args.folds, args.variant, args.max_epochs, out, data_home,
              args.config_dir if args.config_dir and args.config_dir.is_dir() else None, args.threads,
-             args.model_overrides, args.seed)
+             args.model_overrides, args.seed, args.cache_dir, args.graph_workers)
     for name, s in summarize(mb).items():
         if s["n_folds"]:
             print(f"[{args.variant}] {name}: {s['metric']} {s['mean']:.4g} ± {s['std']:.3g} over {s['n_folds']} "

@@ -49,14 +49,15 @@ def _targets_from_file() -> dict[str, float]:
     with gzip.open(DATA / f"{TASK}.json.gz", "rt") as fh:
         d = json.load(fh)
     n = len(d["index"])
-    digits = int(math.floor(math.log10(n))) + 1
+    digits = math.floor(math.log10(n)) + 1
     col = d["columns"].index("exfoliation_en")
     return {f"mb-jdft2d-{int(i) + 1:0{digits}d}": float(row[col]) for i, row in zip(d["index"], d["data"])}
 
 
 def _argv(out: Path, folds: list[int], epochs: int = 1) -> list[str]:
     return ["--tasks", TASK, "--folds", *map(str, folds), "--max-epochs", str(epochs), "--data-home", str(DATA),
-            "--out", str(out), "--threads", "1", "--model-overrides", json.dumps(TINY)]
+            "--out", str(out), "--threads", "1", "--model-overrides", json.dumps(TINY),
+            "--cache-dir", str(out.parent / "graph_cache")]
 
 
 def test_two_folds_then_resume_to_a_valid_submission(runner, one_thread, tmp_path, capsys):
@@ -67,6 +68,10 @@ def test_two_folds_then_resume_to_a_valid_submission(runner, one_thread, tmp_pat
     assert runner.main(_argv(out, [0, 1])) == 0
     results = out / "results.json.gz"
     assert results.is_file() and not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
+    cache_files = list((tmp_path / "graph_cache").glob("*.graphs"))
+    assert len(cache_files) == 1  # one graph cache file for the task, in --cache-dir
+    cache_stat = cache_files[0].stat()
+    assert "graphs built into the graph cache" in capsys.readouterr().out
 
     # matbench itself refuses a file with unrecorded folds; the runner's loader reads it back
     with pytest.raises(ValueError, match="not recorded"):
@@ -82,6 +87,10 @@ def test_two_folds_then_resume_to_a_valid_submission(runner, one_thread, tmp_pat
     printed = capsys.readouterr().out
     assert "fold 0: already recorded" in printed and "fold 1: already recorded" in printed
     assert "fold 2: MAE" in printed
+    # the second run reads the graphs back from the cache: structures not graphed again, file untouched
+    assert "graphs read from the graph cache" in printed and "graphs built" not in printed
+    after = cache_files[0].stat()
+    assert (after.st_ino, after.st_mtime_ns) == (cache_stat.st_ino, cache_stat.st_mtime_ns)
 
     mb = MatbenchBenchmark.from_file(str(results))  # validates every task on load
     assert mb.is_recorded and mb.is_valid and mb.validate() == {}
@@ -143,7 +152,10 @@ def test_classification_path_stores_true_rocauc(runner, one_thread, tmp_path):
     labels = df["exfoliation_en"] > threshold
     train_df = df.loc[list(split["train"])].assign(exfoliation_en=labels.loc[list(split["train"])])
     test_df = df.loc[list(split["test"]), ["structure"]]
-    graphs = runner.build_graphs(df["structure"], 5.0)
+    graphs, built = runner.task_graphs(TASK, df, "structure", 5.0, tmp_path / "cache",
+                                       source=DATA / f"{TASK}.json.gz")
+    assert built and list(graphs.sample_ids) == list(df.index)
+    assert all(math.isnan(float(graphs[k].y)) for k in range(3))  # the cache holds no targets
     config = runner.fixed_config(TASK, "sagnn", 1, None, TINY)
     torch.set_num_threads(one_thread)
     result = runner.train_and_predict(config, "classification", train_df, test_df, "exfoliation_en", graphs, 0,
