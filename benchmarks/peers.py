@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -168,14 +167,22 @@ def speed(batches: list, rounds: int, names: list[str]) -> dict[str, dict]:
     }
 
 
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+
+
 def peak_memory_subprocess(name: str, data: Path, batch_size: int, num_batches: int) -> float:
-    """Peak RSS growth (MiB) of one model's forward+backward, in a fresh process."""
+    """Peak RSS growth (MiB) of one model's forward+backward over the batches, in a fresh process.
+
+    Linux only: the process's high-water mark is reset (``clear_refs`` 5) after the data are loaded and
+    the model built, so loading costs are not counted.
+    """
     code = (
-        "import resource, sys, torch; sys.path.insert(0, %r);"
-        "import peers; from pathlib import Path;"
+        "import sys; sys.path.insert(0, %r); import peers; from pathlib import Path;"
         "b = peers.load_batches(Path(%r), %d, %d); m = peers.make_models()[%r]();"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; peers.fwd_bwd(m, b);"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
+        "base = peers._rss_kib('VmRSS'); open('/proc/self/clear_refs', 'w').write('5');"
+        "peers.fwd_bwd(m, b); print((peers._rss_kib('VmHWM') - base) / 1024)"
     ) % (str(Path(__file__).parent), str(data), batch_size, num_batches, name)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

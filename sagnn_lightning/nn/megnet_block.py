@@ -122,7 +122,7 @@ class MEGNetBlock(nn.Module):
         i, j = edge_index[0], edge_index[1]
         num_atoms = v.shape[0]
 
-        e = self.edge_update(torch.cat([v[i], v[j], e, u[edge_batch]], dim=-1))
+        e = self._edge_update(v, e, u, i, j, edge_batch)
         v = self.atom_update(torch.cat([v, scatter_mean(e, i, num_atoms), u[batch]], dim=-1))
         u = self.state_update(torch.cat([u, scatter_mean(e, edge_batch, num_graphs), scatter_mean(v, batch, num_graphs)], dim=-1))
 
@@ -130,6 +130,19 @@ class MEGNetBlock(nn.Module):
         if self.residual:
             e, v, u = e + edge_feat, v + atom_feat, u + state_feat
         return e, v, u
+
+    def _edge_update(self, v: Tensor, e: Tensor, u: Tensor, i: Tensor, j: Tensor, edge_batch: Tensor) -> Tensor:
+        """``φ_e([v_i ‖ v_j ‖ e ‖ u])`` without building the ``[E, 4·dim]`` concatenation.
+
+        The first layer is linear, so ``W·[v_i ‖ v_j ‖ e ‖ u] = (W_a v)_i + (W_b v)_j + W_c e + (W_d u)_graph``:
+        the atom and state parts are multiplied once per atom / crystal and gathered, which cuts the
+        per-edge work of that layer by 4× (edges outnumber atoms ~30–60×). Same weights, same result.
+        """
+        first = self.edge_update[0]
+        w_i, w_j, w_e, w_u = first.weight.split(self.dim, dim=1)
+        hidden = (F.linear(v, w_i)[i] + F.linear(v, w_j)[j] + F.linear(e, w_e, first.bias)
+                  + F.linear(u, w_u)[edge_batch])
+        return self.edge_update[1:](hidden)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, residual={self.residual}"

@@ -114,22 +114,27 @@ def predict(model: nn.Module, graphs: list[Data]) -> torch.Tensor:
 class InvarianceTests:
     """Mixin: physics invariances on the real fixture structures, float64 to ``RTOL``/``ATOL``.
 
-    Subclasses implement ``make_model()`` (a float64 model in eval mode).
+    Subclasses implement the classmethod ``make_model()`` (a float64 model in eval mode).
     """
 
-    def make_model(self) -> nn.Module:  # pragma: no cover - provided by subclasses
+    @classmethod
+    def make_model(cls) -> nn.Module:  # pragma: no cover - provided by subclasses
         raise NotImplementedError
 
+    # class-scoped fixtures are classmethods (pytest 9 deprecates instance-method ones)
     @pytest.fixture(scope="class")
-    def structures(self) -> list[tuple[str, Structure]]:
+    @classmethod
+    def structures(cls) -> list[tuple[str, Structure]]:
         return load_fixture_structures()
 
     @pytest.fixture(scope="class")
-    def model(self) -> nn.Module:
-        return self.make_model()
+    @classmethod
+    def model(cls) -> nn.Module:
+        return cls.make_model()
 
     @pytest.fixture(scope="class")
-    def reference(self, model, structures) -> tuple[list[Data], torch.Tensor]:
+    @classmethod
+    def reference(cls, model, structures) -> tuple[list[Data], torch.Tensor]:
         graphs = [graph(s, mbid) for mbid, s in structures]
         return graphs, predict(model, graphs)
 

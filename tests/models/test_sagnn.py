@@ -23,21 +23,24 @@ def graphs():
 class TestSAGNNLastPhysics(InvarianceTests):
     """Default SA-GNN: MHSA after the last block."""
 
-    def make_model(self):
+    @classmethod
+    def make_model(cls):
         return _model(attention="last").double().eval()
 
 
 class TestSAGNNEachPhysics(InvarianceTests):
     """MHSA after every block, 4 heads, 2 targets."""
 
-    def make_model(self):
+    @classmethod
+    def make_model(cls):
         return _model(attention="each", heads=4, num_targets=2).double().eval()
 
 
 class TestMEGNetPhysics(InvarianceTests):
     """attention='none' = plain MEGNet (w/o MHSA)."""
 
-    def make_model(self):
+    @classmethod
+    def make_model(cls):
         return megnet(num_blocks=2).double().eval()
 
 
