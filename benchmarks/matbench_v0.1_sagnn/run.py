@@ -44,7 +44,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import math
 import os
 import platform
 import sys
@@ -182,11 +181,10 @@ def local_task_frame(task_name: str, data_home: Path) -> Any:
     if len(df) != n or not set(range(n)) <= {int(i) for i in df.index}:
         raise ValueError(f"{path}: {len(df)} rows with index {df.index.min()}..{df.index.max()}, but {task_name} has "
                          f"{n} rows 0..{n - 1}; the runner needs the whole task (all folds' test rows).")
-    # exactly as matbench.data_ops.load (math.log(1000, 10) < 3: log10 would change ids at powers of ten)
-    digits = math.floor(math.log(n, 10)) + 1  # noqa: FURB163
-    prefix = task_name.replace("matbench", "mb").replace("_", "-")
+    from sagnn_lightning.data.sources import matbench_ids
+
     df = df.copy()
-    df["mbid"] = [f"{prefix}-{int(i) + 1:0{digits}d}" for i in df.index]
+    df["mbid"] = matbench_ids(task_name, df.index, n)  # the same rule as matbench.data_ops.load
     df = df.set_index("mbid")
     return df[[meta.input_type, meta.target]]
 
