@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Literal
 
 from torch import Tensor
@@ -11,8 +12,13 @@ from sagnn_lightning.kernels.reference import varlen_attention_padded
 Backend = Literal["auto", "torch", "triton"]
 
 
+@cache
 def triton_available() -> bool:
-    """True when the Triton kernel module imports (checked lazily, no import-time side effects)."""
+    """True when the Triton kernel module imports.
+
+    Checked on first use (no import-time side effects) and remembered, so a CUDA run without Triton does not
+    retry a failing import on every attention call; ``triton_available.cache_clear()`` re-checks.
+    """
     try:
         from sagnn_lightning.kernels import triton_attention  # noqa: F401
     except ImportError:

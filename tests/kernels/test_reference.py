@@ -96,7 +96,7 @@ def test_resolve_backend() -> None:
         resolve_backend("flash", "cpu")  # type: ignore[arg-type]
 
 
-def test_works_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_works_without_triton(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """With Triton unimportable: ``triton_available()`` is False, "auto" uses torch, "triton" raises clearly."""
     import sys
 
@@ -106,6 +106,8 @@ def test_works_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
     monkeypatch.delitem(sys.modules, "sagnn_lightning.kernels.triton_attention", raising=False)
     monkeypatch.delattr(kernels, "triton_attention", raising=False)
+    triton_available.cache_clear()
+    request.addfinalizer(triton_available.cache_clear)  # later tests re-check with Triton importable again
     assert not triton_available()
     assert resolve_backend("auto", "cuda") == "torch"
     with pytest.raises(RuntimeError, match="Triton is not installed"):
