@@ -54,10 +54,13 @@ MATBENCH_FILES = {
 
 
 # ------------------------------------------------------------------------------------ inputs
-def atom_count_pools(data_root: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``name -> array of atom counts`` to sample batches from."""
+def atom_count_pools(data_root: Path, rng: np.random.Generator, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """``name -> array of atom counts`` to sample batches from (``names``: only these; the synthetic
+    ``mp_like_long_tail`` needs no data file)."""
     pools = {}
     for name, rel in MATBENCH_FILES.items():
+        if names is not None and name not in names:
+            continue
         path = data_root / rel
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: pass --data-root pointing at the shared data folder (with matbench/)")
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype)
     rng = np.random.default_rng(args.seed)
-    pools = atom_count_pools(Path(args.data_root), rng)
+    pools = atom_count_pools(Path(args.data_root), rng, list(args.distributions))
     methods: dict[str, Callable] = {}
     if device.type == "cuda" and triton_available():
         from sagnn_lightning.kernels.triton_attention import varlen_attention_triton

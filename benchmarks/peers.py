@@ -14,14 +14,19 @@ a fresh subprocess per model (a process-wide peak cannot be split between models
 
 Also: cost vs crystal size (perovskite supercells, 5 → 200 atoms per cell).
 
+A peer whose package is missing (e.g. matgl, the ``bench`` extra) is not timed: its CSV row says
+``status=unavailable: <reason>`` and the ratios are taken against the next available reference.
+``--device cuda`` runs everything on the GPU (SA-GNN with its default ``attention_backend="auto"``) and names
+the files ``*_cuda.csv``; the CPU files keep their names.
+
 Run:  python benchmarks/peers.py --data ../shared/data/matbench/matbench_phonons.json.gz --out benchmarks/results
+      python benchmarks/peers.py --device cuda --data <structures file> --out <folder>
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import statistics
 import subprocess
@@ -95,8 +100,6 @@ class MatglMEGNet(nn.Module):
         super().__init__()
         from matgl.models import MEGNet
 
-        from sagnn_lightning.nn.basis import GaussianExpansion
-
         self.megnet = MEGNet(dim_node_embedding=16, dim_edge_embedding=100, dim_state_embedding=2, nblocks=3,
                              hidden_layer_sizes_input=(64, 32), hidden_layer_sizes_conv=(64, 64, 32),
                              hidden_layer_sizes_output=(32, 16), cutoff=CUTOFF, gauss_width=0.5)
@@ -112,7 +115,7 @@ class MatglMEGNet(nn.Module):
         node_type = (batch.atomic_numbers - 1).clamp(max=self.num_types - 1)
         g = SimpleNamespace(node_type=node_type, pos=pos, edge_index=batch.edge_index, pbc_offshift=shift,
                             batch=batch.batch, num_graphs=batch.num_graphs)
-        state = torch.zeros(batch.num_graphs, 2)
+        state = torch.zeros(batch.num_graphs, 2, device=pos.device)
         return self.megnet(g, state_attr=state)
 
 
@@ -126,29 +129,64 @@ def make_models() -> dict[str, Callable[[], nn.Module]]:
     }
 
 
+#: preferred reference for the "vs" column, in order (the first available one is used)
+REFERENCES = ("matgl_megnet", "sagnn_no_mhsa")
+
+
+def available_models(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``(names that build, {name: why not})``: a peer whose package is missing is recorded, not fatal."""
+    factories = make_models()
+    ok, missing = [], {}
+    for name in names:
+        try:
+            factories[name]()
+        except ImportError as err:  # an optional peer (matgl, PyG extras) that is not installed
+            missing[name] = f"{type(err).__name__}: {err}"
+        else:
+            ok.append(name)
+    return ok, missing
+
+
 # ----------------------------------------------------------------------------------- timing
-def load_batches(path: Path, batch_size: int, num_batches: int) -> list:
+def load_batches(path: Path, batch_size: int, num_batches: int, device: str | torch.device = "cpu") -> list:
     table = read_structures(path)
     n = min(len(table.ids), batch_size * num_batches)
     graphs = [structure_to_graph(table.structures[i], cutoff=CUTOFF, name=table.ids[i]) for i in range(n)]
-    return [collate_graphs(graphs[i:i + batch_size]) for i in range(0, n, batch_size)]
+    return [collate_graphs(graphs[i:i + batch_size]).to(device) for i in range(0, n, batch_size)]
+
+
+def _sync(batches: list) -> None:
+    if batches and batches[0].pos.is_cuda:
+        torch.cuda.synchronize(batches[0].pos.device)
 
 
 def fwd_bwd(model: nn.Module, batches: list) -> float:
-    """Seconds for forward + backward over all batches."""
+    """Seconds for forward + backward over all batches (on the batches' device)."""
+    _sync(batches)
     start = time.perf_counter()
     for batch in batches:
         model.zero_grad(set_to_none=True)
         model(batch).float().pow(2).mean().backward()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    _sync(batches)
     return time.perf_counter() - start
+
+
+def peak_memory_cuda(model: nn.Module, batches: list) -> float:
+    """Peak CUDA memory (MiB) above what was allocated before one forward + backward over the batches."""
+    device = batches[0].pos.device
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fwd_bwd(model, batches)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def speed(batches: list, rounds: int, names: list[str]) -> dict[str, dict]:
     torch.manual_seed(0)
     factories = make_models()
-    models = {name: factories[name]() for name in names}
+    device = batches[0].pos.device
+    models = {name: factories[name]().to(device) for name in names}
     crystals = sum(b.num_graphs for b in batches)
     for m in models.values():
         fwd_bwd(m, batches[:1])  # warm-up
@@ -188,7 +226,8 @@ def peak_memory_subprocess(name: str, data: Path, batch_size: int, num_batches: 
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def size_scaling(rounds: int) -> list[dict]:
+def size_scaling(rounds: int, names: list[str] = ("sagnn_mhsa8", "sagnn_no_mhsa", "matgl_megnet"),
+                 device: str | torch.device = "cpu") -> list[dict]:
     """Forward+backward cost vs atoms per cell, on supercells of one real perovskite."""
     from pymatgen.core import Structure
 
@@ -197,10 +236,10 @@ def size_scaling(rounds: int) -> list[dict]:
     rows = []
     for scale in [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (4, 2, 2), (4, 4, 2), (5, 4, 2)]:
         s: Structure = base * scale
-        batch = collate_graphs([structure_to_graph(s, cutoff=CUTOFF)] * 8)
-        for name in ("sagnn_mhsa8", "sagnn_no_mhsa", "matgl_megnet"):
+        batch = collate_graphs([structure_to_graph(s, cutoff=CUTOFF)] * 8).to(device)
+        for name in names:
             torch.manual_seed(0)
-            m = make_models()[name]()
+            m = make_models()[name]().to(device)
             fwd_bwd(m, [batch])
             t = statistics.median(fwd_bwd(m, [batch]) for _ in range(rounds))
             rows.append({"model": name, "atoms_per_cell": len(s), "edges_per_cell": batch.edge_index.shape[1] // 8,
@@ -218,42 +257,64 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]; CUDA files are named *_cuda.csv")
+    parser.add_argument("--no-plot", action="store_true", help="do not write the size-scaling PNG")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if device.type == "cpu" else f"_{device.type}"
 
-    batches = load_batches(args.data, args.batch_size, args.num_batches)
-    names = list(make_models())
+    batches = load_batches(args.data, args.batch_size, args.num_batches, device)
+    names, missing = available_models(list(make_models()))
+    for name, why in missing.items():
+        print(f"{name}: unavailable ({why}); recorded, not timed", flush=True)
     results = speed(batches, args.rounds, names)
+    memory_key = "peak_rss_mib" if device.type == "cpu" else f"peak_{device.type}_mib"
     if not args.skip_memory:
         for name in names:
-            results[name]["peak_rss_mib"] = peak_memory_subprocess(name, args.data, args.batch_size, args.num_batches)
-    ref = results["matgl_megnet"]["crystals_per_s"]
-    print(f"{len(batches)} batches × {args.batch_size} crystals from {args.data.name}, {args.rounds} rounds, "
-          f"{torch.get_num_threads()} threads, device cpu")
-    print(f"{'model':16s} {'params':>9s} {'crystals/s':>11s} {'vs matgl':>9s} {'spread':>7s} {'peak MiB':>9s}")
+            if device.type == "cpu":
+                results[name][memory_key] = peak_memory_subprocess(name, args.data, args.batch_size, args.num_batches)
+            else:
+                torch.manual_seed(0)
+                results[name][memory_key] = peak_memory_cuda(make_models()[name]().to(device), batches)
+    ref_name = next((r for r in REFERENCES if r in results), names[0])
+    ref = results[ref_name]["crystals_per_s"]
+    where = f"{torch.get_num_threads()} threads, device cpu" if device.type == "cpu" else \
+        f"device {device} ({torch.cuda.get_device_name(device)})"
+    print(f"{len(batches)} batches × {args.batch_size} crystals from {args.data.name}, {args.rounds} rounds, {where}")
+    print(f"{'model':16s} {'params':>9s} {'crystals/s':>11s} {'vs ' + ref_name:>20s} {'spread':>7s} {'peak MiB':>9s}")
     for name, r in results.items():
-        print(f"{name:16s} {r['params']:9d} {r['crystals_per_s']:11.1f} {r['crystals_per_s'] / ref:8.2f}x "
-              f"{r['spread']:6.0%} {r.get('peak_rss_mib', float('nan')):9.1f}")
-    _write_csv(args.out / "peers_speed.csv", [{"model": k, **v} for k, v in results.items()])
+        print(f"{name:16s} {r['params']:9d} {r['crystals_per_s']:11.1f} {r['crystals_per_s'] / ref:19.2f}x "
+              f"{r['spread']:6.0%} {r.get(memory_key, float('nan')):9.1f}")
+    for name in missing:
+        print(f"{name:16s} unavailable")
+    rows = [{"model": k, **v, "status": "ok"} for k, v in results.items()]
+    rows += [{"model": k, "status": f"unavailable: {why}"} for k, why in missing.items()]
+    _write_csv(args.out / f"peers_speed{suffix}.csv", rows)
     if not args.skip_scaling:
-        rows = size_scaling(args.rounds)
-        _write_csv(args.out / "peers_size_scaling.csv", rows)
-        _plot(rows, args.out / "peers_size_scaling.png")
+        scaling_names = [n for n in ("sagnn_mhsa8", "sagnn_no_mhsa", "matgl_megnet") if n in results]
+        rows = size_scaling(args.rounds, scaling_names, device)
+        _write_csv(args.out / f"peers_size_scaling{suffix}.csv", rows)
+        if not args.no_plot:
+            _plot(rows, args.out / f"peers_size_scaling{suffix}.png", device.type.upper())
         for row in rows:
             print(f"{row['model']:16s} atoms/cell {row['atoms_per_cell']:4d}  {row['ms_per_crystal']:8.2f} ms/crystal")
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
+    fields = list(dict.fromkeys(key for row in rows for key in row))  # rows may lack columns (unavailable peers)
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path, device: str = "CPU") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,7 +325,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         pts = [(r["atoms_per_cell"], r["ms_per_crystal"]) for r in rows if r["model"] == name]
         ax.loglog(*zip(*pts), marker="o", label=name)
     ax.set_xlabel("atoms per cell")
-    ax.set_ylabel("fwd+bwd ms per crystal (CPU)")
+    ax.set_ylabel(f"fwd+bwd ms per crystal ({device})")
     ax.legend()
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")

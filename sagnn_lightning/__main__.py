@@ -1,9 +1,13 @@
-"""``python -m sagnn_lightning``: the CLI.
+"""``python -m sagnn_lightning`` and the ``sagnn`` console script: the CLI.
 
-* ``python -m sagnn_lightning predict --ckpt C --input I --output O``: predictions on files → CSV
-  (:mod:`sagnn_lightning.lit.predict`);
+* ``predict --ckpt C --input I --output O``: predictions on files → CSV
+  (:mod:`sagnn_lightning.lit.predict`; ``--ckpt best --run-dir runs/<recipe>`` picks the best checkpoint
+  of the latest run in that folder);
 * anything else (``fit``/``validate``/``test``/``predict --config ... --ckpt_path ...``) goes to the
   LightningCLI (:func:`sagnn_lightning.cli.cli_main`).
+
+:func:`main` returns the exit status: 0 on success; a user error prints one ``error: ...`` line on stderr
+and gives 1 (2 for a bad option), without a traceback (``SAGNN_DEBUG=1`` shows it).
 """
 
 from __future__ import annotations
@@ -13,15 +17,15 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from sagnn_lightning.cli import cli_main, exit_status
+
     if argv[:1] == ["predict"] and any(a == "--input" or a.startswith("--input=") for a in argv[1:]):
         from sagnn_lightning.lit.predict import predict_main
 
-        return predict_main(argv[1:])
-    from sagnn_lightning.cli import cli_main
-
-    cli_main(argv)
-    return 0
+        return exit_status(lambda: predict_main(argv[1:]))
+    return exit_status(lambda: cli_main(argv, name="sagnn"))
 
 
 if __name__ == "__main__":

@@ -19,27 +19,31 @@ defaults). What it adds to ``LightningCLI``:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pytorch_lightning as pl
 import yaml
 from jsonargparse import Namespace, lazy_instance
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from sagnn_lightning.errors import SAGNNError, UsageError
 from sagnn_lightning.lit.callbacks import (
     BestAndLastCheckpoint,
     ParityPlot,
     PredictionsCSV,
     RunSummary,
     Throughput,
-    wandb_run_dir,
 )
 from sagnn_lightning.lit.module import SAGNNModule
-from sagnn_lightning.lit.wandb import WandbLogger
+from sagnn_lightning.lit.progress import EpochLineProgressBar
+from sagnn_lightning.lit.signals import StopOnSigterm
+from sagnn_lightning.lit.wandb import WandbLogger, finish_active_run, run_id_in_checkpoint
 
 SUBCOMMANDS: tuple[str, ...] = ("fit", "validate", "test", "predict")
 DEFAULT_RUNS_ROOT = "runs"
@@ -114,6 +118,34 @@ class SAGNNLightningCLI(LightningCLI):
         parser.link_arguments("data", "model.model.init_args.cutoff", compute_fn=_datamodule_cutoff,
                               apply_on="instantiate")
 
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(StopOnSigterm())
+        if not _stdout_is_terminal():  # a log file or a pipe: one line per epoch instead of tqdm refreshes
+            for k, callback in enumerate(trainer.callbacks):
+                if type(callback) is TQDMProgressBar:  # only Lightning's default, never a user's choice
+                    trainer.callbacks[k] = EpochLineProgressBar()
+        return trainer
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check the paths the run will read and write (``--ckpt_path``, the run dir,
+        ``--predictions.output``) before anything is loaded, built or computed."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        check_run_paths(self.config[subcommand] if subcommand else self.config, subcommand)
+
+    def instantiate_classes(self) -> None:
+        """Build the objects; a constructor's validation error reaches the user as its own message
+        (:func:`instantiation_error`) instead of jsonargparse's type-union report."""
+        try:
+            super().instantiate_classes()
+            return
+        except Exception as err:  # noqa: BLE001 - re-raised below unless it is a user error
+            user = instantiation_error(err)
+            if user is None:
+                raise
+        raise user
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir
@@ -126,8 +158,23 @@ class SAGNNLightningCLI(LightningCLI):
                     item["init_args"] = init = Namespace()
                 if init.get("save_dir") in (None, "."):
                     init["save_dir"] = str(root)
+                if self.subcommand == "fit" and config.get("ckpt_path") and not init.get("id"):
+                    # a resumed run continues the W&B run of the checkpoint (Lightning passes resume="allow")
+                    init["id"] = run_id_in_checkpoint(_resolve_ckpt_path(config.ckpt_path, root))
                 if root:
                     Path(root).mkdir(parents=True, exist_ok=True)
+
+
+def _resolve_ckpt_path(ckpt_path: str, root: str | os.PathLike | None) -> Path:
+    """``--ckpt_path`` as a file: ``last`` is ``<run dir>/checkpoints/last.ckpt`` (where the checkpoint callback writes)."""
+    if ckpt_path == "last":
+        return Path(root or ".") / "checkpoints" / "last.ckpt"
+    return Path(ckpt_path).expanduser()
+
+
+def _stdout_is_terminal() -> bool:
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def _needs_fit(argv: Sequence[str]) -> bool:
@@ -158,14 +205,124 @@ _UPSTREAM_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 )
 
 
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's advertising tips (``💡 Tip: ... litlogger``): not actionable for a user of this CLI."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+#: the logger through which Lightning's ``rank_zero_info`` prints
+_LIGHTNING_INFO_LOGGER = "pytorch_lightning.utilities.rank_zero"
+
+
 def _finish_wandb(cli: LightningCLI) -> None:
     trainer = getattr(cli, "trainer", None)
-    if trainer is None or trainer.global_rank != 0:
-        return
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "_experiment", None)
-        if experiment is not None and hasattr(experiment, "finish"):
-            experiment.finish()
+    if trainer is not None and trainer.global_rank == 0:
+        finish_active_run()
+
+
+# ------------------------------------------------------------------------------------------ user errors
+#: Lightning's own ``ckpt_path`` keywords (resolved by the Trainer, not files)
+_LIGHTNING_CKPT_KEYWORDS: tuple[str, ...] = ("last", "best", "hpc", "registry")
+
+
+def check_run_paths(config: Namespace, subcommand: str | None) -> None:
+    """Before anything is built: ``--ckpt_path`` is a readable checkpoint, the run dir and the predictions
+    CSV can be written (:class:`~sagnn_lightning.errors.SAGNNError` naming the option otherwise)."""
+    from sagnn_lightning.lit.predict import check_checkpoint_file, check_writable
+
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path and "://" not in str(ckpt_path) and str(ckpt_path).split(":")[0] not in _LIGHTNING_CKPT_KEYWORDS:
+        check_checkpoint_file(ckpt_path, "--ckpt_path")
+    root = config.get("trainer.default_root_dir")
+    if root:
+        check_writable(root, "--trainer.default_root_dir", kind="dir", what="the run dir")
+    if subcommand == "predict":
+        output = config.get("predictions.output") or str(Path(root or ".") / "predictions.csv")
+        check_writable(output, "--predictions.output")
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and every exception it was raised from or during (``__cause__``/``__context__``), outer first."""
+    seen: list[BaseException] = []
+    todo = [err]
+    while todo:
+        item = todo.pop(0)
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        todo += [item.__cause__, item.__context__]
+    return seen
+
+
+def _raised_in_package(err: BaseException) -> bool:
+    """Whether ``err`` was raised by a ``raise`` in this package's code (its innermost frame is ours)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    package = Path(__file__).resolve().parent
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
+
+
+def instantiation_error(err: BaseException) -> SAGNNError | None:
+    """The user error behind an exception raised while the CLI builds the objects, or ``None`` (a bug).
+
+    jsonargparse reports a constructor's exception wrapped in a type-union error; the constructor's own
+    exception is in the chain. A :class:`SAGNNError` there is returned as is; a ``ValueError`` raised by this
+    package's validation code, or Lightning's ``MisconfigurationException`` (Trainer options), become a
+    :class:`UsageError` with the same message.
+    """
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    chain = _chain(err)
+    for item in chain:
+        if isinstance(item, SAGNNError):
+            return item
+    for item in chain:
+        if isinstance(item, MisconfigurationException) or (
+                type(item) is ValueError and _raised_in_package(item)):
+            usage = UsageError(str(item))
+            usage.__cause__ = err
+            return usage
+    return None
+
+
+def user_error(err: BaseException) -> SAGNNError | None:
+    """The message-only error behind ``err`` (a :class:`SAGNNError` in its chain, or an ``OSError`` on a named
+    path such as an unwritable folder), or ``None`` when ``err`` is a bug that needs its traceback."""
+    chain = _chain(err)
+    for item in chain:
+        if isinstance(item, SAGNNError):
+            return item
+    if isinstance(err, OSError) and err.filename:
+        return SAGNNError(f"{err.filename}: {err.strerror or err}")
+    return None
+
+
+def exit_status(func: Callable[[], Any]) -> int:
+    """Call ``func()`` the way a command-line entry point does; returns the exit status.
+
+    An int result is the status, anything else means 0. A user error (:func:`user_error`) prints one line
+    ``error: <message>`` on stderr and gives its :attr:`~SAGNNError.exit_code` (1, or 2 for bad options);
+    with ``SAGNN_DEBUG=1`` the traceback is printed too. Any other exception propagates with its traceback.
+    """
+    try:
+        result = func()
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is a user error
+        user = user_error(err)
+        if user is None:
+            raise
+        if os.environ.get("SAGNN_DEBUG", "").strip() not in ("", "0"):
+            import traceback
+
+            traceback.print_exception(err)
+        sys.stdout.flush()
+        print(f"error: {user}", file=sys.stderr, flush=True)
+        return user.exit_code
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def cli_main(args: Sequence[str] | None = None, *, name: str = "sagnn",
@@ -174,21 +331,36 @@ def cli_main(args: Sequence[str] | None = None, *, name: str = "sagnn",
 
     ``configs`` are YAML files read before everything in ``args`` (a recipe's defaults). With no
     subcommand, ``fit`` is run. Returns the CLI object (``.model``, ``.datamodule``, ``.trainer``).
+    User errors raise :class:`~sagnn_lightning.errors.SAGNNError` (a constructor's own exception, not
+    jsonargparse's wrapper); command-line entry points print them with :func:`exit_status`.
     """
     argv = build_argv(args, configs)
-    with warnings.catch_warnings():
-        for message, category in _UPSTREAM_WARNINGS:
-            warnings.filterwarnings("ignore", message=message, category=category)
-        cli = SAGNNLightningCLI(name=name, args=argv, run=run)
-        if run:
-            _finish_wandb(cli)
+    tips = _DropLightningTips()
+    logging.getLogger(_LIGHTNING_INFO_LOGGER).addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            for message, category in _UPSTREAM_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            cli = SAGNNLightningCLI(name=name, args=argv, run=run)
+            if run:
+                _finish_wandb(cli)
+    finally:
+        logging.getLogger(_LIGHTNING_INFO_LOGGER).removeFilter(tips)
     return cli
 
 
 def recipe_main(name: str, configs: Iterable[str | os.PathLike], args: Sequence[str] | None = None) -> SAGNNLightningCLI:
     """Entry point of a recipe script: the ``configs`` (the task's YAMLs, in order) are read first, then
-    ``--config`` files and overrides from ``args`` (default ``sys.argv[1:]``)."""
-    return cli_main(args, name=name, configs=list(configs))
+    ``--config`` files and overrides from ``args`` (default ``sys.argv[1:]``).
+
+    A user error prints ``error: <message>`` and exits with status 1 (2 for a bad option), no traceback
+    (``SAGNN_DEBUG=1`` shows it); see :func:`exit_status`.
+    """
+    built: list[SAGNNLightningCLI] = []
+    status = exit_status(lambda: built.append(cli_main(args, name=name, configs=list(configs))))
+    if status:
+        sys.exit(status)
+    return built[0]
 
 
-__all__ = ["SAGNNLightningCLI", "cli_main", "recipe_main", "wandb_run_dir"]
+__all__ = ["SAGNNLightningCLI", "cli_main", "recipe_main"]

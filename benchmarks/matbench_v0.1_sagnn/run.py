@@ -19,6 +19,8 @@ Everything that touches the benchmark goes through matbench's own API::
   cache dir): built once per task and cutoff (``--graph-workers`` processes), memory-mapped, reused by every fold
   and every later run. The cache holds no targets (NaN): each fold's ``y`` comes from matbench's
   ``get_train_and_val_data`` only.
+* ``--checkpoint-dir <dir>`` keeps the checkpoint that predicted each fold as ``<dir>/<task>/fold_<k>.ckpt``
+  (weights and target statistics; the model's arguments are ``user_metadata["configs"][task]["model"]``).
 * Resumable per fold: after each fold, ``results.json.gz`` (written by ``MatbenchBenchmark.to_file``,
   to a temporary file then ``os.replace``) and ``info.json`` are saved; a rerun reloads the file and
   skips recorded folds. A run with a different configuration into the same folder is refused.
@@ -46,6 +48,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -294,7 +297,8 @@ def train_and_predict(config: dict[str, Any], task_type: str, train_df: Any, tes
     ``graphs``: the task's cached graphs (:func:`task_graphs`; ``.sample_ids`` = matbench ids). Targets come
     only from ``train_df`` (matbench's training data); the test graphs carry none.
 
-    Returns ``{"ids": [...], "predictions": np.ndarray [n_test] (real units or probabilities), "params": {...}}``.
+    Returns ``{"ids": [...], "predictions": np.ndarray [n_test] (real units or probabilities), "params": {...},
+    "checkpoint": path of the checkpoint that predicted (the best by validation, inside ``workdir``)}``.
     """
     import pytorch_lightning as pl
     import torch
@@ -366,7 +370,8 @@ def train_and_predict(config: dict[str, Any], task_type: str, train_df: Any, tes
         "seconds_per_epoch": round(t_train / max(int(trainer.current_epoch), 1), 3),
         "torch_threads": int(torch.get_num_threads()), "seed": seed + fold,
     }
-    return {"ids": ids, "predictions": predictions, "params": params}
+    return {"ids": ids, "predictions": predictions, "params": params,
+            "checkpoint": checkpoint.best_model_path or None}
 
 
 def classification_extras(truth: Sequence[bool], probabilities: np.ndarray) -> dict[str, float]:
@@ -384,16 +389,13 @@ def classification_extras(truth: Sequence[bool], probabilities: np.ndarray) -> d
 
 # ---------------------------------------------------------------------------------------------- files
 def _atomic_write(path: Path, write) -> None:
+    """``write(name)`` writes the file by name; it then replaces ``path`` atomically with the right mode
+    (:func:`sagnn_lightning.files.atomic_write`: the umask for a new file, the old mode for a replaced one)."""
+    from sagnn_lightning.files import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "wb") as fh:
+        write(fh.name)
 
 
 def load_results(path: Path, tasks: Sequence[str]) -> Any:
@@ -534,12 +536,14 @@ def save(mb: Any, out: Path, variant: str, configs: dict[str, dict[str, Any]], r
 def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: int, out: Path,
         data_home: Path | None = None, config_dir: Path | None = DEFAULT_CONFIG_DIR, threads: int | None = None,
         model_overrides: dict[str, Any] | None = None, seed: int = 0, cache_dir: Path | None = None,
-        graph_workers: int = 0) -> Any:
+        graph_workers: int = 0, checkpoint_dir: Path | None = None) -> Any:
     """Train/predict/record the requested folds (skipping recorded ones); returns the ``MatbenchBenchmark``.
 
     Graphs come from the project's on-disk graph cache in ``cache_dir`` (``None``: ``$SAGNN_CACHE_DIR``, else
     the user cache dir), built once per task and cutoff with ``graph_workers`` processes, reused by every fold
-    and every later run.
+    and every later run. With ``checkpoint_dir``, the checkpoint that predicted each trained fold is kept as
+    ``<checkpoint_dir>/<task>/fold_<k>.ckpt`` (weights + target statistics; the model's arguments are the
+    task's ``configs[task]["model"]`` in the results' ``user_metadata``).
     """
     import torch
 
@@ -600,6 +604,10 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
             with tempfile.TemporaryDirectory(prefix=f"sagnn-{name}-fold{fold}-") as workdir:
                 result = train_and_predict(configs[name], meta.task_type, train_df, test_df, meta.target, graphs,
                                            fold, Path(workdir))
+                if checkpoint_dir is not None and result.get("checkpoint"):
+                    kept = Path(checkpoint_dir) / name / f"fold_{fold}.ckpt"
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(result["checkpoint"], kept)
             params = dict(result["params"])
             params["fold_seconds"] = round(time.perf_counter() - t0, 2)
             params["graph_seconds_task"] = round(t_graphs, 2)
@@ -658,6 +666,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "~/.cache/sagnn_lightning/graphs); graphs are built once per task and cutoff")
     parser.add_argument("--graph-workers", type=int, default=0,
                         help="processes building graphs on a cache miss (default 0: this process)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help="keep the checkpoint that predicted each trained fold as "
+                             "<dir>/<task>/fold_<k>.ckpt (default: not kept)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -673,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     mb = run(args.tasks, args.folds, args.variant, args.max_epochs, out, data_home,
              args.config_dir if args.config_dir and args.config_dir.is_dir() else None, args.threads,
-             args.model_overrides, args.seed, args.cache_dir, args.graph_workers)
+             args.model_overrides, args.seed, args.cache_dir, args.graph_workers, args.checkpoint_dir)
     for name, s in summarize(mb).items():
         if s["n_folds"]:
             print(f"[{args.variant}] {name}: {s['metric']} {s['mean']:.4g} ± {s['std']:.3g} over {s['n_folds']} "

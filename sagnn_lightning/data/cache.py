@@ -2,8 +2,11 @@
 
 The cache file is ``<cache_dir>/<key>.graphs`` with ``key = sha256(fingerprint, settings, code version)``;
 its format is described in :mod:`sagnn_lightning.data.cache_format`. Writes are atomic (temporary file
-in the same folder + ``os.replace``); a truncated, corrupted or stale file is detected (magic, size,
-header sha256, per-array crc32, sample ids/targets hash) and rebuilt with a warning.
+in the same folder + ``os.replace``, :func:`sagnn_lightning.files.atomic_write`: the umask is respected and a
+rebuilt file keeps its mode); a truncated, corrupted or stale file is detected (magic, size, header sha256,
+per-array crc32, sample ids/targets hash) and rebuilt with a warning. A miss is built by one process at a
+time, under the lock file ``<cache_dir>/.<key>.graphs.lock``: processes that need the same graphs meanwhile
+(DDP ranks, parallel runs sharing the folder) wait and then read the finished file.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from sagnn_lightning.data.graph import (
     graph_arrays,
     structure_graph_arrays,
 )
-from sagnn_lightning.data.parsers import parse_simple_cif, parse_simple_dict
+from sagnn_lightning.data.parsers import describe_cif_problem, parse_simple_cif, parse_simple_dict
+from sagnn_lightning.files import file_lock
 
 __all__ = [
     "CACHE_FORMAT_VERSION", "CacheError", "GraphDataset", "SkippedItem", "cache_key", "default_cache_dir",
@@ -105,10 +109,13 @@ def _item_to_arrays(item: StructureLike, settings: GraphSettings, name: str):
     except StructureError:
         raise
     except Exception as exc:  # any parser failure is a bad entry, reported with its id
-        hint = ""
+        hint, problem = "", None
         if isinstance(item, str) and "\n" not in item.strip():
             hint = "; strings must be CIF text, not file names (read the file first)"
-        raise StructureError(f"{name}: could not parse the structure ({type(exc).__name__}: {exc}){hint}") from exc
+        elif isinstance(item, str):
+            problem = describe_cif_problem(item)  # pymatgen's own exception is often internal
+        raise StructureError(
+            f"{name}: could not parse the structure: {problem or f'{type(exc).__name__}: {exc}'}{hint}") from exc
     return structure_graph_arrays(structure, settings, name)
 
 
@@ -253,16 +260,41 @@ def load_or_build_graphs(
     path = cache_dir / f"{key}{SUFFIX}"
     digest = _inputs_digest(sample_ids, targets)
 
-    if path.exists():
-        try:
-            dataset = GraphDataset(path)
-            if dataset.header.get("inputs_sha256") != digest or dataset.header.get("key") != key:
-                raise CacheError(f"{path}: sample ids or targets differ from the cached ones (stale cache)")
-            log.info("graph cache hit: %s (%d graphs)", path, len(dataset))
+    # cache files are replaced atomically, so a hit needs no lock; a miss is built under the lock, by one
+    # process: the others wait, then find the file (two DDP ranks, two runs sharing a cache folder)
+    dataset, _ = _open_cached(path, key, digest)
+    if dataset is not None:
+        return dataset
+    with file_lock(cache_dir / f".{path.name}.lock", f"building the graph cache {path}"):
+        dataset, problem = _open_cached(path, key, digest)
+        if dataset is not None:
             return dataset
-        except CacheError as exc:
-            log.warning("rebuilding graph cache: %s", exc)
+        if problem:
+            log.warning("rebuilding graph cache: %s", problem)
+        return _build_graphs(path, key, digest, fingerprint, sample_ids, structures, targets, settings,
+                             num_workers=num_workers, on_error=on_error, progress=progress, chunk_size=chunk_size)
 
+
+def _open_cached(path: Path, key: str, digest: str) -> tuple[GraphDataset | None, str | None]:
+    """``(dataset, None)`` on a valid hit, else ``(None, why it cannot be used)`` (``None``: no file)."""
+    if not path.exists():
+        return None, None
+    try:
+        dataset = GraphDataset(path)
+        if dataset.header.get("inputs_sha256") != digest or dataset.header.get("key") != key:
+            raise CacheError(f"{path}: sample ids or targets differ from the cached ones (stale cache)")
+    except CacheError as exc:
+        return None, str(exc)
+    log.info("graph cache hit: %s (%d graphs)", path, len(dataset))
+    return dataset, None
+
+
+def _build_graphs(
+    path: Path, key: str, digest: str, fingerprint: str, sample_ids: list[str],
+    structures: Sequence[StructureLike] | Callable[[], Sequence[StructureLike]], targets: np.ndarray,
+    settings: GraphSettings, *, num_workers: int, on_error: str, progress: bool, chunk_size: int | None,
+) -> GraphDataset:
+    """Build the graphs and write the cache file ``path`` (called with the cache lock held)."""
     items = structures() if callable(structures) else structures
     if not isinstance(items, (list, tuple)):
         items = list(items)  # positional slicing for any sequence (pandas Series, numpy object arrays)
@@ -289,8 +321,8 @@ def load_or_build_graphs(
                         reason = f"{sid}: {reason}"
                     if on_error == "raise":
                         raise StructureError(
-                            f"sample {reason}. Fix or remove this entry, or pass on_error='skip' "
-                            "to leave bad structures out."
+                            f"sample {reason.rstrip('.')}. Fix or remove this entry, or leave bad structures out with "
+                            "--data.on_error=skip (on_error='skip')."
                         )
                     keep[start + k] = False
                     skipped.append(SkippedItem(sid, reason))

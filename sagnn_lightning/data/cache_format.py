@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from sagnn_lightning.errors import SAGNNError
+from sagnn_lightning.files import atomic_write
+
 #: On-disk format and graph-code version; bump when either changes (part of the cache key).
 CACHE_FORMAT_VERSION = "1"
 
@@ -42,8 +45,8 @@ ARRAY_NAMES = (
 )
 
 
-class CacheError(RuntimeError):
-    """A graph cache file that is truncated, corrupted or from another format version."""
+class CacheError(SAGNNError, RuntimeError):
+    """A graph cache file that is truncated, corrupted or from another format version (exit status 1)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,11 @@ def verify_arrays(path: Path, header: dict[str, Any], chunk_bytes: int = 1 << 23
 
 
 class CacheWriter:
-    """Streams graph arrays into spill files, then assembles the cache file atomically."""
+    """Streams graph arrays into spill files, then assembles the cache file atomically.
+
+    Spill files are private scratch (``mkstemp``, mode 0600, deleted by :meth:`close`); the cache file is
+    written with :func:`sagnn_lightning.files.atomic_write` (umask respected, a replaced file keeps its mode).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -144,7 +151,10 @@ class CacheWriter:
             "edge_index": (np.dtype(np.int32), (self.count["edge_index"], 2)),
             "image_offsets": (img_dtype, (self.count["image_offsets"], 3)),
         }
-        out = self._tmp("graphs")
+        with atomic_write(self.path, "wb") as out:  # temp file + os.replace; umask / existing mode respected
+            self._write_file(out, header, arrays, spilled)
+
+    def _write_file(self, out, header: dict[str, Any], arrays: dict[str, np.ndarray], spilled: dict) -> None:
         meta: dict[str, dict[str, Any]] = {}
         out.write(MAGIC + b"\0" * (DATA_START - len(MAGIC)))
         for name, (dtype, shape) in spilled.items():
@@ -171,13 +181,8 @@ class CacheWriter:
         raw = json.dumps(header, sort_keys=True).encode("utf-8")
         out.write(raw)
         out.write(FOOTER.pack(len(raw), hashlib.sha256(raw).digest(), END_MAGIC))
-        out.flush()
-        os.fsync(out.fileno())
-        out.close()
-        if (out_size := out.path.stat().st_size) != header["file_size"]:
+        if (out_size := out.tell()) != header["file_size"]:
             raise RuntimeError(f"internal error: cache size {out_size} != {header['file_size']}")
-        os.replace(out.path, self.path)
-        self.tmp_paths.remove(out.path)
 
     @staticmethod
     def _start(out, dtype: np.dtype, shape) -> dict[str, Any]:

@@ -9,20 +9,21 @@ seed — not on graph settings or on rows skipped later, which are simply left o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from sagnn_lightning.data.datamodule import GraphDataModule, TaskType
 from sagnn_lightning.data.samples import get_sample, is_sample_ref, resolve_preset, sample_path
-from sagnn_lightning.data.sources import Table, fingerprint, read_data
+from sagnn_lightning.data.sources import InputNotFoundError, Table, fingerprint, read_data
+from sagnn_lightning.errors import UsageError
 
 
 def random_split_ids(ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
     """Seeded train/val/test split of ``ids`` (see module docstring); each split keeps file order."""
     if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise ValueError(f"need 0 <= val_fraction, test_fraction and val_fraction + test_fraction < 1, "
-                         f"got {val_fraction}, {test_fraction}")
+        raise UsageError(f"need 0 <= val_fraction, test_fraction and val_fraction + test_fraction < 1 "
+                         f"(--data.val_fraction, --data.test_fraction), got {val_fraction}, {test_fraction}")
     n = len(ids)
     n_test, n_val = int(round(test_fraction * n)), int(round(val_fraction * n))
     label = np.zeros(n, dtype=np.int8)  # 0 train, 1 val, 2 test
@@ -30,6 +31,12 @@ def random_split_ids(ids: list[str], val_fraction: float, test_fraction: float, 
     label[perm[:n_test]] = 2
     label[perm[n_test:n_test + n_val]] = 1
     return {name: [i for i, lab in zip(ids, label) if lab == k] for k, name in enumerate(("train", "val", "test"))}
+
+
+class UnknownSampleError(UsageError, KeyError):
+    """``data_file="sample:<name>"`` names no bundled sample (a ``KeyError`` too, printed without quotes)."""
+
+    __str__ = BaseException.__str__
 
 
 class CrystalDataModule(GraphDataModule):
@@ -45,8 +52,12 @@ class CrystalDataModule(GraphDataModule):
             else ``row-<i>``). structure_column: CIF/dict column (default ``structure``/``cif``/...).
         task_type: ``"regression"`` or ``"classification"`` (targets 0/1 or booleans).
         val_fraction, test_fraction: split shares. split_seed: seed of the split and the training shuffle.
-        cutoff (Å), max_neighbors, batch_size, num_workers, graph_workers, cache_dir, on_error, progress:
-            as in :class:`~sagnn_lightning.data.matbench.MatbenchDataModule`.
+        cutoff (Å), max_neighbors, max_isolated_radius (Å), batch_size, num_workers, graph_workers, cache_dir,
+            on_error (``"raise"``/``"skip"``), progress: as in
+            :class:`~sagnn_lightning.data.matbench.MatbenchDataModule`.
+
+    ``task_type`` and ``on_error`` are plain strings checked here (not ``Literal``), so that a wrong value is
+    reported by the CLI as this class's one-line message rather than as a type-union dump.
     """
 
     def __init__(
@@ -55,32 +66,37 @@ class CrystalDataModule(GraphDataModule):
         target_columns: list[str] | None = None,
         id_column: str | None = None,
         structure_column: str | None = None,
-        task_type: Literal["regression", "classification"] = "regression",
+        task_type: str = "regression",
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 0,
         cutoff: float = 5.0,
         max_neighbors: int | None = None,
+        max_isolated_radius: float = 20.0,
         batch_size: int = 128,
         num_workers: int = 0,
         graph_workers: int = 0,
         cache_dir: str | None = None,
-        on_error: Literal["raise", "skip"] = "raise",
+        on_error: str = "raise",
         progress: bool = True,
     ) -> None:
-        super().__init__(cutoff=cutoff, max_neighbors=max_neighbors, batch_size=batch_size, split_seed=split_seed,
-                         num_workers=num_workers, graph_workers=graph_workers, cache_dir=cache_dir,
-                         on_error=on_error, progress=progress)
+        super().__init__(cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius,
+                         batch_size=batch_size, split_seed=split_seed, num_workers=num_workers,
+                         graph_workers=graph_workers, cache_dir=cache_dir, on_error=on_error, progress=progress)
         self.save_hyperparameters()
         if task_type not in ("regression", "classification"):
-            raise ValueError(f"task_type must be 'regression' or 'classification', got {task_type!r}")
+            raise UsageError(f"task_type must be 'regression' or 'classification' (--data.task_type), "
+                             f"got {task_type!r}")
         random_split_ids([], val_fraction, test_fraction, split_seed)  # validates the fractions
         self._task_type: TaskType = task_type
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.id_column, self.structure_column = id_column, structure_column
         self.target_columns = list(target_columns) if target_columns is not None else None
         if is_sample_ref(data_file):
-            sample = get_sample(data_file)
+            try:
+                sample = get_sample(data_file)
+            except KeyError as err:
+                raise UnknownSampleError(f"--data.data_file={data_file}: {err.args[0]}") from None
             self.path = sample_path(data_file)
             self.id_column = id_column or sample.id_column
             self.structure_column = structure_column or sample.structure_column
@@ -88,9 +104,9 @@ class CrystalDataModule(GraphDataModule):
         else:
             self.path = Path(data_file).expanduser()
             if not self.path.exists():
-                raise FileNotFoundError(
-                    f"data file {self.path} does not exist; give a CSV/JSON table, a folder of CIFs with "
-                    "id_prop.csv, or a bundled sample such as 'sample:mp_abx3_perovskites'."
+                raise InputNotFoundError(
+                    f"data file {self.path} does not exist; give --data.data_file a CSV/JSON table, a folder of "
+                    "CIFs with id_prop.csv, or a bundled sample such as sample:mp_abx3_perovskites."
                 )
         self.data_file = data_file
 

@@ -7,10 +7,10 @@ fingerprint them and how to split them (by sample id).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -23,6 +23,8 @@ from sagnn_lightning.data.batch import collate_graphs
 from sagnn_lightning.data.dataset import SkippedItem
 from sagnn_lightning.data.graph import GraphSettings
 from sagnn_lightning.data.sources import DataFormatError, Table
+from sagnn_lightning.errors import UsageError
+from sagnn_lightning.files import atomic_write, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def check_targets(table: Table, on_error: str, task_type: TaskType) -> tuple[Tab
         raise DataFormatError(
             f"{table.source}: {len(skipped)} row(s) with invalid targets, e.g. "
             f"{'; '.join(f'{s.sample_id}: {s.reason}' for s in skipped[:5])} (ids: {ids[:_MAX_LISTED]}). "
-            "Fix or remove these rows, or pass on_error='skip' to leave them out."
+            "Fix or remove these rows, or leave them out with --data.on_error=skip (on_error='skip')."
         )
     keep = np.setdiff1d(np.arange(len(table)), np.fromiter(bad_rows, dtype=np.int64))
     return table.subset(keep), skipped
@@ -92,6 +94,7 @@ class GraphDataModule(pl.LightningDataModule):
         *,
         cutoff: float = 5.0,
         max_neighbors: int | None = None,
+        max_isolated_radius: float = 20.0,
         batch_size: int = 128,
         split_seed: int = 0,
         num_workers: int = 0,
@@ -102,11 +105,13 @@ class GraphDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise UsageError(f"on_error must be 'raise' or 'skip' (--data.on_error), got {on_error!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.settings = GraphSettings(cutoff=cutoff, max_neighbors=max_neighbors)
-        self.cutoff, self.max_neighbors = cutoff, max_neighbors
+            raise UsageError(f"batch_size must be >= 1 (--data.batch_size), got {batch_size}")
+        # every graph option is part of the graph cache key (GraphSettings)
+        self.settings = GraphSettings(cutoff=cutoff, max_neighbors=max_neighbors,
+                                      max_isolated_radius=max_isolated_radius)
+        self.cutoff, self.max_neighbors, self.max_isolated_radius = cutoff, max_neighbors, max_isolated_radius
         self.batch_size = batch_size
         self.split_seed = split_seed
         self.num_workers = num_workers
@@ -152,7 +157,10 @@ class GraphDataModule(pl.LightningDataModule):
 
         Ids and targets are also kept in a small index beside the graph cache
         (``<cache_dir>/rows/v<format>-<fingerprint>.npz``), so a later run with cached graphs never parses the
-        structures again (``table.structures`` is then ``None`` until a graph build needs them).
+        structures again (``table.structures`` is then ``None`` until a graph build needs them). The statistics
+        that the CLI links into the model when it builds objects on every DDP rank (``target_mean``,
+        ``target_std``, ``num_targets``) come from this index: one process reads the data, under a lock
+        (:meth:`_load_rows`).
         """
         if self._table is None:
             table = self._load_rows()
@@ -169,28 +177,54 @@ class GraphDataModule(pl.LightningDataModule):
         return self.cache_dir / "rows" / f"v{ROWS_FORMAT}-{self.fingerprint}.npz"
 
     def _load_rows(self) -> Table:
+        """Ids and targets from the row index, or the data file (parsed once, under a lock) on a miss.
+
+        The index is replaced atomically, so reading an existing one needs no lock. On a miss, one process
+        parses the data and writes the index while holding ``<cache_dir>/rows/.<index name>.lock``; others
+        that need the rows at the same time (DDP ranks instantiating the CLI) wait, then read the index.
+        """
         path = self._rows_path()
-        if path.is_file():
+        table, _ = self._read_rows_index(path)
+        if table is not None:
+            return table
+        with contextlib.ExitStack() as stack:
             try:
-                with np.load(path, allow_pickle=False) as z:
-                    meta = json.loads(str(z["meta"]))
-                    ids, targets = z["ids"].tolist(), np.array(z["targets"], dtype=np.float64)
-                if targets.shape == (len(ids), len(meta["target_names"])):
-                    return Table(ids=ids, structures=None, targets=targets, target_names=meta["target_names"],
-                                 source=Path(meta["source"]), extra=meta["extra"])
-                log.warning("%s: inconsistent row index; re-reading the data", path)
-            except Exception as err:  # truncated / foreign file: just re-read the data
-                log.warning("%s: unreadable row index (%s); re-reading the data", path, err)
-        table = self._read_table()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            meta = {"target_names": table.target_names, "source": str(table.source), "extra": table.extra}
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
-                np.savez(fh, ids=np.array(table.ids, dtype=str), targets=table.targets, meta=np.array(json.dumps(meta)))
-            os.replace(fh.name, path)
-        except OSError as err:  # a read-only cache dir only costs a re-parse next time
-            log.warning("could not write row index %s (%s)", path, err)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(file_lock(path.parent / f".{path.name}.lock", f"reading the rows for {path}"))
+            except OSError as err:  # a read-only cache folder only costs a re-parse next time
+                log.warning("cannot write the row index %s (%s); reading the data without it", path, err)
+                return self._read_table()
+            table, problem = self._read_rows_index(path)  # written by another process while we waited?
+            if table is not None:
+                return table
+            if problem:
+                log.warning("%s: %s; re-reading the data", path, problem)
+            log.info("reading the data rows (ids, targets) into %s", path)
+            table = self._read_table()
+            try:
+                meta = {"target_names": table.target_names, "source": str(table.source), "extra": table.extra}
+                with atomic_write(path, "wb") as fh:  # umask respected; a rewritten index keeps its mode
+                    np.savez(fh, ids=np.array(table.ids, dtype=str), targets=table.targets,
+                             meta=np.array(json.dumps(meta)))
+            except OSError as err:  # a read-only cache dir only costs a re-parse next time
+                log.warning("could not write row index %s (%s)", path, err)
         return table
+
+    @staticmethod
+    def _read_rows_index(path: Path) -> tuple[Table | None, str | None]:
+        """``(table without structures, None)`` from the index at ``path``, else ``(None, why not)``."""
+        if not path.is_file():
+            return None, None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                ids, targets = z["ids"].tolist(), np.array(z["targets"], dtype=np.float64)
+            names, source, extra = list(meta["target_names"]), Path(meta["source"]), meta["extra"]
+        except Exception as err:  # truncated / foreign file: re-read the data
+            return None, f"unreadable row index ({err})"
+        if targets.shape != (len(ids), len(names)):
+            return None, "inconsistent row index"
+        return Table(ids=ids, structures=None, targets=targets, target_names=names, source=source, extra=extra), None
 
     def _structures_for(self, table: Table) -> list[Any]:
         """Raw structure inputs of ``table``'s rows, re-reading the source if only the index was loaded."""
@@ -207,7 +241,7 @@ class GraphDataModule(pl.LightningDataModule):
             ids = self._split_ids(self.table)
             if not ids["train"]:
                 raise DataFormatError(f"{self.table.source}: the training split is empty; add rows or lower "
-                                      "val_fraction/test_fraction.")
+                                      "--data.val_fraction / --data.test_fraction.")
             self._ids = ids
         return self._ids
 
@@ -259,7 +293,7 @@ class GraphDataModule(pl.LightningDataModule):
             if cache_skipped and self.on_error != "skip":
                 raise DataFormatError(
                     f"{table.source}: {format_skipped(cache_skipped, len(table))} while building graphs; "
-                    "fix these entries or pass on_error='skip'."
+                    "fix these entries or leave them out with --data.on_error=skip (on_error='skip')."
                 )
             if cache_skipped:
                 log.warning("%s: %s", table.source, format_skipped(cache_skipped, len(table)))
@@ -272,7 +306,12 @@ class GraphDataModule(pl.LightningDataModule):
         return self._graphs
 
     def prepare_data(self) -> None:
-        """Build the graph cache once (rank 0); ``setup`` then finds it."""
+        """Download (if needed), read the rows and build the graph cache, once; ``setup`` then finds them.
+
+        Lightning calls this on one process per node; every step also holds a file lock (download, row
+        index, graph cache), so processes that reach the same data at once (the CLI instantiating the
+        DataModule on every DDP rank, parallel runs sharing a cache folder) do the work once and wait for it.
+        """
         self.graph_dataset()
 
     def _subset(self, split: str) -> Dataset | None:

@@ -27,6 +27,8 @@ from pymatgen.core import Structure
 from pymatgen.optimization.neighbors import find_points_in_spheres
 from torch_geometric.data import Data
 
+from sagnn_lightning.errors import SAGNNError, UsageError
+
 #: MEGNet's global state when the user gives none: two zeros.
 DEFAULT_STATE: tuple[float, ...] = (0.0, 0.0)
 
@@ -36,8 +38,8 @@ _NUMERICAL_TOL = 1e-8
 _SHELL_TOL = 1e-3
 
 
-class StructureError(ValueError):
-    """A structure that cannot be turned into a graph; the message names it and the fix."""
+class StructureError(SAGNNError, ValueError):
+    """A structure that cannot be turned into a graph; the message names it and the fix (exit status 1)."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,12 @@ class GraphSettings:
 
     def __post_init__(self) -> None:
         if not self.cutoff > 0:
-            raise ValueError(f"cutoff must be > 0 Å, got {self.cutoff}")
+            raise UsageError(f"cutoff must be > 0 Å (--data.cutoff), got {self.cutoff}")
         if self.max_neighbors is not None and self.max_neighbors < 1:
-            raise ValueError(f"max_neighbors must be >= 1 or None, got {self.max_neighbors}")
+            raise UsageError(f"max_neighbors must be >= 1 or null (--data.max_neighbors), got {self.max_neighbors}")
         if not self.max_isolated_radius > 0:
-            raise ValueError(f"max_isolated_radius must be > 0 Å, got {self.max_isolated_radius}")
+            raise UsageError(f"max_isolated_radius must be > 0 Å (--data.max_isolated_radius), "
+                             f"got {self.max_isolated_radius}")
         object.__setattr__(self, "cutoff", float(self.cutoff))
         object.__setattr__(self, "max_isolated_radius", float(self.max_isolated_radius))
         if self.max_neighbors is not None:
@@ -196,7 +199,8 @@ def _nearest_shell(cart, lat, pbc, atom: int, cutoff: float, max_radius: float, 
             return np.full(m, atom, dtype=np.int64), p[shell], img[shell], d[shell]
     raise StructureError(
         f"{name}: atom {atom} has no neighbour within {max(max_radius, cutoff)} Å; the cell is probably "
-        "wrong (check lattice units) or raise GraphSettings.max_isolated_radius."
+        "wrong (check the lattice units), or raise the search limit max_isolated_radius "
+        "(--data.max_isolated_radius=<Å>; predict: --max-isolated-radius <Å>)."
     )
 
 

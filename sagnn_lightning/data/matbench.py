@@ -8,9 +8,14 @@ Where the rows come from (first match wins):
 
 1. ``data_file``: a matbench-layout ``*.json(.gz)`` (or a ``*.csv(.gz)`` with ``mbid``, ``cif`` and
    the target column) — may cover only some folds (see below);
-2. ``data_home`` (or ``$MATMINER_DATA``): the file ``<data_home>/<task>.json.gz``;
-3. otherwise matbench's own loader (``MatbenchBenchmark(subset=[task])``, ``task.load()``), which
-   downloads the official file through matminer.
+2. ``data_home``: the file ``<data_home>/<task>.json.gz``;
+3. matminer's data home (``$MATMINER_DATA``, else matminer's package folder): ``<task>.json.gz`` there,
+   downloaded first if missing (``download=True``): URL and sha256 from matminer's public dataset
+   metadata, once across processes (file lock), checked and renamed into place complete.
+
+Every source is read by the same reader (:func:`~sagnn_lightning.data.sources.read_matbench_json`); data
+that is missing offline ends in one :class:`DatasetUnavailableError` naming the path looked at and the
+flags that fix it (``--data.data_file``, ``--data.data_home``, ``$MATMINER_DATA``).
 
 A file that covers only part of the task (e.g. fold 0's training rows) is accepted when it holds
 every *training* row of the requested fold: ``setup("fit")`` works, while the test split raises
@@ -19,17 +24,22 @@ an error naming the missing rows (a test set that is not matbench's is never inv
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from sagnn_lightning.data.datamodule import GraphDataModule, TaskType
 from sagnn_lightning.data.sources import (
-    DataFormatError, Table, _base_suffix, fingerprint, read_matbench_json, read_table,
+    DataFormatError, InputNotFoundError, Table, _base_suffix, fingerprint, read_matbench_json, read_table,
 )
+from sagnn_lightning.errors import SAGNNError, UsageError
+from sagnn_lightning.files import atomic_write, file_lock
+
+log = logging.getLogger(__name__)
 
 MATMINER_ENV = "MATMINER_DATA"
 NUM_FOLDS = 5
@@ -73,22 +83,28 @@ MATBENCH_COMPOSITION_TASKS: tuple[str, ...] = (
 )
 
 
+class UnsupportedTaskError(UsageError, NotImplementedError):
+    """A composition-only matbench task (no structures)."""
+
+
 def get_task(name: str) -> MatbenchTask:
     """Task metadata by name (``"matbench_jdft2d"`` or ``"jdft2d"``).
 
     Raises:
-        NotImplementedError: composition-only task.
-        ValueError: unknown task (the message lists the valid ones).
+        UnsupportedTaskError: composition-only task (a ``NotImplementedError``).
+        UsageError: unknown task (a ``ValueError``; the message lists the valid ones).
     """
     full = name if name.startswith("matbench_") else f"matbench_{name}"
     if full in MATBENCH_TASKS:
         return MATBENCH_TASKS[full]
     if full in MATBENCH_COMPOSITION_TASKS:
-        raise NotImplementedError(
-            f"{full} is a composition-only matbench task (no crystal structures); SA-GNN needs structures, "
+        raise UnsupportedTaskError(
+            f"--data.task={name}: {full} is a composition-only matbench task (no crystal structures); "
+            "SA-GNN needs structures, "
             f"so it is not supported yet. Structure tasks: {sorted(MATBENCH_TASKS)}."
         )
-    raise ValueError(f"unknown matbench task {name!r}; valid structure tasks: {sorted(MATBENCH_TASKS)}.")
+    raise UsageError(f"unknown matbench task {name!r} (--data.task); valid structure tasks: "
+                     f"{', '.join(sorted(MATBENCH_TASKS))}.")
 
 
 def _import_matbench(module: str):
@@ -123,23 +139,102 @@ def carve_validation(train_ids: list[str], val_fraction: float, seed: int) -> tu
     return ([i for i, p in zip(train_ids, picked) if not p], [i for i, p in zip(train_ids, picked) if p])
 
 
+class DatasetUnavailableError(SAGNNError, FileNotFoundError):
+    """The task's data is not on disk and cannot be downloaded; the message names the path and the flags."""
+
+
+def matminer_data_home() -> Path:
+    """Where matminer keeps its datasets: ``$MATMINER_DATA`` if set, else the ``matminer/datasets`` package
+    folder (the documented default of ``matminer.datasets.load_dataset``; read when called)."""
+    env = os.environ.get(MATMINER_ENV)
+    if env:
+        return Path(env).expanduser()
+    import matminer.datasets
+
+    return Path(matminer.datasets.__file__).resolve().parent
+
+
+def missing_data_message(task: str, path: Path, problem: str) -> str:
+    """One message for data that is missing offline: the task, the path looked at and the flags that fix it."""
+    return (
+        f"matbench data for {task} is unavailable: {problem}. Looked for {path}. To use a local copy, put "
+        f"{path.name} (matbench's file or any matbench-layout copy) there, or pass --data.data_file=<path of "
+        f"{path.name}> or --data.data_home=<folder holding it>, or set ${MATMINER_ENV}=<folder holding it>."
+    )
+
+
+def download_matbench_file(task: str, data_home: Path, *, progress: bool = True) -> Path:
+    """The official file of ``task`` in ``data_home``, downloaded first if missing.
+
+    URL and sha256 come from matminer's public dataset metadata (``get_dataset_attribute``). The download
+    streams into a temporary file that is checked against the sha256 and only then renamed into place, so
+    an existing file is always complete; concurrent callers (DDP ranks, parallel runs) download once, under
+    the lock file ``<data_home>/.<file>.lock``, while the others wait.
+
+    Raises:
+        DatasetUnavailableError: the download failed (offline, HTTP error, checksum); the message says what
+            to pass instead.
+    """
+    from matminer.datasets import get_dataset_attribute
+
+    path = Path(data_home) / f"{task}.{get_dataset_attribute(task, 'file_type')}"
+    if path.is_file():
+        return path
+    url = get_dataset_attribute(task, "url")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(path.parent / f".{path.name}.lock", f"downloading {path}"):
+            if not path.is_file():  # not downloaded by another process while we waited
+                _download(url, path, get_dataset_attribute(task, "hash"), progress=progress)
+    except Exception as err:  # network, HTTP, disk or checksum: one message with what to do offline
+        detail = f"{type(err).__name__}: {err}"
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise DatasetUnavailableError(missing_data_message(
+            task, path, f"could not download it from {url} ({detail})")) from err
+    return path
+
+
+def _download(url: str, path: Path, sha256: str, *, progress: bool) -> None:
+    """Stream ``url`` into ``path`` atomically; refuse (and leave nothing) if the sha256 differs."""
+    import requests
+    from tqdm.auto import tqdm
+
+    log.info("downloading %s to %s", url, path)
+    digest = hashlib.sha256()
+    with requests.get(url, stream=True, timeout=60) as response:
+        response.raise_for_status()
+        total = int(response.headers.get("content-length") or 0) or None
+        with atomic_write(path, "wb") as fh, tqdm(total=total, unit="B", unit_scale=True, desc=path.name,
+                                                  disable=not progress) as bar:
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                fh.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+            if digest.hexdigest() != sha256:
+                raise ValueError(f"the file's sha256 {digest.hexdigest()} is not matminer's {sha256} "
+                                 "(corrupted or changed download)")
+
+
 class MatbenchDataModule(GraphDataModule):
     """A matbench v0.1 structure task, one official fold.
 
     Args:
         task: task name, e.g. ``"matbench_jdft2d"`` (the ``matbench_`` prefix may be left out).
         fold: official fold, 0–4.
-        data_home: folder holding ``<task>.json.gz`` (matbench layout); default ``$MATMINER_DATA``
-            when that file exists there, else download through matbench.
+        data_home: folder holding ``<task>.json.gz`` (matbench layout); default: matminer's data home
+            (``$MATMINER_DATA``, else matminer's package folder), where a missing file is downloaded.
         data_file: a matbench-layout ``.json(.gz)`` (or ``.csv(.gz)`` with ``mbid``/``cif``) of this task.
-        cutoff: neighbour cutoff (Å). max_neighbors: optional cap per atom.
+        cutoff: neighbour cutoff (Å). max_neighbors: optional cap per atom. max_isolated_radius: how far (Å)
+            the nearest neighbours of an atom with none inside ``cutoff`` are searched (see ``GraphSettings``).
         batch_size: graphs per batch. val_fraction: share of the fold's training rows used for validation.
         split_seed: seed of the validation carve and of the training shuffle.
         num_workers: DataLoader workers. graph_workers: processes building graphs on a cache miss.
         cache_dir: graph cache folder (default ``$SAGNN_CACHE_DIR`` or the user cache dir).
-        on_error: ``"raise"`` (default) or ``"skip"`` bad rows (counted, listed in ``self.skipped``).
-        download: allow matbench to download when no local file is given.
-        progress: show a progress bar while building graphs.
+        on_error: ``"raise"`` (default) or ``"skip"`` bad rows (counted, listed in ``self.skipped``); a plain
+            string checked here, so the CLI reports a wrong value with this class's own message.
+        download: allow downloading the official file into matminer's data home when no local file is found
+            (``False``: a missing file is an error naming the path and the flags to use).
+        progress: show a progress bar while downloading and building graphs.
 
     Attributes (available right after ``__init__``, computed lazily): ``task_type``, ``num_targets``,
     ``target_names``, ``target_mean``/``target_std`` (training split; 0/1 for classification), ``unit``.
@@ -153,30 +248,30 @@ class MatbenchDataModule(GraphDataModule):
         data_file: str | None = None,
         cutoff: float = 5.0,
         max_neighbors: int | None = None,
+        max_isolated_radius: float = 20.0,
         batch_size: int = 128,
         val_fraction: float = 0.1,
         split_seed: int = 0,
         num_workers: int = 0,
         graph_workers: int = 0,
         cache_dir: str | None = None,
-        on_error: Literal["raise", "skip"] = "raise",
+        on_error: str = "raise",
         download: bool = True,
         progress: bool = True,
     ) -> None:
-        super().__init__(cutoff=cutoff, max_neighbors=max_neighbors, batch_size=batch_size, split_seed=split_seed,
-                         num_workers=num_workers, graph_workers=graph_workers, cache_dir=cache_dir,
-                         on_error=on_error, progress=progress)
+        super().__init__(cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius,
+                         batch_size=batch_size, split_seed=split_seed, num_workers=num_workers,
+                         graph_workers=graph_workers, cache_dir=cache_dir, on_error=on_error, progress=progress)
         self.save_hyperparameters()
         self.task = get_task(task)
         if not 0 <= fold < NUM_FOLDS:
-            raise ValueError(f"fold must be in 0..{NUM_FOLDS - 1}, got {fold}")
+            raise UsageError(f"fold must be in 0..{NUM_FOLDS - 1} (--data.fold), got {fold}")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise UsageError(f"val_fraction must be in [0, 1) (--data.val_fraction), got {val_fraction}")
         self.fold = fold
         self.val_fraction = val_fraction
         self.download = download
         self.data_file = self._local_file(data_home, data_file)
-        self._matbench_fold: tuple[list[str], list[str]] | None = None
 
     @property
     def task_type(self) -> TaskType:  # type: ignore[override]
@@ -196,91 +291,48 @@ class MatbenchDataModule(GraphDataModule):
         if data_file is not None:
             path = Path(data_file).expanduser()
             if not path.is_file():
-                raise FileNotFoundError(
-                    f"matbench data file {path} not found; give the path of a matbench-layout {expected} "
-                    "(pandas orient='split'), or pass data_home=<folder holding it>."
+                raise InputNotFoundError(
+                    f"matbench data file {path} not found; give --data.data_file the path of a matbench-layout "
+                    f"{expected} (pandas orient='split'), or --data.data_home=<folder holding it>."
                 )
             return path
         if data_home is not None:
             path = Path(data_home).expanduser() / expected
             if not path.is_file():
-                raise FileNotFoundError(
-                    f"matbench dataset not found: expected {path}. Put the matbench v0.1 file {expected} "
-                    f"(matminer's download, or any matbench-layout copy) in {Path(data_home).expanduser()}, "
-                    "pass data_file=<path>, or leave data_home unset to download it through matbench."
+                raise InputNotFoundError(
+                    f"matbench dataset not found: expected {path} (--data.data_home). Put the matbench v0.1 file "
+                    f"{expected} (matminer's download, or any matbench-layout copy) in {Path(data_home).expanduser()}, "
+                    "give --data.data_file=<path>, or leave --data.data_home unset to download it through matbench."
                 )
             return path
-        env = os.environ.get(MATMINER_ENV)
-        if env and (Path(env).expanduser() / expected).is_file():
-            return Path(env).expanduser() / expected
+        path = matminer_data_home() / expected
+        if path.is_file():  # $MATMINER_DATA (or matminer's own folder) already holds it
+            return path
         if not self.download:
-            where = Path(env).expanduser() if env else Path("<data_home>")
-            raise FileNotFoundError(
-                f"matbench dataset not found offline: expected {where / expected}. Put {expected} there "
-                f"(or set ${MATMINER_ENV} / data_home to its folder, or pass data_file), or allow download=True."
-            )
-        return None
+            raise DatasetUnavailableError(missing_data_message(
+                self.task.name, path, "the file is missing and the download is off (--data.download=false)"))
+        return None  # downloaded when first needed (prepare_data, or the statistics), once, under a lock
+
+    def _source_file(self) -> Path:
+        """The file the rows are read from: ``data_file`` / ``data_home`` / ``$MATMINER_DATA``, else the download."""
+        return self.data_file if self.data_file is not None else self._ensure_download()
 
     def _read_table(self) -> Table:
-        if self.data_file is None:
-            return self._read_with_matbench()
-        if _base_suffix(self.data_file) == ".csv":
-            return read_table(self.data_file, [self.task.target], id_column="mbid", structure_column="cif")
-        return read_matbench_json(self.data_file, self.task.name, self.task.n_samples, self.task.target)
-
-    def _read_with_matbench(self) -> Table:
-        """Online path: matbench's own loading and fold API (downloads through matminer)."""
-        MatbenchBenchmark = _import_matbench("matbench.bench").MatbenchBenchmark
-        benchmark = MatbenchBenchmark(autoload=False, subset=[self.task.name])
-        mb_task = benchmark.tasks_map[self.task.name]
-        try:
-            mb_task.load()
-        except Exception as err:  # network / file errors from matminer
-            raise FileNotFoundError(
-                f"could not load {self.task.name} through matbench ({type(err).__name__}: {err}). Offline? Put "
-                f"{self.task.name}.json.gz in a folder and pass data_home=<folder> (or set ${MATMINER_ENV}), "
-                "or pass data_file=<path>."
-            ) from err
-        train = mb_task.get_train_and_val_data(self.fold, as_type="df")
-        test = mb_task.get_test_data(self.fold, as_type="df", include_target=True)
-        self._matbench_fold = (list(train.index), list(test.index))
-        df = mb_task.df
-        source = self._matminer_file()
-        table = Table(ids=[str(i) for i in df.index], structures=list(df["structure"]),
-                      targets=df[[self.task.target]].to_numpy(dtype=np.float64), target_names=[self.task.target],
-                      source=source if source.is_file() else Path(self.task.name))
-        return table
-
-    def _matminer_file(self) -> Path:
-        from matminer.datasets.utils import _get_data_home
-
-        return Path(_get_data_home()) / f"{self.task.name}.json.gz"
+        path = self._source_file()
+        if _base_suffix(path) == ".csv":
+            return read_table(path, [self.task.target], id_column="mbid", structure_column="cif")
+        return read_matbench_json(path, self.task.name, self.task.n_samples, self.task.target)
 
     def _ensure_download(self) -> Path:
-        """Download the official file through matminer (hash-checked) without parsing it."""
-        path = self._matminer_file()
-        if path.is_file():
-            return path
-        try:
-            from matminer.datasets.utils import _load_dataset_dict, _validate_dataset
-
-            meta = _load_dataset_dict()[self.task.name]
-            _validate_dataset(str(path), meta["url"], meta["hash"], download_if_missing=True)
-        except Exception as err:  # network / file errors from matminer
-            raise FileNotFoundError(
-                f"could not download {self.task.name} through matminer to {path} ({type(err).__name__}: {err}). "
-                f"Offline? Put {path.name} in a folder and pass data_home=<folder> (or set ${MATMINER_ENV}), "
-                "or pass data_file=<path>."
-            ) from err
-        return path
+        """The official file of the task in matminer's data home, downloaded (sha256-checked) if missing."""
+        return download_matbench_file(self.task.name, matminer_data_home(), progress=self.progress)
 
     def _fingerprint(self) -> str:
-        path = self.data_file if self.data_file is not None else self._ensure_download()
-        return fingerprint(path, kind="matbench", task=self.task.name, targets=[self.task.target])
+        return fingerprint(self._source_file(), kind="matbench", task=self.task.name, targets=[self.task.target])
 
     # ---------------------------------------------------------------- splits
     def _split_ids(self, table: Table) -> dict[str, list[str] | None]:
-        train_ids, test_ids = self._matbench_fold or official_fold(self.task.name, self.fold)
+        train_ids, test_ids = official_fold(self.task.name, self.fold)
         present = set(self.file_ids)
         missing_train = [i for i in train_ids if i not in present]
         if missing_train:

@@ -1,7 +1,7 @@
 """Fast parsers for the most common inputs; ``None`` means "use pymatgen" (which then decides).
 
 :func:`parse_simple_dict` reads an ordered ``Structure.as_dict()`` (lattice matrix, one element per
-site with occupancy 1, fractional ``abc``) exactly as ``Structure.from_dict`` does, without building
+site with occupancy 1, fractional ``abc``) as ``Structure.from_dict`` does, without building
 Site objects. :func:`parse_simple_cif` handles P1 CIFs with fully occupied sites:
 
 pymatgen's ``CifParser`` takes ~2 ms per small structure, more than building its graph.
@@ -14,6 +14,14 @@ partial occupancy, missing ``_atom_site_type_symbol``, unusual symbols, text fie
 blocks, sites closer than pymatgen's merge tolerance, more than 300 sites) returns ``None`` and the
 caller falls back to pymatgen. Atom order is the file's row order (pymatgen sorts by
 electronegativity); the graph is the same up to that permutation.
+
+What agreement is promised (and tested, ``tests/data/test_graph.py``, ``tests/data/test_cache.py``):
+atomic numbers exactly (in the dict's site order; for CIFs in the file's row order), lattice matrices and
+Cartesian positions to within 1e-10 Å of pymatgen's. Not bit for bit: the same formula (``frac @ matrix``) is evaluated by different numpy calls,
+whose last bit moves with the numpy/BLAS build (1.8e-15 Å seen with numpy 2.4 / pymatgen 2026.10).
+Graphs built from either have the same edges (i, j, periodic image) unless a bond length lies within that
+tolerance of the cutoff (or of the last bond kept by ``max_neighbors``); edges are sorted by length, so
+equally long bonds may come in another order.
 """
 
 from __future__ import annotations
@@ -79,7 +87,9 @@ def _unquote(value: str) -> str:
 def parse_simple_cif(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Parse a simple P1 CIF: ``(atomic_numbers [N] int64, cart_coords [N, 3] Å, lattice [3, 3] Å)`` or ``None``.
 
-    ``None`` means "not simple enough, use pymatgen" (never "invalid").
+    ``None`` means "not simple enough, use pymatgen" (never "invalid"). Agrees with
+    ``Structure.from_str(text, fmt="cif")`` up to atom order: same elements, lattice and positions to within
+    1e-10 Å (positions compared modulo the lattice).
     """
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -155,7 +165,9 @@ def _min_thickness(m: list[list[float]]) -> float:
 def parse_simple_dict(d: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Read an ordered, fully periodic ``Structure.as_dict()``: ``(Z [N], cart [N, 3] Å, lattice [3, 3] Å)`` or ``None``.
 
-    Same numbers and site order as ``Structure.from_dict`` (``cart = abc @ lattice.matrix``).
+    Same site order and atomic numbers as ``Structure.from_dict``, the dict's lattice matrix unchanged, and
+    positions ``abc @ matrix`` that agree with ``Structure.from_dict(d).cart_coords`` to within 1e-10 Å (not
+    bit for bit: numpy may evaluate the product differently, see the module docstring).
     """
     try:
         lattice = d["lattice"]
@@ -175,3 +187,49 @@ def parse_simple_dict(d: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | No
     if not z or matrix.shape != (3, 3) or frac_arr.shape != (len(z), 3):
         return None
     return np.asarray(z, dtype=np.int64), frac_arr @ matrix, matrix
+
+
+_CELL_TAGS_ANY = ("_cell_length_", "_cell_angle_")
+_SITE_COORDS = ("_atom_site_fract_x", "_atom_site_cartn_x")
+
+
+def describe_cif_problem(text: str) -> str | None:
+    """Why ``text`` is not a usable CIF, in words a user can act on (``None``: no obvious problem).
+
+    Used for error messages after pymatgen failed: its exceptions for broken files are often
+    internal (``ZeroDivisionError: integer modulo by zero`` for a file cut off after the atom-site
+    loop header).
+    """
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        return "the CIF is empty"
+    if not any(ln.startswith("data_") for ln in lines):
+        return "not a CIF (no 'data_' block)"
+    tags = {ln.split()[0].lower() for ln in lines if ln.startswith("_")}
+    missing_cell = [t for t in _CELL if t not in tags]
+    if missing_cell:
+        return f"cell parameters missing: {', '.join(missing_cell)} (truncated file, or not a crystal CIF)"
+    if not tags & set(_SITE_COORDS):
+        return "no atom sites, no _atom_site_fract_x loop (truncated file?)"
+    k, n = 0, len(lines)
+    while k < n:  # the loop holding the atom-site coordinates: count its values
+        if not lines[k].startswith("loop_"):
+            k += 1
+            continue
+        k += 1
+        loop_tags: list[str] = []
+        while k < n and lines[k].startswith("_"):
+            loop_tags.append(lines[k].split()[0].lower())
+            k += 1
+        count = 0
+        while k < n and not lines[k].startswith(("_", "loop_", "data_")):
+            count += len(_TOKEN.findall(lines[k]))
+            k += 1
+        if set(loop_tags) & set(_SITE_COORDS):
+            if count == 0:
+                return "the atom-site loop has no rows (truncated file?)"
+            if count % len(loop_tags):
+                return (f"the atom-site loop has {count} values for {len(loop_tags)} columns, a row is incomplete "
+                        "(truncated file?)")
+    return None

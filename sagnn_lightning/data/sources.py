@@ -32,6 +32,8 @@ import pandas as pd
 from pymatgen.core import Structure
 
 from sagnn_lightning.data.graph import StructureError, _check_structure
+from sagnn_lightning.data.parsers import describe_cif_problem
+from sagnn_lightning.errors import SAGNNError, UsageError
 
 #: structure columns tried in this order when none is given
 STRUCTURE_COLUMN_CANDIDATES: tuple[str, ...] = ("structure", "cif", "structure_dict", "atoms")
@@ -43,8 +45,20 @@ CIF_SUFFIXES: tuple[str, ...] = (".cif",)
 OnError = Literal["raise", "skip"]
 
 
-class DataFormatError(ValueError):
-    """A data file that cannot be read as crystal data; the message names the file and the fix."""
+class DataFormatError(SAGNNError, ValueError):
+    """A data file that cannot be read as crystal data; the message names the file and the fix (exit status 1)."""
+
+
+class InputNotFoundError(UsageError, FileNotFoundError):
+    """A file or folder named by an option does not exist; the message names the option (exit status 2)."""
+
+
+#: the options that choose a table column: DataModule (``--data.*``) / ``python -m sagnn_lightning predict``
+COLUMN_FLAGS: dict[str, str] = {
+    "target": "--data.target_columns=[<name>, ...]",
+    "structure": "--data.structure_column=<name> (predict: --structure-column <name>)",
+    "id": "--data.id_column=<name> (predict: --id-column <name>)",
+}
 
 
 @dataclass
@@ -152,21 +166,22 @@ def parse_structure(value: Any, name: str = "structure") -> Structure:
     except StructureError:
         raise
     except Exception as err:  # pymatgen raises many types for bad CIFs
+        problem = describe_cif_problem(value) if isinstance(value, str) else None
         raise StructureError(
-            f"{name}: could not parse the structure ({type(err).__name__}: {err}); "
-            "fix or remove this entry (CIF text or pymatgen Structure.as_dict() expected)."
+            f"{name}: could not parse the structure: {problem or f'{type(err).__name__}: {err}'}. "
+            "Fix or remove this entry (CIF text or a pymatgen Structure.as_dict() is expected)."
         ) from err
     _check_structure(structure, name)
     return structure
 
 
-def _check_columns(path: Path, columns: Sequence[str], wanted: Sequence[str], role: str) -> None:
+def _check_columns(path: Path, columns: Sequence[str], wanted: Sequence[str], role: str,
+                   fix: str | None = None) -> None:
     missing = [c for c in wanted if c not in columns]
     if missing:
+        fix = fix if fix is not None else f"Choose the column with {COLUMN_FLAGS[role]}."
         raise DataFormatError(
-            f"{path}: {role} column(s) {missing} not found; available columns: {list(columns)}. "
-            f"Pass the right name(s)."
-        )
+            f"{path}: {role} column(s) {missing} not found; available columns: {list(columns)}. {fix}")
 
 
 def _pick_column(path: Path, columns: Sequence[str], given: str | None, candidates: Sequence[str],
@@ -180,7 +195,7 @@ def _pick_column(path: Path, columns: Sequence[str], given: str | None, candidat
     if required:
         raise DataFormatError(
             f"{path}: no {role} column found (tried {list(candidates)}); available columns: "
-            f"{list(columns)}. Pass {role}_column=<name>."
+            f"{list(columns)}. Choose it with {COLUMN_FLAGS[role]}."
         )
     return None
 
@@ -211,7 +226,8 @@ def _check_unique(path: Path, ids: Sequence[str]) -> None:
             dups.append(i)
         seen.add(i)
     if dups:
-        raise DataFormatError(f"{path}: duplicate sample ids {dups[:5]} ({len(dups)} in all); ids must be unique.")
+        raise DataFormatError(f"{path}: duplicate sample ids {dups[:5]} ({len(dups)} in all); ids must be unique "
+                              "(choose the id column with --data.id_column).")
 
 
 def _check_not_empty(path: Path, n: int) -> None:
@@ -266,8 +282,9 @@ def read_matbench_json(path: str | Path, task: str, n_samples: int, target: str,
             "pandas orient='split'); use CrystalDataModule for other layouts."
         )
     columns = list(doc["columns"])
-    _check_columns(path, columns, [input_column], "structure")
-    _check_columns(path, columns, [target], "target")
+    fix = "Is this the file of another matbench task? Check --data.task / --data.data_file."
+    _check_columns(path, columns, [input_column], "structure", fix)
+    _check_columns(path, columns, [target], "target", fix)
     s_col, t_col = columns.index(input_column), columns.index(target)
     rows = doc["data"]
     _check_not_empty(path, len(rows))
@@ -345,7 +362,8 @@ def read_table(path: str | Path, target_columns: Sequence[str] | None, id_column
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if not target_columns:
-        raise DataFormatError(f"{path}: no target_columns given; available columns: {columns}.")
+        raise DataFormatError(f"{path}: no target columns given; available columns: {columns}. "
+                              f"Choose them with {COLUMN_FLAGS['target']}.")
     _check_columns(path, columns, target_columns, "target")
     s_col = _pick_column(path, columns, structure_column, STRUCTURE_COLUMN_CANDIDATES, "structure", True)
     i_col = _pick_column(path, columns, id_column, ID_COLUMN_CANDIDATES, "id", False)
@@ -397,7 +415,7 @@ def read_cif_folder(folder: str | Path, target_columns: Sequence[str] | None = N
     if len(target_columns) != n_targets:
         raise DataFormatError(
             f"{folder / ID_PROP_FILE}: has {n_targets} target column(s) but target_columns={list(target_columns)}; "
-            "give one name per column after the id."
+            "give one name per column after the id (--data.target_columns=[<name>, ...])."
         )
     ids = [str(v).strip() for v in frame[0]]
     _check_unique(folder / ID_PROP_FILE, ids)
@@ -419,8 +437,9 @@ def read_data(path: str | Path, target_columns: Sequence[str] | None = None, id_
     """Dispatch on the path: a folder → :func:`read_cif_folder`, else :func:`read_table`."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist; check the path (or use a bundled sample, "
-                                "e.g. 'sample:mp_abx3_perovskites').")
+        raise InputNotFoundError(f"data file {path} does not exist; check --data.data_file (a CSV/JSON table, a "
+                                 "folder of CIFs with id_prop.csv, or a bundled sample such as "
+                                 "sample:mp_abx3_perovskites).")
     if path.is_dir():
         return read_cif_folder(path, target_columns)
     return read_table(path, target_columns, id_column=id_column, structure_column=structure_column)
@@ -461,17 +480,19 @@ def read_structures(path: str | Path, on_error: OnError = "raise", structure_col
         structure_column, id_column: for tables (auto-detected as in :func:`read_table`).
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; give a .cif file, a folder of CIFs or a CSV/JSON table.")
+        raise InputNotFoundError(f"{path} does not exist; give --input a .cif file, a folder of CIFs or a "
+                                 "CSV/JSON table.")
 
     items: list[tuple[str, Callable[[], Any]]] = []
     suffix = _base_suffix(path)
     if path.is_dir():
         files = _cif_files(path)
         if not files:
-            raise DataFormatError(f"{path}: no *.cif files in this folder.")
+            raise DataFormatError(f"{path}: no *.cif files in this folder; give --input a folder of CIFs, a "
+                                  ".cif file or a CSV/JSON table.")
         items = [(str(f), (lambda f=f: f.read_text(encoding="utf-8", errors="replace"))) for f in files]
         names = [f.stem for f in files]
     elif path.suffix.lower() in CIF_SUFFIXES:

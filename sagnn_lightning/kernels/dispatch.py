@@ -1,4 +1,14 @@
-"""Backend dispatch for packed variable-length attention."""
+"""Backend dispatch for packed variable-length attention.
+
+* ``backend="torch"``: padded SDPA (:func:`~sagnn_lightning.kernels.reference.varlen_attention_padded`).
+* ``backend="triton"``: the fused Triton kernel, always (errors propagate; it never falls back).
+* ``backend="auto"``: the Triton kernel on CUDA when Triton imports and the kernel takes the input (not float64,
+  head_dim ≤ 128), **after a self-check**: the first call for each device, dtype and compiled kernel variant
+  runs the kernel and the PyTorch path on that batch, forward and backward, and compares them
+  (:class:`~sagnn_lightning.kernels.self_check.KernelSelfCheck`). On a mismatch or a kernel exception (e.g. a
+  compile error) it warns once (``KernelFallbackWarning``) and uses the PyTorch path for that device and dtype
+  from then on. Everything else (CPU, no Triton) uses the PyTorch path.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,7 @@ from typing import Literal
 from torch import Tensor
 
 from sagnn_lightning.kernels.reference import varlen_attention_padded
+from sagnn_lightning.kernels.self_check import KernelSelfCheck
 
 Backend = Literal["auto", "torch", "triton"]
 
@@ -26,11 +37,25 @@ def triton_available() -> bool:
     return True
 
 
+@cache
+def checked_triton_attention() -> KernelSelfCheck:
+    """The Triton kernel behind its self-check against the PyTorch path: what ``backend="auto"`` calls on CUDA.
+
+    Created on first use (nothing happens at import) and kept for the process, so each
+    ``(device, dtype, kernel variant)`` is checked once; ``checked_triton_attention.cache_clear()`` forgets the
+    verdicts. Requires Triton (:func:`triton_available`).
+    """
+    from sagnn_lightning.kernels.triton_attention import launch_variant, varlen_attention_triton
+
+    return KernelSelfCheck(varlen_attention_triton, varlen_attention_padded, variant=launch_variant,
+                           name="The Triton attention kernel")
+
+
 def resolve_backend(backend: Backend, device_type: str) -> str:
     """``"auto"`` → ``"triton"`` on CUDA when Triton imports, else ``"torch"``.
 
     :func:`varlen_attention` further sends ``"auto"`` to torch for inputs the kernel does not take
-    (float64, head_dim > 128).
+    (float64, head_dim > 128), and through the kernel's self-check (:func:`checked_triton_attention`).
     """
     if backend == "torch":
         return "torch"
@@ -55,7 +80,9 @@ def varlen_attention(
         max_seqlen: longest sequence (Python int).
         dropout_p: attention dropout probability (training only; pass 0.0 in eval).
         scale: softmax scale, default ``1 / sqrt(head_dim)``.
-        backend: ``"auto"``, ``"torch"`` (padded SDPA) or ``"triton"`` (fused varlen kernel).
+        backend: ``"auto"``, ``"torch"`` (padded SDPA) or ``"triton"`` (fused varlen kernel, no fallback).
+            ``"auto"`` takes the kernel on CUDA once it has passed its self-check on this device and dtype
+            (see the module docstring), else the PyTorch path.
         validate: let the Triton launcher check the values of ``cu_seqlens`` against ``max_seqlen``
             (one device→host read per call); callers whose batches come from ``collate_graphs`` pass False.
 
@@ -68,8 +95,12 @@ def varlen_attention(
             varlen_attention_triton,
         )
 
-        # "auto" falls back to torch for what the kernel does not take (float64, head_dim > 128)
-        if backend == "triton" or supports(q):
+        if backend == "triton":
             return varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale,
                                            validate=validate)
+        # "auto": torch for what the kernel does not take (float64, head_dim > 128); the kernel once it passed
+        # its self-check for this device, dtype and variant
+        if supports(q):
+            return checked_triton_attention()(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale,
+                                              validate=validate)
     return varlen_attention_padded(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)

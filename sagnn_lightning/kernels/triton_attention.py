@@ -381,6 +381,19 @@ def _head_block(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+def launch_variant(q: Tensor, max_seqlen: int, dropout_p: float = 0.0) -> tuple:
+    """What selects a compiled variant of the kernels for these inputs (with the device and dtype).
+
+    ``(head_dim, head lanes, forward (tile, warps), backward (tile, warps), dot precision, dropout?)`` — the
+    ``constexpr`` arguments and launch options; ``backend="auto"``'s self-check
+    (:class:`sagnn_lightning.kernels.self_check.KernelSelfCheck`) checks each variant once.
+    """
+    head_dim = int(q.shape[-1])
+    block_d = _head_block(head_dim)
+    return (head_dim, block_d, _tiles(max_seqlen, block_d, q.dtype, backward=False),
+            _tiles(max_seqlen, block_d, q.dtype, backward=True), _dot_config(q.dtype)["PRECISION"], dropout_p > 0.0)
+
+
 def attention_forward(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float,
     dropout_p: float = 0.0, seed: int = 0, block_m: int | None = None, block_n: int | None = None,

@@ -16,7 +16,9 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from sagnn_lightning.files import atomic_write
 from sagnn_lightning.lit.module import MONITOR
+from sagnn_lightning.lit.wandb import active_run_dir
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -28,7 +30,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             (classification, max), read from the module's ``task_type``.
         mode: ``"min"``, ``"max"`` or ``"auto"`` (with ``monitor``).
         save_top_k: best checkpoints kept (default 1).
-        save_last: also write ``last.ckpt`` (default ``True``; ``--ckpt_path last`` resumes from it).
+        save_last: also write ``last.ckpt`` at the end of every training epoch, whether or not the metric
+            improved (default ``True``; ``--ckpt_path last`` resumes from it).
         filename: name pattern (default ``best-{epoch}-{step}``).
         last_every_n_train_steps: also refresh ``last.ckpt`` every this many training steps, mid-epoch
             (0 = only at the end of each epoch); a run killed mid-epoch then resumes exactly with
@@ -70,7 +73,19 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         n = self.last_every_n_train_steps
-        if n and self.save_last and trainer.global_step % n == 0 and not self._should_skip_saving_checkpoint(trainer):
+        if n and trainer.global_step % n == 0:
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        # Lightning (2.6) rewrites last.ckpt only when a top-k checkpoint is saved; ours is the end of every epoch
+        self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: pl.Trainer) -> None:
+        """Write ``last.ckpt`` now, unless this step was just saved (then last.ckpt already holds it)."""
+        # ModelCheckpoint's own (non-public) save path keeps its bookkeeping (last_model_path, the step saved)
+        # consistent; the Lightning range that has it is pinned in pyproject and tests/lit/test_resume.py tests it
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
@@ -88,19 +103,13 @@ def run_dir(trainer: pl.Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
-def wandb_run_dir(trainer: pl.Trainer) -> str | None:
-    """Local folder of the W&B run, if a W&B logger started one."""
-    for logger in trainer.loggers:
-        if isinstance(logger, _LightningWandbLogger) and logger._experiment is not None:
-            directory = getattr(logger._experiment, "dir", None)
-            return str(Path(directory).parent) if directory else None
-    return None
-
-
 class ParityPlot(Callback):
     """Predicted vs true values on validation (end of fit) and test: PNG in the run dir + W&B image.
 
-    Files: ``<run dir>/parity_val.png``, ``<run dir>/parity_test.png`` (one panel per target). For
+    Files: ``<run dir>/parity_val.png``, ``<run dir>/parity_test.png`` (one panel per target; axes in the
+    target's unit when the DataModule gives ``target_units``). The validation plot shows the validation
+    epoch of the **best checkpoint** (the one the summary line reports); when that epoch was not seen by
+    this process (a resumed run that never improved), the last epoch, and the title says which. For
     classification the plot shows the predicted probability against the true class.
 
     Args:
@@ -111,6 +120,10 @@ class ParityPlot(Callback):
         self.max_points = max_points
         self._rows: dict[str, list[tuple[str, list[float], list[float]]]] = {"val": [], "test": []}
         self._last: dict[str, list[tuple[str, list[float], list[float]]]] = {}
+        self._labels: dict[str, str] = {}
+        self._pending: tuple[int, list] | None = None  # the latest validation epoch, until the checkpoint judged it
+        self._best: tuple[int, list] | None = None
+        self._best_key: tuple | None = None
         self.paths: dict[str, Path] = {}
 
     def _collect(self, stage: str, outputs: Any) -> None:
@@ -127,23 +140,46 @@ class ParityPlot(Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._collect("test", outputs)
 
-    def _finish_stage(self, trainer: pl.Trainer, stage: str) -> None:
+    def _gather_stage(self, trainer: pl.Trainer, stage: str) -> list[tuple]:
         rows = [r for part in _gather_objects(trainer, self._rows[stage]) for r in part]
         self._rows[stage] = []
         unique: dict[Any, tuple] = {}
         for k, row in enumerate(rows):  # DDP samplers repeat samples to even out ranks
             unique.setdefault(row[0] if row[0] is not None else k, row)
-        self._last[stage] = list(unique.values())
+        return list(unique.values())
+
+    def _judge_pending(self, trainer: pl.Trainer) -> None:
+        """After the checkpoint callback has seen the pending validation epoch: keep it if it became the best."""
+        ckpt = trainer.checkpoint_callback
+        if self._pending is None or not isinstance(ckpt, ModelCheckpoint) or not ckpt.best_model_path:
+            return
+        key = (ckpt.best_model_path, None if ckpt.best_model_score is None else float(ckpt.best_model_score))
+        if key != self._best_key:
+            self._best, self._best_key = self._pending, key
+        self._pending = None
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._judge_pending(trainer)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._finish_stage(trainer, "val")
+            self._pending = (trainer.current_epoch, self._gather_stage(trainer, "val"))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = self._pending
+        self._judge_pending(trainer)
+        if self._best is not None:
+            epoch, self._last["val"] = self._best
+            self._labels["val"] = f"best checkpoint, epoch {epoch}"
+        elif last is not None:
+            epoch, self._last["val"] = last
+            self._labels["val"] = f"last epoch {epoch}"
         self._plot(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish_stage(trainer, "test")
+        self._last["test"] = self._gather_stage(trainer, "test")
+        self._labels["test"] = ""
         self._plot(trainer, pl_module, "test")
 
     @rank_zero_only
@@ -153,8 +189,11 @@ class ParityPlot(Callback):
             return
         path = run_dir(trainer) / f"parity_{stage}.png"
         names = list(getattr(pl_module, "target_names", ["target"]))
+        units = getattr(trainer.datamodule, "target_units", None) if trainer.datamodule is not None else None
         classification = getattr(pl_module, "task_type", "regression") == "classification"
-        write_parity_png(path, rows, names, classification, stage, self.max_points)
+        label = self._labels.get(stage)
+        write_parity_png(path, rows, names, classification, f"{stage} ({label})" if label else stage,
+                         self.max_points, units=units)
         self.paths[stage] = path
         for logger in trainer.loggers:
             if isinstance(logger, _LightningWandbLogger):
@@ -162,8 +201,11 @@ class ParityPlot(Callback):
 
 
 def write_parity_png(path: Path, rows: list[tuple], names: list[str], classification: bool, stage: str,
-                     max_points: int = 20_000) -> None:
-    """Draw ``rows`` = ``[(id, y [T], pred [T]), ...]`` as one parity panel per target into ``path``."""
+                     max_points: int = 20_000, units: list[str | None] | None = None) -> None:
+    """Draw ``rows`` = ``[(id, y [T], pred [T]), ...]`` as one parity panel per target into ``path``.
+
+    ``stage`` heads each panel's title; ``units`` (one per target, ``None`` = unknown) label the axes.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -182,11 +224,13 @@ def write_parity_png(path: Path, rows: list[tuple], names: list[str], classifica
             pick = rng.choice(yt.size, max_points, replace=False)
             yt, pt = yt[pick], pt[pick]
         name = names[t] if t < len(names) else f"target_{t}"
+        unit = units[t] if units is not None and t < len(units) and units[t] else None
+        axis = f"{name} ({unit})" if unit else name
         if classification:
             jitter = rng.uniform(-0.15, 0.15, size=yt.size)
             ax.scatter(yt + jitter, pt, s=4, alpha=0.4)
             ax.set_xticks([0, 1])
-            ax.set_xlabel(f"true {name}")
+            ax.set_xlabel(f"true {axis}")
             ax.set_ylabel("predicted probability")
         else:
             ax.scatter(yt, pt, s=4, alpha=0.4)
@@ -194,15 +238,16 @@ def write_parity_png(path: Path, rows: list[tuple], names: list[str], classifica
                 lo, hi = float(min(yt.min(), pt.min())), float(max(yt.max(), pt.max()))
                 ax.plot([lo, hi], [lo, hi], "k--", lw=1)
                 mae = float(np.mean(np.abs(yt - pt)))
-                ax.set_title(f"{stage}: MAE {mae:.4g} (n={yt.size})")
-            ax.set_xlabel(f"true {name}")
-            ax.set_ylabel(f"predicted {name}")
+                ax.set_title(f"{stage}: MAE {mae:.4g}{' ' + unit if unit else ''} (n={yt.size})", fontsize=9)
+            ax.set_xlabel(f"true {axis}")
+            ax.set_ylabel(f"predicted {axis}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_write(path, "wb") as fh:  # umask respected; a replaced plot keeps its mode
+            fig.savefig(fh, format="png", dpi=110)
+    finally:
+        plt.close(fig)
 
 
 class Throughput(Callback):
@@ -223,10 +268,10 @@ class Throughput(Callback):
         if self._start is None or self._graphs == 0:
             return
         per_rank = self._graphs / max(time.perf_counter() - self._start, 1e-9)
-        total = per_rank * trainer.world_size  # ranks run in lock-step
-        self.last_value = total
-        pl_module.log("perf/train_crystals_per_s", total, on_step=False, on_epoch=True, sync_dist=False,
-                      rank_zero_only=True)
+        self.last_value = per_rank * trainer.world_size  # this rank's estimate; the logged value is the exact sum
+        # every rank logs its own rate; Lightning sums them across processes (a collective every rank joins)
+        pl_module.log("perf/train_crystals_per_s", per_rank, on_step=False, on_epoch=True, sync_dist=True,
+                      reduce_fx="sum")
 
 
 class RunSummary(Callback):
@@ -248,7 +293,7 @@ class RunSummary(Callback):
         if ckpt is not None and ckpt.last_model_path:
             parts.append(f"last {ckpt.last_model_path}")
         parts.append(f"run dir {run_dir(trainer)}")
-        parts.append(f"W&B run dir {wandb_run_dir(trainer) or '(no W&B logger)'}")
+        parts.append(f"W&B run dir {active_run_dir() or '(no W&B logger)'}")
         self._emit("sagnn fit done: " + " | ".join(parts))
 
     @rank_zero_only
@@ -256,7 +301,7 @@ class RunSummary(Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         shown = ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items()))
         self._emit(f"sagnn test done: {shown} | run dir {run_dir(trainer)} | "
-                   f"W&B run dir {wandb_run_dir(trainer) or '(no W&B logger)'}")
+                   f"W&B run dir {active_run_dir() or '(no W&B logger)'}")
 
     def _emit(self, line: str) -> None:
         self.lines.append(line)

@@ -8,29 +8,30 @@ Binary classification: the network predicts logits; the loss is BCE-with-logits;
 accuracy (threshold 0.5 on the probability) are logged.
 
 Targets may contain NaN (multitask data with missing labels): those entries are left out of the
-loss and of the metrics.
+loss and of the metrics, by masked arithmetic (no device-to-host read per step).
 
 Logged keys (``stage`` in ``train``/``val``/``test``): ``{stage}/loss`` and, per stage,
 ``{stage}/mae``, ``{stage}/rmse``, ``{stage}/r2`` (regression) or ``{stage}/auroc``,
 ``{stage}/accuracy`` (classification). With several targets the plain key is the mean over targets
 and ``{stage}/<metric>_<target name>`` is logged for each target. Everything is logged per epoch with
-``batch_size=num_graphs`` and synchronised across DDP processes (torchmetrics states are reduced
-before ``compute``; the loss with ``sync_dist=True``).
+``batch_size=num_graphs`` and synchronised across DDP processes: the metrics are logged as torchmetrics
+objects (:mod:`sagnn_lightning.lit.metrics`; their states are reduced inside ``compute``), the loss with
+``sync_dist=True``. The module itself runs no collective, so every rank reduces the same values in
+Lightning's order whatever the callbacks do.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, Literal, Sequence
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
-
+from sagnn_lightning.lit.metrics import labels_with_missing, make_metrics
+from sagnn_lightning.lit.wandb import CHECKPOINT_RUN_ID_KEY, active_run_id
 from sagnn_lightning.models.sagnn import SAGNN
 
 TaskType = Literal["regression", "classification"]
@@ -78,7 +79,13 @@ class SAGNNModule(pl.LightningModule):
         # Under LightningCLI the saved hyper-parameters are the parsed config (class paths + init args), so
         # ``load_from_checkpoint`` rebuilds model and optimizer without pickled code. Built in Python, the
         # objects themselves are not saved: pass ``model=`` to ``load_from_checkpoint`` then.
-        self.save_hyperparameters(ignore=[] if _under_cli() else ["model", "optimizer", "scheduler"])
+        with warnings.catch_warnings():  # a first look at the arguments; objects are dropped just below
+            warnings.filterwarnings("ignore", message=r"Attribute '\w+' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        objects = [key for key in ("model", "optimizer", "scheduler")
+                   if key in self.hparams and not _plain_config(self.hparams[key])]
+        if objects:
+            self.save_hyperparameters(ignore=objects)
         self.model = model if model is not None else SAGNN()
         num_targets = int(getattr(self.model, "num_targets", 1))
         self.task_type: TaskType = task_type
@@ -101,17 +108,12 @@ class SAGNNModule(pl.LightningModule):
         self.test_metrics = self._make_metrics()
 
     # ------------------------------------------------------------------ set-up
-    def _make_metrics(self) -> nn.ModuleList:
-        """One ``MetricCollection`` per target (targets can miss labels independently)."""
-        if self.task_type == "classification":
-            make = lambda: MetricCollection({"auroc": BinaryAUROC(), "accuracy": BinaryAccuracy()})  # noqa: E731
-        else:
-            make = lambda: MetricCollection(  # noqa: E731
-                {"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False), "r2": R2Score()}
-            )
-        return nn.ModuleList(make() for _ in range(self.num_targets))
+    def _make_metrics(self) -> nn.ModuleDict:
+        """One stage's metrics (:func:`~sagnn_lightning.lit.metrics.make_metrics`), keyed by metric name."""
+        keys = [_safe(name) for name in self.target_names]
+        return nn.ModuleDict(make_metrics(self.task_type, keys))
 
-    def _metrics(self, stage: str) -> nn.ModuleList:
+    def _metrics(self, stage: str) -> nn.ModuleDict:
         return getattr(self, f"{stage}_metrics")
 
     @property
@@ -153,41 +155,23 @@ class SAGNNModule(pl.LightningModule):
         raw = self.model(batch)
         y = batch.y.to(raw.dtype).reshape(raw.shape)
         loss = self._loss(raw, y)
-        num_graphs = int(batch.num_graphs)
+        num_graphs = int(batch.num_graphs)  # a Python int kept by the collate: no device read
         self.log(f"{stage}/loss", loss, batch_size=num_graphs, on_step=stage == "train", on_epoch=True,
                  sync_dist=True, prog_bar=stage != "test")
         with torch.no_grad():
             if self.task_type == "classification":
                 pred = torch.sigmoid(raw.detach())
+                target = labels_with_missing(y)
             else:
                 pred = raw.detach() * self.target_std + self.target_mean
-            for t, metrics in enumerate(self._metrics(stage)):
-                keep = torch.isfinite(y[:, t])
-                if keep.any():
-                    target = y[keep, t]
-                    metrics.update(pred[keep, t], target.long() if self.task_type == "classification" else target)
+                target = y
+            metrics = self._metrics(stage)
+            for metric in metrics.values():
+                metric.update(pred, target)
+        # logged as Metric objects: Lightning computes (and torchmetrics syncs) them at epoch end
+        self.log_dict({f"{stage}/{key}": metric for key, metric in metrics.items()}, on_step=False, on_epoch=True,
+                      batch_size=num_graphs)
         return {"loss": loss, "pred": pred, "y": y, "sample_id": list(getattr(batch, "sample_id", []))}
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        per_target = []
-        for metrics in self._metrics(stage):
-            updated = any(m.update_called for m in metrics.values())
-            per_target.append(metrics.compute() if updated else None)
-            with torch.inference_mode(False):  # fresh states must stay usable after trainer.validate/test
-                metrics.reset()
-        names = [n for n, v in zip(self.target_names, per_target) if v is not None]
-        values = [v for v in per_target if v is not None]
-        if not values:
-            return
-        logged = {}
-        for key in values[0]:
-            stacked = torch.stack([v[key].float() for v in values])
-            logged[f"{stage}/{key}"] = stacked.mean()
-            if self.num_targets > 1:
-                for name, value in zip(names, stacked):
-                    logged[f"{stage}/{key}_{_safe(name)}"] = value
-        # values are already global (torchmetrics syncs states across processes in compute())
-        self.log_dict(logged, prog_bar=False, sync_dist=False, rank_zero_only=False)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         out = self._step(batch, "train")
@@ -199,14 +183,26 @@ class SAGNNModule(pl.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         return self._step(batch, "test")
 
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
+    def _fresh_metrics(self, stage: str) -> None:
+        # Lightning resets logged metrics inside its inference-mode evaluation loops; states made there cannot be
+        # updated in place later (train after validate), so each epoch starts from states made outside it
+        with torch.inference_mode(False):
+            for metric in self._metrics(stage).values():
+                metric.reset()
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
+    def on_train_epoch_start(self) -> None:
+        self._fresh_metrics("train")
 
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+    def on_validation_epoch_start(self) -> None:
+        self._fresh_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._fresh_metrics("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        run_id = active_run_id()
+        if run_id:  # ``fit --ckpt_path`` continues this W&B run
+            checkpoint[CHECKPOINT_RUN_ID_KEY] = run_id
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """``{"sample_id": [B] str, "prediction": [B, T] real units or 0/1 labels, "probability": [B, T]}``.
@@ -221,13 +217,15 @@ class SAGNNModule(pl.LightningModule):
         return {"sample_id": ids, "prediction": out}
 
 
-def _under_cli() -> bool:
-    """True while LightningCLI instantiates this module (it supplies the config as hyper-parameters)."""
-    try:
-        from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # pragma: no cover - older/newer Lightning: fall back to not saving objects
-        return False
-    return _given_hyperparameters.get() is not None
+def _plain_config(value: Any) -> bool:
+    """True for YAML-like values (what LightningCLI saves); False for objects such as modules or classes."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_config(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_plain_config(v) for v in value)
+    return False
 
 
 def _safe(name: str) -> str:

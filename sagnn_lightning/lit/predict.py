@@ -3,14 +3,21 @@
 ``python -m sagnn_lightning predict --ckpt best.ckpt --input <folder of CIFs | .cif | CSV/JSON table |
 matbench json> --output preds.csv``
 
+* ``--ckpt`` is a ``.ckpt`` file, a run folder (its best checkpoint), or ``best`` / ``last`` with
+  ``--run-dir <run folder>`` (:func:`resolve_checkpoint`): "best" is the best checkpoint of the *latest*
+  run in that folder, as recorded in its ``last*.ckpt``, so it stays right when several runs share a folder.
+
 * Output columns: ``id``, ``prediction`` (real units; for classification the 0/1 label) and, for
   classification, ``probability``; with several targets, one ``prediction_<target>`` (and
   ``probability_<target>``) column per target. Rows keep the input order.
 * A structure that cannot be read or turned into a graph is reported on stderr by file / id with the
   reason; all the others are still predicted. The exit status is 0 when at least one structure was
   predicted, 1 when none was.
-* The graph settings (cutoff, max_neighbors) are those the model was trained with (read from the
-  checkpoint). The CSV is written atomically (temporary file in the same folder, then rename).
+* The graph settings (cutoff, max_neighbors, max_isolated_radius) are those the model was trained with
+  (read from the checkpoint). The CSV is written atomically (temporary file in the same folder, then rename).
+* User errors (missing or unreadable checkpoint, input or output) raise
+  :class:`~sagnn_lightning.errors.SAGNNError` naming the option; ``python -m sagnn_lightning`` prints them
+  as one ``error: ...`` line. The output is checked to be writable before anything is computed.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import csv
 import os
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,8 +36,13 @@ import torch
 
 from sagnn_lightning.data.batch import collate_graphs
 from sagnn_lightning.data.graph import StructureError, structure_to_graph
-from sagnn_lightning.data.sources import read_structures
+from sagnn_lightning.data.sources import InputNotFoundError, read_structures
+from sagnn_lightning.errors import SAGNNError, UsageError
+from sagnn_lightning.files import atomic_write
 from sagnn_lightning.lit.module import SAGNNModule
+
+#: ``--ckpt`` keywords resolved from ``--run-dir``
+CKPT_KEYWORDS: tuple[str, ...] = ("best", "last")
 
 
 @dataclass
@@ -52,37 +65,170 @@ class Predictions:
 
 
 def graph_settings_from_checkpoint(checkpoint: dict) -> dict[str, Any]:
-    """``{"cutoff": Å, "max_neighbors": int | None}`` used in training (DataModule hparams, else the model's)."""
+    """``{"cutoff": Å, "max_neighbors": int | None, "max_isolated_radius": Å}`` used in training (DataModule
+    hparams, else the model's cutoff and the defaults)."""
     data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     data = {**data, **dict(data.get("init_args") or {})}
     model_cfg = (checkpoint.get("hyper_parameters") or {}).get("model") or {}
     model_cutoff = (model_cfg.get("init_args") or {}).get("cutoff") if isinstance(model_cfg, dict) else None
     cutoff = data.get("cutoff", model_cutoff if model_cutoff is not None else 5.0)
-    return {"cutoff": float(cutoff), "max_neighbors": data.get("max_neighbors")}
+    return {"cutoff": float(cutoff), "max_neighbors": data.get("max_neighbors"),
+            "max_isolated_radius": float(data.get("max_isolated_radius") or 20.0)}
+
+
+# --------------------------------------------------------------------------- checkpoints and paths
+
+
+def check_checkpoint_file(path: str | os.PathLike, option: str = "--ckpt") -> Path:
+    """``path`` if it is an existing file in PyTorch's checkpoint format (a zip archive), else a clear error.
+
+    Cheap (reads the zip directory only): a garbage or truncated file is reported before any work starts.
+
+    Raises:
+        InputNotFoundError: no such file (exit status 2).
+        SAGNNError: a folder, or not a PyTorch checkpoint (truncated, another format).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        example = ("--ckpt best --run-dir runs/<recipe>" if option == "--ckpt" else
+                   f"{option} runs/<recipe>/checkpoints/last.ckpt, or {option} last to resume in the same run dir")
+        raise InputNotFoundError(f"checkpoint {path} does not exist ({option}); give a .ckpt written by training, "
+                                 f"e.g. {example}")
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a .ckpt file")
+    if not zipfile.is_zipfile(path):
+        raise SAGNNError(f"{option} {path} is not a PyTorch checkpoint (truncated, or another kind of file); "
+                         "give a .ckpt written by training")
+    return path
+
+
+def _newest(paths: Sequence[Path]) -> Path | None:
+    return max(paths, key=lambda p: (p.stat().st_mtime_ns, p.name)) if paths else None
+
+
+def _recorded_best(last: Path, folder: Path) -> Path | None:
+    """The best checkpoint recorded in ``last``'s ModelCheckpoint state (``best_model_path``), if it exists
+    (as recorded, or under the same name in ``folder`` when the run folder was moved)."""
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a damaged last.ckpt: fall back to the file names
+        return None
+    for callback_state in (state.get("callbacks") or {}).values():
+        recorded = callback_state.get("best_model_path") if isinstance(callback_state, dict) else None
+        if recorded:
+            for candidate in (Path(recorded), folder / Path(recorded).name):
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+def resolve_checkpoint(ckpt: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Path:
+    """The checkpoint file meant by ``--ckpt`` (and ``--run-dir``).
+
+    * a file: itself;
+    * ``"best"`` / ``"last"`` with ``run_dir``, or a run folder given as ``ckpt`` (= its best): looked up in
+      ``<run dir>/checkpoints`` (or in the folder itself when it holds the ``.ckpt`` files). ``last`` is the
+      newest ``last*.ckpt`` (a second run in the same folder writes ``last-v1.ckpt``); ``best`` is the best
+      checkpoint recorded in that file (``ModelCheckpoint.best_model_path``), i.e. the best of the latest
+      run, else the newest other ``*.ckpt``.
+    """
+    text = str(ckpt)
+    if text in CKPT_KEYWORDS:
+        if run_dir is None:
+            raise UsageError(f"--ckpt {text} needs --run-dir <the run folder, e.g. runs/quickstart>")
+        folder, kind = Path(run_dir).expanduser(), text
+        option = "--run-dir"
+    elif Path(text).expanduser().is_dir():
+        folder, kind, option = Path(text).expanduser(), "best", "--ckpt"
+    else:
+        return check_checkpoint_file(text)
+    if not folder.is_dir():
+        raise InputNotFoundError(f"run folder {folder} does not exist ({option})")
+    checkpoints = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
+    lasts = sorted(checkpoints.glob("last*.ckpt"))
+    last = _newest(lasts)
+    if kind == "last":
+        if last is None:
+            raise SAGNNError(f"no last*.ckpt in {checkpoints} ({option}); was the run trained with "
+                             "--checkpoint.save_last=false? Give --ckpt <file>.ckpt")
+        return check_checkpoint_file(last)
+    best = _recorded_best(last, checkpoints) if last is not None else None
+    if best is None:
+        best = _newest([p for p in checkpoints.glob("*.ckpt") if p not in lasts])
+    if best is None:
+        raise SAGNNError(f"no best checkpoint in {checkpoints} ({option}); has a run in this folder finished "
+                         "an epoch with validation? Give --ckpt <file>.ckpt")
+    return check_checkpoint_file(best)
+
+
+def check_writable(path: str | os.PathLike, option: str, kind: str = "file", what: str | None = None) -> Path:
+    """Fail early, before any work, when ``path`` (a ``"file"`` or ``"dir"``) cannot be written.
+
+    ``option`` is the flag that sets it (named in the message), ``what`` an optional description.
+
+    Creates nothing: a probe file is made and removed in the nearest existing folder.
+
+    Raises:
+        UsageError: ``path`` is a folder where a file is wanted, or the reverse (exit status 2).
+        SAGNNError: the folder is not writable, or a parent is a file (exit status 1).
+    """
+    path = Path(path).expanduser()
+    label = f"{what} {path} ({option})" if what else f"{option} {path}"
+    try:
+        if kind == "file" and path.is_dir():
+            raise UsageError(f"{label} is a folder; give a file name, e.g. {path / 'predictions.csv'}")
+        if kind == "dir" and path.exists() and not path.is_dir():
+            raise UsageError(f"{label} is a file; give a folder")
+        folder = path if kind == "dir" else path.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise SAGNNError(f"cannot write {label}: {folder} is a file, not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".sagnn-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise SAGNNError(f"cannot write {label}: {err.strerror or err}"
+                         + (f" ({err.filename})" if err.filename else "")) from err
+    return path
 
 
 def load_module(ckpt: str | os.PathLike, device: str = "cpu") -> tuple[SAGNNModule, dict[str, Any]]:
-    """The trained module (eval mode, on ``device``) and its graph settings."""
-    path = Path(ckpt).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; give a .ckpt written by training "
-                                "(e.g. runs/<recipe>/checkpoints/best-*.ckpt)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    module = SAGNNModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    """The trained module (eval mode, on ``device``) and its graph settings.
+
+    Raises:
+        InputNotFoundError: no such file. SAGNNError: not a PyTorch checkpoint, or not one of an SA-GNN.
+    """
+    path = check_checkpoint_file(ckpt)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for damaged files
+        raise SAGNNError(f"--ckpt {path} cannot be read by PyTorch ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); give a .ckpt written by training") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise SAGNNError(f"--ckpt {path} is not a checkpoint of an SA-GNN training run (no state_dict / "
+                         "hyper_parameters); give a .ckpt written by a sagnn_lightning recipe")
+    try:
+        module = SAGNNModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # another model's checkpoint: mismatched config or weights
+        raise SAGNNError(f"--ckpt {path} is not a checkpoint of an SA-GNN training run ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
     module.eval().to(device)
     return module, graph_settings_from_checkpoint(checkpoint)
 
 
 def predict_structures(module: SAGNNModule, ids: Sequence[str], structures: Sequence[Any],
                        cutoff: float, max_neighbors: int | None = None, batch_size: int = 64,
-                       errors: list[tuple[str, str]] | None = None) -> Predictions:
+                       errors: list[tuple[str, str]] | None = None,
+                       max_isolated_radius: float = 20.0) -> Predictions:
     """Graphs → batched forward passes. Structures whose graph fails are added to ``errors``."""
     errors = list(errors or [])
     device = next(module.parameters()).device
     graphs, kept = [], []
     for sample_id, structure in zip(ids, structures):
         try:
-            graph = structure_to_graph(structure, cutoff=cutoff, max_neighbors=max_neighbors, name=str(sample_id))
+            graph = structure_to_graph(structure, cutoff=cutoff, max_neighbors=max_neighbors,
+                                       max_isolated_radius=max_isolated_radius, name=str(sample_id))
         except StructureError as err:
             errors.append((str(sample_id), str(err)))
             continue
@@ -105,7 +251,8 @@ def predict_structures(module: SAGNNModule, ids: Sequence[str], structures: Sequ
 
 
 def write_predictions_csv(path: str | os.PathLike, result: Predictions) -> Path:
-    """Write ``result`` as CSV, atomically (temp file in the same folder + ``os.replace``)."""
+    """Write ``result`` as CSV, atomically (:func:`sagnn_lightning.files.atomic_write`: temp file in the same
+    folder + ``os.replace``; a new file gets the umask's permissions, a replaced one keeps its mode)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     single = len(result.target_names) == 1
@@ -113,21 +260,15 @@ def write_predictions_csv(path: str | os.PathLike, result: Predictions) -> Path:
     prob_cols = [] if result.probability is None else (
         ["probability"] if single else [f"probability_{n}" for n in result.target_names])
     classification = result.probability is not None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["id", *pred_cols, *prob_cols])
-            for k, sample_id in enumerate(result.ids):
-                row = [sample_id]
-                row += [int(v) if classification else repr(float(v)) for v in result.prediction[k].tolist()]
-                if classification:
-                    row += [repr(float(v)) for v in result.probability[k].tolist()]
-                writer.writerow(row)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", *pred_cols, *prob_cols])
+        for k, sample_id in enumerate(result.ids):
+            row = [sample_id]
+            row += [int(v) if classification else repr(float(v)) for v in result.prediction[k].tolist()]
+            if classification:
+                row += [repr(float(v)) for v in result.probability[k].tolist()]
+            writer.writerow(row)
     return path
 
 
@@ -136,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m sagnn_lightning predict",
         description="Predict with a trained SA-GNN checkpoint on CIFs / tables; writes id,prediction[,probability].",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by training")
+    parser.add_argument("--ckpt", required=True,
+                        help="checkpoint (.ckpt) written by training; or 'best' / 'last' with --run-dir; or a run "
+                             "folder (= its best checkpoint)")
+    parser.add_argument("--run-dir", default=None,
+                        help="run folder (trainer.default_root_dir, e.g. runs/quickstart) for --ckpt best|last: "
+                             "'best' is the best checkpoint of the latest run in that folder")
     parser.add_argument("--input", required=True,
                         help="a .cif file, a folder of *.cif, or a CSV/JSON table (matbench layout included)")
     parser.add_argument("--output", required=True, help="CSV file to write (atomically)")
@@ -144,22 +290,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--id-column", default=None, help="table column with ids")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--max-isolated-radius", type=float, default=None,
+                        help="Å; how far to look for the neighbours of an atom with none inside the cutoff "
+                             "(default: the training value, 20)")
     return parser
 
 
 def predict_main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_isolated_radius is not None and not args.max_isolated_radius > 0:
+        raise UsageError(f"--max-isolated-radius must be > 0 Å, got {args.max_isolated_radius}")
+    check_writable(args.output, "--output")  # before any work
+    ckpt = resolve_checkpoint(args.ckpt, args.run_dir)
+    if str(args.ckpt) != str(ckpt):
+        print(f"checkpoint: {ckpt}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    module, settings = load_module(args.ckpt, device)
+    module, settings = load_module(ckpt, device)
+    if args.max_isolated_radius is not None:
+        settings["max_isolated_radius"] = args.max_isolated_radius
     inputs = read_structures(args.input, on_error="skip", structure_column=args.structure_column,
                              id_column=args.id_column)
     result = predict_structures(module, inputs.ids, inputs.structures, settings["cutoff"], settings["max_neighbors"],
-                                batch_size=args.batch_size, errors=inputs.errors)
+                                batch_size=args.batch_size, errors=inputs.errors,
+                                max_isolated_radius=settings["max_isolated_radius"])
     for name, reason in result.errors:
         print(f"skipped: {reason}" if reason.startswith(name) else f"skipped {name}: {reason}", file=sys.stderr)
     if not result.ids:
-        print(f"no structure of {args.input} could be predicted ({len(result.errors)} skipped); nothing written",
+        print(f"error: no structure of {args.input} could be predicted ({len(result.errors)} skipped); nothing written",
               file=sys.stderr)
         return 1
     out = write_predictions_csv(args.output, result)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -74,6 +75,7 @@ class WandbLogger(_LightningWandbLogger):
         project: str | None = None,
         offline: bool | None = None,
         log_model: bool | Literal["all"] = False,
+        id: str | None = None,  # noqa: A002 - wandb's own name for the run id
         **kwargs: Any,
     ) -> None:
         offline = resolve_offline(offline)
@@ -84,11 +86,54 @@ class WandbLogger(_LightningWandbLogger):
             kwargs.setdefault("mode", "disabled")
         project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         super().__init__(name=name, save_dir=save_dir or ".", project=project, offline=offline,
-                         log_model=log_model, **kwargs)
+                         log_model=log_model, id=id, **kwargs)
+        # Lightning 2.6 always passes ``anonymous`` to ``wandb.init``, and wandb >= 0.19 warns about any value of
+        # that deprecated setting; we never use it (Lightning range pinned in pyproject, tested without the warning)
+        init = getattr(self, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous") is None:
+            init.pop("anonymous", None)
 
-    @property
-    def run_dir(self) -> str | None:
-        """Local folder of the W&B run (``.../wandb/offline-run-*`` or ``run-*``), once started."""
-        if self._experiment is None:
-            return None
-        return getattr(self._experiment, "dir", None) and str(Path(self._experiment.dir).parent)
+
+def active_run():
+    """The W&B run of this process (``wandb.run``) or ``None``; never imports or starts W&B."""
+    wandb = sys.modules.get("wandb")
+    return getattr(wandb, "run", None) if wandb is not None else None
+
+
+def active_run_dir() -> str | None:
+    """Local folder of this process's W&B run (``.../wandb/offline-run-*`` or ``run-*``), if one is running."""
+    run = active_run()
+    directory = getattr(run, "dir", None) if run is not None else None
+    return str(Path(directory).parent) if directory else None
+
+
+def active_run_id() -> str | None:
+    """Id of this process's W&B run, if one is running (stored in checkpoints so that a resume continues it)."""
+    run = active_run()
+    return getattr(run, "id", None) if run is not None else None
+
+
+#: checkpoint key holding the W&B run id (written by ``SAGNNModule.on_save_checkpoint``)
+CHECKPOINT_RUN_ID_KEY = "wandb_run_id"
+
+
+def run_id_in_checkpoint(path: str | os.PathLike) -> str | None:
+    """The W&B run id stored in checkpoint ``path``, or ``None`` (no such file, none stored, unreadable)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    import torch
+
+    try:  # memory-mapped: only the small dict is read, not the weights
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not ours to judge here; loading the checkpoint reports it properly
+        return None
+    run_id = checkpoint.get(CHECKPOINT_RUN_ID_KEY) if isinstance(checkpoint, dict) else None
+    return str(run_id) if run_id else None
+
+
+def finish_active_run() -> None:
+    """Close this process's W&B run (flushes an offline run to disk); Lightning's logger leaves it open."""
+    run = active_run()
+    if run is not None:
+        run.finish()

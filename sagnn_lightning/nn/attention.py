@@ -28,7 +28,9 @@ class AtomSelfAttention(nn.Module):
         heads: number of heads ``H`` (SA-GNN default 8).
         dropout: dropout on the attention weights, training only (default 0).
         backend: ``"auto"``, ``"torch"`` (padded SDPA with key mask) or ``"triton"`` (varlen kernel).
-            ``"auto"`` uses the PyTorch path for float64 inputs (the Triton kernel has no float64).
+            ``"auto"`` uses the Triton kernel on CUDA once it has passed a one-time self-check against the
+            PyTorch path on this device and dtype (else, with one ``KernelFallbackWarning``, the PyTorch path;
+            see :func:`sagnn_lightning.kernels.varlen_attention`), and the PyTorch path for float64 inputs.
         head_dim: width per head; default ``dim // heads`` (then ``heads`` must divide ``dim``, and the
             parameter count does not depend on ``heads``).
         residual: add the input back (default True).

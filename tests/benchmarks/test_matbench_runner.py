@@ -2,8 +2,10 @@
 
 A tiny model trained for one epoch per fold: two folds first (the partial file is resumable), then all
 five (recorded folds are not retrained); matbench's own ``MatbenchBenchmark.from_file`` loads and
-validates the submission, its scores equal an independent MAE against the data file's targets, and
-``info.json`` has the fields matbench's submission check requires.
+validates the submission, its scores equal an independent MAE against the data file's targets, the
+prediction stored for a test id is what the fold's kept checkpoint predicts for that id's structure (read
+from the data file and graphed by the user-facing predict pipeline), and ``info.json`` has the fields
+matbench's submission check requires.
 """
 
 from __future__ import annotations
@@ -44,20 +46,44 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _targets_from_file() -> dict[str, float]:
-    """Targets by matbench id, read straight from the data file (independent of matminer/matbench)."""
+def _column_from_file(column: str) -> dict[str, object]:
+    """One column by matbench id, read straight from the data file (independent of matminer/matbench and of
+    the runner's id mapping)."""
     with gzip.open(DATA / f"{TASK}.json.gz", "rt") as fh:
         d = json.load(fh)
     n = len(d["index"])
     digits = math.floor(math.log10(n)) + 1
-    col = d["columns"].index("exfoliation_en")
-    return {f"mb-jdft2d-{int(i) + 1:0{digits}d}": float(row[col]) for i, row in zip(d["index"], d["data"])}
+    col = d["columns"].index(column)
+    return {f"mb-jdft2d-{int(i) + 1:0{digits}d}": row[col] for i, row in zip(d["index"], d["data"])}
+
+
+def _targets_from_file() -> dict[str, float]:
+    return {k: float(v) for k, v in _column_from_file("exfoliation_en").items()}
+
+
+def _own_predictions(checkpoint: Path, model_config: dict, ids: list[str], structures: dict[str, dict]) -> np.ndarray:
+    """What the checkpoint predicts for each id's structure: pymatgen ``Structure.from_dict`` of the data file's
+    entry → ``structure_to_graph`` → ``collate_graphs`` → ``SAGNNModule.predict_step`` (the user-facing
+    ``predict_structures``), one crystal per batch so no batching order can pair a value with another id."""
+    from pymatgen.core import Structure
+
+    from sagnn_lightning.lit.module import SAGNNModule
+    from sagnn_lightning.lit.predict import predict_structures
+    from sagnn_lightning.models.sagnn import SAGNN
+
+    model = SAGNN(num_targets=1, **model_config)  # built in Python by the runner: the checkpoint holds weights
+    module = SAGNNModule.load_from_checkpoint(checkpoint, model=model, map_location="cpu", weights_only=False)
+    module.eval()
+    result = predict_structures(module, ids, [Structure.from_dict(structures[i]) for i in ids],
+                                cutoff=float(model_config["cutoff"]), batch_size=1)
+    assert result.ids == ids and not result.errors
+    return result.prediction.reshape(-1).double().numpy()
 
 
 def _argv(out: Path, folds: list[int], epochs: int = 1) -> list[str]:
     return ["--tasks", TASK, "--folds", *map(str, folds), "--max-epochs", str(epochs), "--data-home", str(DATA),
             "--out", str(out), "--threads", "1", "--model-overrides", json.dumps(TINY),
-            "--cache-dir", str(out.parent / "graph_cache")]
+            "--cache-dir", str(out.parent / "graph_cache"), "--checkpoint-dir", str(out.parent / "checkpoints")]
 
 
 def test_two_folds_then_resume_to_a_valid_submission(runner, one_thread, tmp_path, capsys):
@@ -96,6 +122,8 @@ def test_two_folds_then_resume_to_a_valid_submission(runner, one_thread, tmp_pat
     assert mb.is_recorded and mb.is_valid and mb.validate() == {}
     task = mb.tasks_map[TASK]
     truth = _targets_from_file()
+    structures = _column_from_file("structure")
+    model_config = mb.user_metadata["configs"][TASK]["model"]
     for k in range(5):
         fold = task.results[f"fold_{k}"]
         test_ids = list(mbv01_validation.splits[TASK][f"fold_{k}"]["test"])
@@ -108,6 +136,15 @@ def test_two_folds_then_resume_to_a_valid_submission(runner, one_thread, tmp_pat
         assert params["n_test"] == len(test_ids) and params["epochs_run"] == 1 and params["train_seconds"] > 0
         if k in first:
             assert dict(fold["data"]) == first[k]
+        # each stored prediction belongs to its id: the fold's checkpoint, run on that id's own structure, gives it
+        # (the MAE above is recomputed from the same dict and cannot see predictions paired with the wrong ids)
+        picked = [test_ids[j] for j in (0, 1, len(test_ids) // 3, len(test_ids) - 2, len(test_ids) - 1)]
+        own = _own_predictions(tmp_path / "checkpoints" / TASK / f"fold_{k}.ckpt", model_config, picked, structures)
+        stored = np.array([fold["data"][i] for i in picked])
+        scale = float(np.std(list(truth.values())))
+        tol = 1e-4 * scale
+        assert np.ptp(own) > 20 * tol, f"fold {k}: the model predicts ~one value for all ids; the check would be blind"
+        np.testing.assert_allclose(stored, own, rtol=0, atol=tol, err_msg=f"fold {k}: stored prediction != model(id)")
     meta = mb.user_metadata
     assert meta["configs"][TASK]["model"]["hidden_dim"] == TINY["hidden_dim"]
     assert meta["summary"][TASK]["n_folds"] == 5

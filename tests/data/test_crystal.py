@@ -192,4 +192,4 @@ def test_row_index_reused_and_rebuilt_when_corrupt(tmp_path):
     rows[0].write_bytes(rows[0].read_bytes()[:50])  # truncated
     third = CrystalDataModule(str(INPUTS / "mp_abx3_8.csv"), **kw)
     assert third.split_ids == ids and third.table.structures is not None  # re-read from the file
-    np.testing.assert_array_equal(third.table.targets, first.table.targets)
+    np.testing.assert_array_equal(third.table.targets, first.table.targets)  # the same parse of the same file

@@ -140,23 +140,37 @@ def test_partial_file_fold0_train_only(tmp_path, validation):
         MatbenchDataModule("perovskites", fold=1, data_file=str(path), cache_dir=str(tmp_path)).split_ids
 
 
-def test_matbench_own_loader_agrees_with_file_reader(tmp_path, monkeypatch):
-    """matbench's loading path (MatbenchBenchmark → task.load) on a local $MATMINER_DATA file: no download."""
+def test_matminer_data_home_file_agrees_with_matbench_own_loader(tmp_path, monkeypatch):
+    """The download location (matminer's data home, resolved when the rows are needed) is read by our reader;
+    ids, folds and targets equal matbench's own loading (MatbenchBenchmark → task.load → fold API)."""
     home = data_home()
     reference = MatbenchDataModule("jdft2d", fold=3, data_home=str(home), cache_dir=str(tmp_path / "a"))
-    monkeypatch.delenv("MATMINER_DATA", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("MATMINER_DATA", str(empty))
     dm = MatbenchDataModule("jdft2d", fold=3, cache_dir=str(tmp_path / "b"))
-    assert dm.data_file is None  # → matbench's own loader
+    assert dm.data_file is None  # → matminer's data home, downloaded there if still missing when needed
     local = tmp_path / "matminer"
     local.mkdir()
     os.symlink((home / "matbench_jdft2d.json.gz").resolve(), local / "matbench_jdft2d.json.gz")
-    monkeypatch.setenv("MATMINER_DATA", str(local))
+    monkeypatch.setenv("MATMINER_DATA", str(local))  # now it is there: no download
     assert dm.split_ids == reference.split_ids
-    np.testing.assert_allclose(dm.table.targets, reference.table.targets)
+    # same reader on the same file: the targets are the same parse of the same bytes
+    np.testing.assert_array_equal(dm.table.targets, reference.table.targets)
     assert dm.fingerprint == reference.fingerprint  # same file bytes → same graph cache
-    train_ids, test_ids = dm._matbench_fold  # from matbench's get_train_and_val_data / get_test_data
-    assert sorted(train_ids) == sorted(reference.split_ids["train"] + reference.split_ids["val"])
-    assert test_ids == reference.split_ids["test"]
+
+    from matbench.bench import MatbenchBenchmark
+
+    task = MatbenchBenchmark(autoload=False, subset=["matbench_jdft2d"]).tasks_map["matbench_jdft2d"]
+    task.load()  # matminer's load_dataset on $MATMINER_DATA: the file exists, nothing is downloaded
+    train = task.get_train_and_val_data(3, as_type="df")
+    test = task.get_test_data(3, as_type="df", include_target=True)
+    assert sorted(train.index) == sorted(dm.split_ids["train"] + dm.split_ids["val"])
+    assert list(test.index) == dm.split_ids["test"]
+    row = {sid: k for k, sid in enumerate(dm.table.ids)}
+    # matbench's values come from its own JSON decode (pandas/monty) of the same text: stated tolerance
+    np.testing.assert_allclose(dm.table.targets[[row[i] for i in test.index], 0], test["exfoliation_en"].to_numpy(),
+                               rtol=1e-12, atol=0)
 
 
 def test_matminer_data_env_is_honoured(tmp_path, monkeypatch):
@@ -201,7 +215,7 @@ def test_second_run_reads_row_index_not_structures(tmp_path, monkeypatch):
     monkeypatch.setattr(mb, "read_matbench_json", lambda *a, **k: calls.append(1) or real(*a, **k))
     second = MatbenchDataModule("jdft2d", fold=2, data_home=home, cache_dir=str(tmp_path), progress=False)
     assert second.table.structures is None and second.split_ids["test"]  # ids/targets from the row index
-    np.testing.assert_array_equal(second.table.targets, first.table.targets)
+    np.testing.assert_array_equal(second.table.targets, first.table.targets)  # float64 index bytes read back
     second.setup()  # graph cache hit: still no parse
     assert calls == []
     third = MatbenchDataModule("jdft2d", fold=2, data_home=home, cache_dir=str(tmp_path), cutoff=4.0, progress=False)

@@ -63,6 +63,7 @@ def test_read_table_csv_cif_column():
     frame = pd.read_csv(INPUTS / "mp_abx3_8.csv")
     assert table.ids == list(frame["material_id"])  # auto-detected id column
     assert table.extra == {"id_column": "material_id", "structure_column": "cif"}
+    # read_table parses with pandas.read_csv too: the same parser on the same text, so exactly equal
     np.testing.assert_array_equal(table.targets, frame[["band_gap", "formation_energy_per_atom"]].to_numpy())
     assert table.structures[0] == frame["cif"][0]
 
@@ -97,7 +98,7 @@ def test_read_cif_folder_cgcnn_layout():
     table = read_cif_folder(folder, ["band_gap", "formation_energy_per_atom"])
     id_prop = pd.read_csv(folder / "id_prop.csv", header=None)
     assert table.ids == list(id_prop[0])
-    np.testing.assert_array_equal(table.targets, id_prop[[1, 2]].to_numpy())
+    np.testing.assert_array_equal(table.targets, id_prop[[1, 2]].to_numpy())  # same pandas.read_csv parse
     assert table.structures[0] == (folder / f"{table.ids[0]}.cif").read_text()
     # default names, one per column
     assert read_cif_folder(folder).target_names == ["target_0", "target_1"]

@@ -106,6 +106,47 @@ def run_python(args: list[str], env: dict[str, str], timeout: float = 240) -> su
     return proc
 
 
+def run_in_terminal(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[int, str]:
+    """Run ``args`` with stdin/stdout/stderr on a pseudo-terminal (as in a user's shell: tqdm progress bars on);
+    returns ``(exit status, output)``. A run still going after ``timeout`` s is killed (its whole process
+    group) and fails the test, so a hang cannot stall the suite."""
+    import fcntl
+    import pty
+    import select
+    import signal
+    import struct
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column window, as a shell has
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, start_new_session=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                tail = b"".join(chunks)[-4000:].decode(errors="replace")
+                pytest.fail(f"{' '.join(map(str, args))} still running after {timeout} s (hang?)\n{tail}")
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 1 << 16)
+                except OSError:  # EIO: every process holding the terminal has exited
+                    data = b""
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+    return proc.wait(), b"".join(chunks).decode(errors="replace")
+
+
 def wandb_run_bytes(root: Path) -> tuple[Path, bytes]:
     """The offline W&B run folder under ``root`` and the bytes of its ``.wandb`` record log."""
     runs = sorted((root / "wandb").glob("offline-run-*"))

@@ -1,19 +1,93 @@
 """DDP on CPU with 2 processes (a subprocess: DDP re-launches the script): both ranks train on disjoint
-shards, weights stay identical, logged metrics are global, W&B and files are written by rank 0 only."""
+shards, weights stay identical, logged metrics are global, W&B and files are written by rank 0 only.
+Every run has a hard timeout, so a hang (ranks waiting in different collectives) fails instead of
+stalling the suite; the README's command runs as typed, in a terminal, with Lightning's tqdm bar."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from sagnn_lightning.lit.module import SAGNNModule
-from tests.lit.conftest import read_rows, run_python, wandb_run_bytes
+from tests.lit.conftest import REPO, read_rows, run_in_terminal, run_python, wandb_run_bytes
+
+#: Lightning's advice printed when an epoch-level value is logged without a cross-process reduction
+SYNC_DIST_ADVICE = "sync_dist"
+
+
+def _with_progress_bar(tiny_yaml):
+    """The tiny model config with Lightning's default progress bar left on (a DDP run must not need it off)."""
+    text = tiny_yaml.read_text().replace("  enable_progress_bar: false\n", "")
+    assert "enable_progress_bar" not in text
+    tiny_yaml.write_text(text)
+    return tiny_yaml
+
+
+def test_readme_multi_device_command_in_a_terminal(offline_env, tmp_path):
+    """The README's DDP command, typed in a shell (stdout is a terminal: tqdm bars), finishes."""
+    env = {**offline_env, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "recipes" / "quickstart.py"), "fit", "--config",
+               str(REPO / "recipes" / "quickstart.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2",
+               "--trainer.strategy=ddp", "--trainer.max_epochs=1"]
+    status, output = run_in_terminal(command, env, cwd=tmp_path, timeout=300)
+    assert status == 0, output[-4000:]
+    assert output.count("sagnn fit done:") == 1, output[-4000:]
+    assert "Validation DataLoader" in output  # the tqdm bar really was on
+    assert SYNC_DIST_ADVICE not in output and "Traceback" not in output, output[-4000:]
+    assert (tmp_path / "runs" / "quickstart" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_sigterm_ends_a_two_process_run(sample_run, offline_env, tmp_path):
+    """SIGTERM to the launching process ends both ranks within seconds (no rank left in a collective)."""
+    _with_progress_bar(sample_run["tiny"])
+    env = {**offline_env, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "recipes/quickstart.py", "fit", "--config", str(sample_run["data"]), "--config",
+         str(sample_run["tiny"]), "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+         "--trainer.max_epochs=1000", "--trainer.logger=false", f"--trainer.default_root_dir={sample_run['root']}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:  # one line per epoch (stdout is a pipe): wait until training runs
+            lines.append(line)
+            if line.startswith("epoch 2/") or time.monotonic() > deadline:
+                break
+        assert any(line.startswith("epoch 2/") for line in lines), "".join(lines)[-3000:]
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        took = time.monotonic() - start
+        rest = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert took < 10, f"took {took:.1f} s to stop"
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopping all ranks; resume with the same command plus --ckpt_path last" in rest
+    for _ in range(50):  # no rank (or other child) is left behind
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        left = subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(proc.pid)], capture_output=True, text=True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"processes left 5 s after the launcher exited:\n{left.stdout}")
 
 
 def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
+    _with_progress_bar(sample_run["tiny"])
     root, ranks = sample_run["root"], tmp_path / "ranks"
     callbacks = tmp_path / "callbacks.yaml"
     callbacks.write_text(
@@ -61,7 +135,9 @@ def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
     assert len(list((root / "wandb").glob("offline-run-*"))) == 1 and b"val/mae" in data
     assert proc.stdout.count("sagnn fit done:") == 1
     assert (root / "parity_val.png").is_file()
-    assert "Warning" not in proc.stderr, proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr and SYNC_DIST_ADVICE not in proc.stderr, proc.stderr[-3000:]
+    epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"]  # stdout is a pipe
 
     # predict with 2 processes: every test crystal exactly once
     out = tmp_path / "preds.csv"

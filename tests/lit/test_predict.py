@@ -119,7 +119,9 @@ def test_classification_writes_label_and_probability(classification_ckpt, tmp_pa
         assert int(r["prediction"]) == int(prob >= 0.5)
 
 
-def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint .* does not exist"):
-        module_main(["predict", "--ckpt", str(tmp_path / "nope.ckpt"), "--input", str(INPUTS / "cifs"),
-                     "--output", str(tmp_path / "o.csv")])
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    status = module_main(["predict", "--ckpt", str(tmp_path / "nope.ckpt"), "--input", str(INPUTS / "cifs"),
+                          "--output", str(tmp_path / "o.csv")])
+    err = capsys.readouterr().err
+    assert status == 2  # a bad option value; the message, not a traceback (tests/test_cli_errors.py)
+    assert err.startswith("error: checkpoint ") and "does not exist (--ckpt)" in err and "Traceback" not in err

@@ -84,6 +84,7 @@ def test_megnet_equals_attention_none():
     torch.manual_seed(0)
     b = SAGNN(attention="none")
     assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    # the same initialisation code from the same seed: bit-identical by construction (not two code paths)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert len(a.attention_layers) == 0
     with pytest.raises(ValueError, match="without attention"):

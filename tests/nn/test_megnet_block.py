@@ -80,7 +80,8 @@ def test_megnet_widths():
 def test_shifted_softplus_and_mlp():
     x = torch.linspace(-5, 5, 11, dtype=torch.float64)
     torch.testing.assert_close(ShiftedSoftplus()(x), torch.log(0.5 * torch.exp(x) + 0.5))
-    assert ShiftedSoftplus()(torch.zeros(1)).item() == 0.0
+    # softplus(0) = ln 2 by torch's float32 kernel minus Python's ln 2: equal to float32 rounding, not bit for bit
+    assert ShiftedSoftplus()(torch.zeros(1)).item() == pytest.approx(0.0, abs=1e-6)
     assert not isinstance(mlp([3, 4, 2], activate_last=False)[-1], ShiftedSoftplus)
     with pytest.raises(ValueError, match="at least"):
         mlp([3])
