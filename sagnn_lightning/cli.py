@@ -160,16 +160,23 @@ class SAGNNLightningCLI(LightningCLI):
                     init["save_dir"] = str(root)
                 if self.subcommand == "fit" and config.get("ckpt_path") and not init.get("id"):
                     # a resumed run continues the W&B run of the checkpoint (Lightning passes resume="allow")
-                    init["id"] = run_id_in_checkpoint(_resolve_ckpt_path(config.ckpt_path, root))
+                    path = _resolve_ckpt_path(config.ckpt_path, root)
+                    init["id"] = run_id_in_checkpoint(path) if path is not None else None
                 if root:
                     Path(root).mkdir(parents=True, exist_ok=True)
 
 
-def _resolve_ckpt_path(ckpt_path: str, root: str | os.PathLike | None) -> Path:
-    """``--ckpt_path`` as a file: ``last`` is ``<run dir>/checkpoints/last.ckpt`` (where the checkpoint callback writes)."""
-    if ckpt_path == "last":
-        return Path(root or ".") / "checkpoints" / "last.ckpt"
-    return Path(ckpt_path).expanduser()
+def _resolve_ckpt_path(ckpt_path: str, root: str | os.PathLike | None) -> Path | None:
+    """``--ckpt_path`` as a file, or ``None`` when there is none: ``last`` is the newest ``last*.ckpt`` of the run
+    dir (Lightning's own choice for ``--ckpt_path last``)."""
+    if ckpt_path != "last":
+        return Path(ckpt_path).expanduser()
+    from sagnn_lightning.lit.predict import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint("last", root or ".")
+    except SAGNNError:  # nothing to resume from: Lightning starts afresh (and says so)
+        return None
 
 
 def _stdout_is_terminal() -> bool:

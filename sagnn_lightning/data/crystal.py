@@ -46,6 +46,7 @@ class CrystalDataModule(GraphDataModule):
         data_file: a ``.csv``/``.json`` table (optionally ``.gz``) with CIF text or structure dicts,
             a folder of CIFs + ``id_prop.csv`` (CGCNN), or a bundled sample ``"sample:<name>"``
             (e.g. ``"sample:mp_abx3_perovskites"``).
+        target_units: unit of each target, for plot axes (e.g. ``[eV]``; a bundled sample knows its own).
         target_columns: target column names (tables: required unless a sample gives defaults;
             CIF folders: names for the ``id_prop.csv`` columns after the id, default ``["target"]``).
         id_column: id column (default: ``material_id``/``mbid``/``sample_id``/``id``/``name`` if present,
@@ -64,6 +65,7 @@ class CrystalDataModule(GraphDataModule):
         self,
         data_file: str,
         target_columns: list[str] | None = None,
+        target_units: list[str] | None = None,
         id_column: str | None = None,
         structure_column: str | None = None,
         task_type: str = "regression",
@@ -92,6 +94,8 @@ class CrystalDataModule(GraphDataModule):
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.id_column, self.structure_column = id_column, structure_column
         self.target_columns = list(target_columns) if target_columns is not None else None
+        self._target_units = list(target_units) if target_units is not None else None
+        self._sample_units: dict[str, str] = {}
         if is_sample_ref(data_file):
             try:
                 sample = get_sample(data_file)
@@ -101,6 +105,7 @@ class CrystalDataModule(GraphDataModule):
             self.id_column = id_column or sample.id_column
             self.structure_column = structure_column or sample.structure_column
             self.target_columns = self.target_columns or list(sample.target_columns)
+            self._sample_units = dict(sample.units)
         else:
             self.path = Path(data_file).expanduser()
             if not self.path.exists():
@@ -128,6 +133,17 @@ class CrystalDataModule(GraphDataModule):
             return list(self.target_columns)
         return list(self.table.target_names)
 
+    @property
+    def target_units(self) -> list[str | None]:
+        """Unit of each target (plot axes): ``target_units`` if given, a bundled sample's own, else ``None``."""
+        names = self.target_names
+        if self._target_units is not None:
+            if len(self._target_units) != len(names):
+                raise UsageError(f"--data.target_units has {len(self._target_units)} entries for the "
+                                 f"{len(names)} targets {names}")
+            return list(self._target_units)
+        return [self._sample_units.get(name) for name in names]
+
     def _read_table(self) -> Table:
         return read_data(self.path, self.target_columns, id_column=self.id_column,
                          structure_column=self.structure_column)
@@ -135,6 +151,13 @@ class CrystalDataModule(GraphDataModule):
     def _fingerprint(self) -> str:
         return fingerprint(self.path, kind="table", targets=self.target_columns, id_column=self.id_column,
                            structure_column=self.structure_column)
+
+    def _split_size_hint(self) -> str:
+        return (f"Add rows, or change --data.val_fraction / --data.test_fraction (now {self.val_fraction} / "
+                f"{self.test_fraction} of {len(self.file_ids)} rows).")
+
+    def _split_fraction(self, split: str) -> float | None:
+        return {"val": self.val_fraction, "test": self.test_fraction}.get(split)
 
     def _split_ids(self, table: Table) -> dict[str, list[str] | None]:
         # split every row of the file (skipped rows included) so that skipping never moves other rows

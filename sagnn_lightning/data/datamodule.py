@@ -32,6 +32,8 @@ TaskType = Literal["regression", "classification"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 ROWS_FORMAT = 1  # bump when readers change ids/targets of an unchanged file
 _MAX_LISTED = 20
+#: fewest crystals a split may have in fit / validate / test (R² and a standard deviation need two)
+MIN_SPLIT_SIZE = 2
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
@@ -250,6 +252,11 @@ class GraphDataModule(pl.LightningDataModule):
         return list(self.table.target_names)
 
     @property
+    def target_units(self) -> list[str | None]:
+        """Unit of each target (``None`` = unknown); labels the parity-plot axes."""
+        return [None] * self.num_targets
+
+    @property
     def num_targets(self) -> int:
         return len(self.target_names)
 
@@ -338,7 +345,25 @@ class GraphDataModule(pl.LightningDataModule):
             if split == "train" and subset is not None and len(subset) == 0:
                 raise DataFormatError(f"{self.table.source}: no training structures left; "
                                       f"{format_skipped(self.skipped, len(self.table))}.")
+            explicitly_empty = subset is not None and len(subset) == 0 and self._split_fraction(split) == 0.0
+            if stage in ("fit", "validate", "test") and subset is not None and len(subset) < MIN_SPLIT_SIZE \
+                    and not explicitly_empty:
+                raise DataFormatError(self._split_too_small_message(split, len(subset)))
             setattr(self, f"{split}_dataset", subset)
+
+    def _split_too_small_message(self, split: str, size: int) -> str:
+        """Why a split of ``size`` crystals cannot be trained / evaluated on, and which flags change it."""
+        skipped = f" ({len(self.skipped)} rows skipped)" if self.skipped else ""
+        return (f"{self.table.source}: the {split} split has {size} crystal(s) of {len(self.table)} usable rows"
+                f"{skipped}; training and evaluation need at least {MIN_SPLIT_SIZE} in every split (R², the "
+                f"target statistics and the best checkpoint are undefined otherwise). {self._split_size_hint()}")
+
+    def _split_size_hint(self) -> str:
+        return "Add rows."
+
+    def _split_fraction(self, split: str) -> float | None:
+        """The user's share for ``split`` (a share of exactly 0 asks for no such split), if it has one."""
+        return None
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

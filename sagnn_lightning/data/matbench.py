@@ -101,7 +101,7 @@ def get_task(name: str) -> MatbenchTask:
         raise UnsupportedTaskError(
             f"--data.task={name}: {full} is a composition-only matbench task (no crystal structures); "
             "SA-GNN needs structures, "
-            f"so it is not supported yet. Structure tasks: {sorted(MATBENCH_TASKS)}."
+            f"so it is not supported yet. Structure tasks: {', '.join(sorted(MATBENCH_TASKS))}."
         )
     raise UsageError(f"unknown matbench task {name!r} (--data.task); valid structure tasks: "
                      f"{', '.join(sorted(MATBENCH_TASKS))}.")
@@ -331,6 +331,16 @@ class MatbenchDataModule(GraphDataModule):
         return fingerprint(self._source_file(), kind="matbench", task=self.task.name, targets=[self.task.target])
 
     # ---------------------------------------------------------------- splits
+    @property
+    def target_units(self) -> list[str | None]:
+        return [self.task.unit]
+
+    def _split_size_hint(self) -> str:
+        return f"Change --data.val_fraction (now {self.val_fraction} of the fold's training rows)."
+
+    def _split_fraction(self, split: str) -> float | None:
+        return self.val_fraction if split == "val" else None
+
     def _split_ids(self, table: Table) -> dict[str, list[str] | None]:
         train_ids, test_ids = official_fold(self.task.name, self.fold)
         present = set(self.file_ids)

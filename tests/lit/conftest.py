@@ -79,6 +79,9 @@ def offline_env(tmp_path, monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("SAGNN_CACHE_DIR", str(tmp_path / "graph_cache"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # an in-process W&B run of an earlier test leaves its service address here; subprocesses must start their
+    # own service, as a user's command does (a shared one still holds the run of a SIGKILLed process)
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)

@@ -69,3 +69,17 @@ class FinalState(Callback):
         Path(self.path).write_text(json.dumps(record))
 
 
+
+
+class FirstStep(Callback):
+    """Writes ``<path>`` (JSON) with the global step and epoch at the first training batch of this process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._done = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self._done:
+            self._done = True
+            Path(self.path).write_text(json.dumps({"global_step": trainer.global_step,
+                                                   "epoch": trainer.current_epoch, "batch_idx": batch_idx}))

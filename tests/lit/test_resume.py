@@ -84,3 +84,48 @@ def test_loader_order_depends_on_seed_and_epoch_and_skips_after_restore():
     full = [b.tolist() for b in ResumableDataLoader(data, batch_size=3, sampler=sampler)]
     assert [b.tolist() for b in seen + rest] == full
     assert [torch.cat(rest).numel()] == [10 - 6]
+
+
+def test_default_last_ckpt_is_the_last_epoch_and_resume_continues_the_wandb_run(sample_run, offline_env, tmp_path):
+    """Default checkpoint settings (no mid-epoch saves): killed mid-epoch long after the last improvement,
+    ``--ckpt_path last`` redoes at most that epoch, ends with the uninterrupted run's weights, and logs to
+    the same W&B run (same id)."""
+    epochs, kill_step = 5, 3 * STEPS + 3  # SIGKILL in epoch 3 (0-based), three batches in
+    # the best checkpoint stays at epoch 0 (monitor "epoch", mode min): every later epoch is "no improvement"
+    common = ["recipes/quickstart.py", "fit", "--config", str(sample_run["data"]), "--config", str(sample_run["tiny"]),
+              f"--trainer.max_epochs={epochs}", f"--data.init_args.batch_size={BATCH}", "--checkpoint.monitor=epoch",
+              "--checkpoint.mode=min"]
+    ref = tmp_path / "ref.json"
+    run_python([*common, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path / 'reference'}", "--config",
+                _callbacks(tmp_path / "a.yaml", _item("tests.lit.helpers.FinalState", path=ref))], offline_env)
+
+    root = tmp_path / "interrupted"
+    killed = subprocess.run(
+        [sys.executable, *common, f"--trainer.default_root_dir={root}", "--config",
+         _callbacks(tmp_path / "b.yaml", _item("tests.lit.helpers.KillAtStep", step=kill_step))],
+        cwd=REPO, env=offline_env, capture_output=True, text=True, timeout=240)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    import torch
+
+    last = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    best = [p for p in (root / "checkpoints").glob("best-*.ckpt")]
+    assert len(best) == 1 and best[0].name.startswith("best-0-")  # the last improvement was epoch 0
+    assert last["global_step"] == 3 * STEPS  # the end of epoch 2, the last finished epoch
+    first_run_id = last.get("wandb_run_id")
+    assert first_run_id
+
+    out = tmp_path / "resumed.json"
+    run_python([*common, f"--trainer.default_root_dir={root}", "--ckpt_path=last", "--config",
+                _callbacks(tmp_path / "c.yaml", _item("tests.lit.helpers.FinalState", path=out),
+                           _item("tests.lit.helpers.FirstStep", path=tmp_path / "first_step.json"))], offline_env)
+    first_step = json.loads((tmp_path / "first_step.json").read_text())
+    assert first_step["global_step"] == 3 * STEPS  # resumed at the start of epoch 3: only that epoch is redone
+
+    a, b = json.loads(ref.read_text()), json.loads(out.read_text())
+    assert b["global_step"] == a["global_step"] == epochs * STEPS
+    assert b["param_head"] == pytest.approx(a["param_head"], rel=1e-6, abs=1e-7)
+    assert b["param_sum"] == pytest.approx(a["param_sum"], rel=1e-6)
+
+    # the same W&B run continues: both offline run folders carry the first run's id
+    runs = sorted((root / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{first_run_id}") for r in runs), [r.name for r in runs]
