@@ -167,6 +167,11 @@ def test_bad_datamodule_option_reports_the_constructor_message(work, same_env, c
     user_error(quickstart_here(work, capsys, option), 2, *fragments)
 
 
+def test_model_option_that_does_not_fit_names_the_cli_flags(work, same_env, capsys):
+    user_error(quickstart_here(work, capsys, "--model.model.init_args.heads=3"), 2,
+               "heads=3 must divide hidden_dim=", "--model.model.heads", "--model.model.hidden_dim", "[1, 2, 4, 8]")
+
+
 def test_matbench_missing_data_file(work):
     missing = work["tmp"] / "nowhere" / "matbench_jdft2d.json.gz"
     proc = run([sys.executable, str(RECIPES / "matbench_jdft2d.py"), "fit", f"--data.data_file={missing}",

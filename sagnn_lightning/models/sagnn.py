@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from sagnn_lightning.errors import UsageError
 from sagnn_lightning.kernels.dispatch import Backend
 from sagnn_lightning.nn.attention import AtomSelfAttention
 from sagnn_lightning.nn.basis import GaussianExpansion
@@ -96,7 +97,12 @@ class SAGNN(nn.Module):
         if num_blocks < 1:
             raise ValueError(f"SAGNN: num_blocks must be >= 1, got {num_blocks}")
         if attention not in ("each", "last", "none"):
-            raise ValueError(f"SAGNN: attention must be 'each', 'last' or 'none', got {attention!r}")
+            raise ValueError(f"SAGNN: attention must be 'each', 'last' or 'none' (--model.model.attention), "
+                             f"got {attention!r}")
+        if attention != "none" and (heads < 1 or hidden_dim % heads):
+            divisors = [h for h in range(1, hidden_dim + 1) if hidden_dim % h == 0]
+            raise UsageError(f"SAGNN: heads={heads} must divide hidden_dim={hidden_dim} (--model.model.heads, "
+                             f"--model.model.hidden_dim); heads that fit: {divisors}")
         self.num_targets, self.state_dim, self.attention = num_targets, state_dim, attention
         self.max_atomic_number = max_atomic_number
 

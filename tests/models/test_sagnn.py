@@ -130,7 +130,7 @@ def test_missing_state_defaults_to_zeros(graphs):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="must divide hidden_dim"):
         SAGNN(heads=5)
     with pytest.raises(ValueError, match="attention"):
         SAGNN(attention="first")  # type: ignore[arg-type]
