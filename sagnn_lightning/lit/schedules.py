@@ -1,0 +1,47 @@
+"""Learning-rate schedules that YAML can express (a ``LambdaLR`` needs a Python function; these do not).
+
+Stepped once per epoch by :class:`~sagnn_lightning.lit.module.SAGNNModule` (``interval="epoch"``).
+"""
+
+from __future__ import annotations
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+class HoldThenLinearDecay(LambdaLR):
+    """Constant learning rate for ``hold_epochs``, then a linear decay to ``end_factor`` × the initial rate
+    over ``decay_epochs``, constant afterwards.
+
+    kgcnn's MEGNet recipe (the one behind MEGNet's matbench leaderboard row): Adam 5e-4 held for 100 epochs,
+    then linear to 5e-6 at epoch 1000 → ``hold_epochs=100, decay_epochs=900, end_factor=0.01``.
+
+    Args:
+        optimizer: the optimizer (its ``lr`` is the initial rate).
+        hold_epochs: epochs at the initial rate (>= 0).
+        decay_epochs: epochs of the linear decay (>= 1).
+        end_factor: final rate / initial rate, in ``(0, 1]``.
+        last_epoch: as in ``torch.optim.lr_scheduler`` (-1 = start).
+    """
+
+    def __init__(self, optimizer: Optimizer, hold_epochs: int = 100, decay_epochs: int = 900,
+                 end_factor: float = 0.01, last_epoch: int = -1) -> None:
+        if hold_epochs < 0 or decay_epochs < 1:
+            raise ValueError(f"HoldThenLinearDecay: need hold_epochs >= 0 and decay_epochs >= 1, "
+                             f"got {hold_epochs}, {decay_epochs}")
+        if not 0.0 < end_factor <= 1.0:
+            raise ValueError(f"HoldThenLinearDecay: end_factor must be in (0, 1], got {end_factor}")
+        self.hold_epochs, self.decay_epochs, self.end_factor = hold_epochs, decay_epochs, end_factor
+        super().__init__(optimizer, self.factor, last_epoch=last_epoch)
+
+    def factor(self, epoch: int) -> float:
+        """Multiplier of the initial rate after ``epoch`` scheduler steps."""
+        done = min(max(epoch - self.hold_epochs, 0), self.decay_epochs) / self.decay_epochs
+        return 1.0 - (1.0 - self.end_factor) * done
+
+    def state_dict(self) -> dict:
+        # LambdaLR stores the lambda only when it is a callable object; ours is a bound method rebuilt on init
+        return {k: v for k, v in super().state_dict().items() if k != "lr_lambdas"}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict({**state_dict, "lr_lambdas": [None] * len(self.base_lrs)})

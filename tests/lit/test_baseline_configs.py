@@ -1,0 +1,64 @@
+"""The kgcnn MEGNet baseline config (issue 11) stacks on a task recipe, and its schedule is kgcnn's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sagnn_lightning.lit.schedules import HoldThenLinearDecay
+from sagnn_lightning.models import SAGNN
+from tests.lit.test_cli import RECIPES, _print_config
+
+KGCNN = RECIPES / "configs" / "megnet_kgcnn.yaml"
+
+
+def test_megnet_kgcnn_stacks_on_the_phonons_recipe(capsys):
+    configs = [RECIPES / "configs" / "sagnn.yaml", RECIPES / "configs" / "matbench_phonons.yaml"]
+    printed = _print_config(["fit", "--config", str(KGCNN)], configs, capsys)
+    init = printed["model"]["model"]["init_args"]
+    assert (init["atom_embedding_dim"], init["num_gaussians"], init["gaussian_width"], init["set2set_steps"]) == \
+        (64, 25, 0.4, 3)
+    assert init["attention"] == "none" and printed["model"]["loss"] == "l1"
+    assert printed["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(5e-4)
+    assert printed["model"]["scheduler"]["class_path"].endswith("HoldThenLinearDecay")
+    assert printed["data"]["init_args"]["batch_size"] == 32 and printed["trainer"]["max_epochs"] == 1000
+    model = SAGNN(**init)
+    assert len(model.attention_layers) == 0
+    centres = model.bond_expansion.centers()
+    assert centres.numel() == 25 and float(centres[0]) == 0.0 and float(centres[-1]) == pytest.approx(5.0)
+    assert model.bond_expansion.width == pytest.approx(0.4)
+
+
+def test_hold_then_linear_decay_is_kgcnns_schedule_and_resumes():
+    param = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.Adam(param, lr=5e-4)
+    schedule = HoldThenLinearDecay(optimizer, hold_epochs=100, decay_epochs=900, end_factor=0.01)
+    rates = []
+    for _ in range(1100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[:101] == [5e-4] * 101
+    for epoch in (101, 400, 777, 999):  # the straight line from (100, 5e-4) to (1000, 5e-6)
+        assert rates[epoch] == pytest.approx(5e-4 + (5e-6 - 5e-4) * (epoch - 100) / 900, rel=1e-9)
+    assert rates[1000] == pytest.approx(5e-6) and rates[-1] == pytest.approx(5e-6)
+    state = schedule.state_dict()
+    fresh_opt = torch.optim.Adam(param, lr=5e-4)
+    fresh = HoldThenLinearDecay(fresh_opt, hold_epochs=100, decay_epochs=900, end_factor=0.01)
+    fresh.load_state_dict(state)
+    assert fresh.last_epoch == schedule.last_epoch and fresh.get_last_lr() == schedule.get_last_lr()
+    with pytest.raises(ValueError, match="end_factor"):
+        HoldThenLinearDecay(fresh_opt, end_factor=0.0)
+
+
+def test_fit_with_the_kgcnn_schedule(sample_run, offline_env):
+    from sagnn_lightning.cli import cli_main
+
+    cli = cli_main(["fit", "--config", str(sample_run["data"]), "--config", str(KGCNN), "--config",
+                    str(sample_run["tiny"]), f"--trainer.default_root_dir={sample_run['root']}",
+                    "--trainer.max_epochs=2", "--trainer.logger=false",
+                    "--model.scheduler.init_args.hold_epochs=1", "--model.scheduler.init_args.decay_epochs=2"],
+                   configs=[RECIPES / "configs" / "sagnn.yaml"])
+    schedule = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(schedule, HoldThenLinearDecay) and schedule.last_epoch == 2
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-4 * (1 - 0.99 / 2))
