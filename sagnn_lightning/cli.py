@@ -188,10 +188,13 @@ def _needs_fit(argv: Sequence[str]) -> bool:
     return not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help", "--version")
 
 
-def build_argv(args: Sequence[str] | None, configs: Iterable[str | os.PathLike] = ()) -> list[str]:
+def build_argv(args: Sequence[str] | None, configs: Iterable[str | os.PathLike] = (), run: bool = True) -> list[str]:
     """The command line actually parsed: ``fit`` when no subcommand is given, then ``--config <c>`` for
-    each of the recipe's ``configs`` (so that the user's ``--config`` files and overrides come after)."""
+    each of the recipe's ``configs`` (so that the user's ``--config`` files and overrides come after).
+    With ``run=False`` (objects only, no subcommand) just the ``--config`` items, then ``args``."""
     argv = list(sys.argv[1:] if args is None else args)
+    if not run:
+        return [*(item for c in configs for item in ("--config", str(c))), *argv]
     if _needs_fit(argv):
         argv = ["fit", *argv]
     if argv[0] in SUBCOMMANDS:
@@ -341,7 +344,7 @@ def cli_main(args: Sequence[str] | None = None, *, name: str = "sagnn",
     User errors raise :class:`~sagnn_lightning.errors.SAGNNError` (a constructor's own exception, not
     jsonargparse's wrapper); command-line entry points print them with :func:`exit_status`.
     """
-    argv = build_argv(args, configs)
+    argv = build_argv(args, configs, run)
     tips = _DropLightningTips()
     logging.getLogger(_LIGHTNING_INFO_LOGGER).addFilter(tips)
     try:

@@ -1,68 +1,80 @@
 """Matbench v0.1 leaderboard runner for SA-GNN (and its w/o-MHSA ablation).
 
-Everything that touches the benchmark goes through matbench's own API::
+Every fold is trained by the recipes' own pipeline: the CLI (:func:`sagnn_lightning.cli.cli_main`) builds
+``MatbenchDataModule`` (official fold, validation carved from the fold's training rows) + ``SAGNNModule`` +
+``Trainer`` from ``recipes/configs/sagnn.yaml`` + ``recipes/configs/<task>.yaml``, then the runner calls
+``trainer.fit`` and ``trainer.predict`` (best checkpoint by validation MAE) on the test rows. Matbench's own API
+records and scores the predictions::
 
     mb = MatbenchBenchmark(autoload=False, subset=[...])
-    task.df = <local matbench-layout file, shaped as matbench.data_ops.load shapes it>  # or task.load()
-    for fold in task.folds:
-        train_df = task.get_train_and_val_data(fold, as_type="df")        # training + validation rows
-        test_df = task.get_test_data(fold, as_type="df", include_target=False)
-        ... train (validation carved from train_df only), predict test_df ...
+    task.df = <ids + targets of the task, read by the DataModule>
+    for fold in task.folds:  ... train + predict as above ...
         task.record(fold, predictions, params={...})                      # matbench scores it
     mb.add_metadata({...}); mb.to_file(...)
 
-* Hyper-parameters are fixed in advance (the recipes' YAML: ``recipes/configs/sagnn.yaml`` +
-  ``recipes/configs/matbench_<task>.yaml``; ``--max-epochs`` sets the budget); no test data is used
-  for any choice. The checkpoint with the lowest validation MAE (validation = a seeded
-  ``val_fraction`` of the fold's *training* rows) predicts the test set.
-* Graphs come from the project's on-disk graph cache (``--cache-dir``, default ``$SAGNN_CACHE_DIR`` or the user
-  cache dir): built once per task and cutoff (``--graph-workers`` processes), memory-mapped, reused by every fold
-  and every later run. The cache holds no targets (NaN): each fold's ``y`` comes from matbench's
-  ``get_train_and_val_data`` only.
-* ``--checkpoint-dir <dir>`` keeps the checkpoint that predicted each fold as ``<dir>/<task>/fold_<k>.ckpt``
-  (weights and target statistics; the model's arguments are ``user_metadata["configs"][task]["model"]``).
-* Resumable per fold: after each fold, ``results.json.gz`` (written by ``MatbenchBenchmark.to_file``,
-  to a temporary file then ``os.replace``) and ``info.json`` are saved; a rerun reloads the file and
-  skips recorded folds. A run with a different configuration into the same folder is refused.
-* Note: matbench's ``to_file``/``from_file`` write and read *plain* JSON whatever the file name —
-  the ``results.json.gz`` of matbench submissions is that file, so this runner keeps matbench's format.
+* Hyper-parameters are fixed in advance (the recipes' YAML; more ``--config`` files and ``--model.*``
+  options after ``--``; ``--max-epochs`` sets the budget); no test data is used for any choice.
+* Each fold has its own run dir ``<work dir>/<task>/fold_<k>/`` (default work dir ``<out>/work``) holding what a
+  recipe run holds: ``checkpoints/last.ckpt`` (end of every epoch), ``checkpoints/best-*.ckpt``,
+  ``config.yaml``, ``parity_val.png``, ``predictions.csv`` (test rows), plus ``history.csv`` (validation MAE and
+  cumulative training seconds per epoch, all sittings) and ``runner_config.json``.
+* Resumable: a fold that was killed, or cut by ``--max-time``, continues from its ``last.ckpt`` when the same
+  command is run again (on this machine or another one that has the work dir). After each fold,
+  ``results.json.gz`` (``MatbenchBenchmark.to_file``, written to a temporary file then renamed) and
+  ``info.json`` are saved; recorded folds are skipped. Training folds into a results file or a fold dir that
+  holds another configuration is refused.
+* ``--jobs N`` trains N folds at once, each in its own process with ``--threads`` threads (default 1).
+* Progress: one line per epoch and fold, ``[sagnn] matbench_jdft2d fold 0: epoch 3/300: ... val/mae=... (2.9 s,
+  ETA 14 min 10 s)``.
+* The DataModule reads the whole task, targets included (the graph cache is the recipes' one); test targets are
+  used by matbench's scoring only: the runner never runs ``test`` and selects the checkpoint on validation.
+* matbench's ``to_file``/``from_file`` write and read *plain* JSON whatever the file name — the
+  ``results.json.gz`` of matbench submissions is that file, so this runner keeps matbench's format.
 * Classification (``matbench_mp_is_metal``): probabilities are recorded; matbench's stored ``rocauc``
   is computed after its ``accuracy`` step has turned the predictions into 0/1 labels, so it equals the
   balanced accuracy. The true ROC-AUC from the probabilities is stored beside it in each fold's
   ``parameters`` (``rocauc_from_probabilities``) and in the metadata.
 
-Usage (offline, shared data; the stored results used 50 epochs for jdft2d, 40 for phonons)::
+Usage (offline, shared data)::
 
     python benchmarks/matbench_v0.1_sagnn/run.py --tasks matbench_jdft2d --variant sagnn \
-        --max-epochs 50 --data-home ../shared/data/matbench --threads 1
+        --max-epochs 50 --data-home ../shared/data/matbench --jobs 2 --max-time 00:08:00:00 \
+        [-- --config my.yaml --model.optimizer.lr=5e-4 ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
-import hashlib
+import contextlib
 import importlib.metadata
 import json
 import logging
 import os
 import platform
+import queue
+import re
 import shutil
+import subprocess
 import sys
-import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, ProgressBar
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG_DIR = HERE.parents[1] / "recipes" / "configs"
 RESULTS_FILE = "results.json.gz"
 INFO_FILE = "info.json"
+FOLD_CONFIG_FILE = "runner_config.json"
+HISTORY_FILE = "history.csv"
+#: exit status when every fold ran without error but some were stopped by --max-time (rerun to continue)
+EXIT_UNFINISHED = 3
 
 #: the two variants of issue 7: SA-GNN (8 heads, MHSA after the last block) and the w/o-MHSA ablation
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -70,17 +82,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_mhsa": {"attention": "none"},
 }
 ALGORITHM_NAMES = {"sagnn": "SA-GNN", "no_mhsa": "SA-GNN w/o MHSA"}
-
-#: used when recipes/configs is absent: the same values as recipes/configs/sagnn.yaml (MEGNet's published ones)
-FALLBACK_MODEL: dict[str, Any] = {
-    "atom_embedding_dim": 16, "num_gaussians": 100, "gaussian_width": 0.5, "num_blocks": 3, "hidden_dim": 32,
-    "dense_hidden": 64, "conv_hidden": [64, 64], "heads": 8, "attention": "last", "readout_hidden": [32, 16],
-    "dropout": 0.0,
-}
-FALLBACK_TRAINING: dict[str, Any] = {
-    "loss": "l1", "lr": 1e-3, "scheduler": {"factor": 0.5, "patience": 10, "min_lr": 1e-5},
-    "gradient_clip_val": 5.0, "batch_size": 32, "val_fraction": 0.1, "cutoff": 5.0,
-}
 
 BIBTEX_REFS = r"""@article{Cui2024SAGNN,
   author = {Cui, Yasen and Zhu, Jian and Zhou, Wei and Zang, Huaijuan and Ren, Yongsheng and Xu, Jiajia and Zhan, Shu and Ma, Wenhui},
@@ -116,262 +117,430 @@ BIBTEX_REFS = r"""@article{Cui2024SAGNN,
 log = logging.getLogger("matbench_v0.1_sagnn")
 
 
-# ---------------------------------------------------------------------------------------------- config
-def fixed_config(task: str, variant: str, max_epochs: int, config_dir: Path | None,
-                 model_overrides: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
-    """The run's fixed configuration (chosen before any test data is seen).
+def _clock() -> float:
+    """Wall-clock seconds since the epoch (``--max-time`` deadlines; tests replace it)."""
+    return time.time()
 
-    Read from the recipes' YAML (``sagnn.yaml`` + ``matbench_<task>.yaml``) when ``config_dir`` holds
-    them, else the same values built in; then the variant, ``model_overrides`` and the epoch budget.
+
+def parse_max_time(text: str | None) -> float | None:
+    """``"DD:HH:MM:SS"`` (Lightning's ``max_time`` format; leading fields may be left out) → seconds."""
+    if text is None:
+        return None
+    parts = str(text).strip().split(":")
+    if not 1 <= len(parts) <= 4 or not all(re.fullmatch(r"\d+", p) for p in parts):
+        raise argparse.ArgumentTypeError(f"--max-time must be DD:HH:MM:SS (e.g. 00:12:00:00), got {text!r}")
+    seconds = 0
+    for value, unit in zip(reversed([int(p) for p in parts]), (1, 60, 3600, 86400)):
+        seconds += value * unit
+    return float(seconds)
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+def fold_cli_args(task: str, fold: int, run_dir: Path, *, variant: str, max_epochs: int, seed: int,
+                  data_home: Path | None = None, cache_dir: Path | None = None, graph_workers: int = 0,
+                  model_overrides: dict[str, Any] | None = None, cli_args: Sequence[str] = ()) -> list[str]:
+    """The CLI options of one fold, after the recipe's YAML files.
+
+    Order (later wins): runner defaults (no W&B logger, no DataLoader workers), the user's ``cli_args``
+    (``--config`` files and overrides), then what the runner's own flags fix: variant, ``model_overrides``,
+    ``--max-epochs``, fold, seeds (validation carve and shuffle: ``seed``; weights: ``seed + fold``), run dir
+    and data location.
     """
-    model = dict(FALLBACK_MODEL)
-    training = copy.deepcopy(FALLBACK_TRAINING)
-    sources: list[str] = []
-    if config_dir is not None:
-        import yaml
-
-        base, task_file = config_dir / "sagnn.yaml", config_dir / f"{task}.yaml"
-        if base.is_file():
-            cfg = yaml.safe_load(base.read_text()) or {}
-            model_cfg = cfg.get("model", {})
-            model.update((model_cfg.get("model") or {}).get("init_args") or {})
-            training["loss"] = model_cfg.get("loss", training["loss"])
-            training["lr"] = float(((model_cfg.get("optimizer") or {}).get("init_args") or {}).get("lr", training["lr"]))
-            sched = (model_cfg.get("scheduler") or {}).get("init_args")
-            if sched:
-                training["scheduler"] = {k: float(v) if k != "patience" else int(v) for k, v in sched.items()}
-            training["gradient_clip_val"] = float((cfg.get("trainer") or {}).get("gradient_clip_val",
-                                                                                 training["gradient_clip_val"]))
-            sources.append(str(base))
-        if task_file.is_file():
-            data = ((yaml.safe_load(task_file.read_text()) or {}).get("data") or {}).get("init_args") or {}
-            for key in ("batch_size", "val_fraction", "cutoff"):
-                if key in data:
-                    training[key] = data[key]
-            sources.append(str(task_file))
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    model.update(VARIANTS[variant])
-    model.update(model_overrides or {})
-    model["cutoff"] = float(training["cutoff"])
     if max_epochs < 1:
         raise ValueError(f"--max-epochs must be >= 1, got {max_epochs}")
-    return {"task": task, "variant": variant, "model": model, "training": training, "max_epochs": int(max_epochs),
-            "seed": int(seed), "config_files": [Path(s).name for s in sources]}
+    model = {**VARIANTS[variant], **(model_overrides or {})}
+    args = ["--trainer.logger=false", "--data.init_args.num_workers=0", "--data.init_args.progress=false",
+            *cli_args,
+            *(f"--model.model.init_args.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in model.items()),
+            f"--trainer.max_epochs={int(max_epochs)}", f"--data.init_args.task={task}",
+            f"--data.init_args.fold={int(fold)}", f"--data.init_args.split_seed={int(seed)}",
+            f"--seed_everything={int(seed) + int(fold)}", f"--trainer.default_root_dir={run_dir}",
+            f"--data.init_args.graph_workers={int(graph_workers)}"]
+    if data_home is not None:
+        args.append(f"--data.init_args.data_home={Path(data_home).expanduser()}")
+    if cache_dir is not None:
+        args.append(f"--data.init_args.cache_dir={Path(cache_dir).expanduser()}")
+    return args
 
 
-# ---------------------------------------------------------------------------------------------- data
-def local_task_frame(task_name: str, data_home: Path) -> Any:
-    """The task's DataFrame exactly as ``matbench.data_ops.load`` shapes it, from a local file.
+def recipe_configs(task: str, config_dir: Path) -> list[Path]:
+    """The recipe's YAML files of ``task``: ``sagnn.yaml`` then ``<task>.yaml`` in ``config_dir``."""
+    files = [Path(config_dir) / "sagnn.yaml", Path(config_dir) / f"{task}.yaml"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"recipe config files not found: {missing}; pass --config-dir <recipes/configs>")
+    return files
 
-    ``<data_home>/<task>.json.gz`` in matminer's layout (pandas ``orient="split"``): read with matminer's
-    own reader (structures decoded), index = matbench ids ``mb-<task>-<i+1, zero-padded>``, columns
-    ``[structure, <target>]``. The file must hold the whole task (every fold's test rows are needed).
+
+def build_cli(spec: dict[str, Any]) -> Any:
+    """The recipes' CLI with the fold's objects built (``run=False``): ``.model``, ``.datamodule``, ``.trainer``."""
+    from sagnn_lightning.cli import cli_main
+
+    return cli_main(spec["cli_args"], name=f"matbench_v0.1_{spec['task']}", configs=spec["configs"], run=False)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy (jsonargparse Namespaces → dicts, tuples → lists)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    return json.loads(json.dumps(value, default=lambda v: v.as_dict() if hasattr(v, "as_dict") else str(v)))
+
+
+def config_summary(cli: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """What defines a fold's training, from the parsed CLI config (not from any copy of the YAML).
+
+    ``model``: the SAGNN arguments (``SAGNN(num_targets=1, **model)`` rebuilds the network; ``cutoff`` is
+    the DataModule's); ``training``: loss, optimizer, scheduler, trainer options that change the result,
+    data options that change the graphs or the split. ``config_files`` and ``cli_args`` are recorded for
+    reference and not compared (:func:`comparable`).
     """
-    from matbench.metadata import mbv01_metadata
-    from matminer.utils.io import load_dataframe_from_json
-
-    meta = mbv01_metadata[task_name]
-    path = Path(data_home).expanduser() / f"{task_name}.json.gz"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{task_name}: expected the matbench-layout file {path}; put {path.name} there (matminer's download "
-            "or any orient='split' copy), pass --data-home <folder holding it>, or leave --data-home out to "
-            "download it through matbench."
-        )
-    df = load_dataframe_from_json(str(path), pbar=False)
-    n = int(meta.n_samples)
-    if len(df) != n or not set(range(n)) <= {int(i) for i in df.index}:
-        raise ValueError(f"{path}: {len(df)} rows with index {df.index.min()}..{df.index.max()}, but {task_name} has "
-                         f"{n} rows 0..{n - 1}; the runner needs the whole task (all folds' test rows).")
-    from sagnn_lightning.data.sources import matbench_ids
-
-    df = df.copy()
-    df["mbid"] = matbench_ids(task_name, df.index, n)  # the same rule as matbench.data_ops.load
-    df = df.set_index("mbid")
-    return df[[meta.input_type, meta.target]]
+    config = cli.config
+    model = _plain(config.model.model.init_args)
+    model.pop("num_targets", None)
+    data = _plain(config.data.init_args)
+    trainer = _plain(config.trainer)
+    training = {
+        "model_class": config.model.model.class_path, "data_class": config.data.class_path,
+        "loss": config.model.loss, "optimizer": _plain(config.model.optimizer),
+        "scheduler": _plain(config.model.scheduler),
+        **{k: trainer.get(k) for k in ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches",
+                                       "precision")},
+        **{k: data.get(k) for k in ("batch_size", "val_fraction", "cutoff", "max_neighbors", "max_isolated_radius",
+                                    "on_error")},
+        "checkpoint": {k: _plain(config.checkpoint.get(k)) for k in ("monitor", "mode")},
+    }
+    return {"task": spec["task"], "variant": spec["variant"], "model": model, "training": training,
+            "max_epochs": int(trainer["max_epochs"]), "seed": int(data["split_seed"]),
+            "config_files": [Path(c).name for c in spec["configs"]], "cli_args": list(spec["user_cli_args"])}
 
 
-def task_fingerprint(task_name: str, ids: Sequence[str], source: Path | None) -> str:
-    """Graph-cache fingerprint of a task's structures (the cache key also holds the graph settings).
-
-    * local file (``source``): sha256 of its bytes (:func:`sagnn_lightning.data.sources.fingerprint`), tagged
-      ``kind="matbench-runner"``. The tag keeps this entry apart from ``MatbenchDataModule``'s one for the same
-      file: the runner caches NaN targets (it never lets test targets into the cache), the DataModule caches the
-      real ones, and the same key with other targets would be rebuilt by each in turn.
-    * matbench's download (``source=None``): sha256 of the task name, the matbench and matminer versions and the
-      ordered matbench ids. matminer checks the downloaded file against the sha256 pinned in its dataset
-      metadata, so these identify the content without hashing (or even locating) the file.
-    """
-    if source is not None:
-        from sagnn_lightning.data.sources import fingerprint
-
-        return fingerprint(source, kind="matbench-runner", task=task_name, targets=None)
-    payload = {"kind": "matbench-runner-download", "task": task_name, "ids": [str(i) for i in ids]}
-    for pkg in ("matbench", "matminer"):
-        try:
-            payload[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            payload[pkg] = None
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a :func:`config_summary` two runs must share to be mixed in one submission or one fold."""
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("config_files", "cli_args")}
 
 
-def task_graphs(task_name: str, frame: Any, input_column: str, cutoff: float, cache_dir: Path | None, *,
-                source: Path | None = None, num_workers: int = 0, progress: bool = False) -> tuple[Any, bool]:
-    """Every structure of the task as graphs from the project's on-disk graph cache (built on a miss).
-
-    Args:
-        task_name: matbench task name.
-        frame: the task's DataFrame (index = matbench ids, ``frame[input_column]`` = pymatgen Structures).
-        input_column: the structure column (``task.metadata.input_type``).
-        cutoff: neighbour cutoff (Å).
-        cache_dir: graph cache folder (``None``: ``$SAGNN_CACHE_DIR``, else the user cache dir).
-        source: the local matbench-layout file the frame was read from (``None``: matbench's download).
-        num_workers: processes building graphs on a cache miss (0 = this process).
-        progress: progress bar while building.
-
-    Returns:
-        ``(dataset, built)``: a memory-mapped :class:`~sagnn_lightning.data.dataset.GraphDataset` of all rows in
-        ``frame`` order, whose ``y [1, 1]`` is NaN (targets are attached per fold from matbench's training data,
-        see :class:`FoldGraphs`), and whether the graphs were built now (``False``: cache hit).
-    """
-    from sagnn_lightning.data.cache import load_or_build_graphs
-    from sagnn_lightning.data.datamodule import resolve_cache_dir
-    from sagnn_lightning.data.graph import GraphSettings
-
-    ids = [str(i) for i in frame.index]
-    built: list[bool] = []
-
-    def structures() -> list[Any]:  # called by the cache on a miss only
-        built.append(True)
-        return list(frame[input_column])
-
-    dataset = load_or_build_graphs(
-        resolve_cache_dir(cache_dir), task_fingerprint(task_name, ids, source), ids, structures,
-        np.full((len(ids), 1), np.nan), GraphSettings(cutoff=float(cutoff)), num_workers=int(num_workers),
-        on_error="raise", progress=progress,
-    )
-    if dataset.sample_ids != ids:  # the fingerprint covers the ids; this guards the row mapping below
-        raise RuntimeError(f"{task_name}: graph cache {dataset.path} holds other ids than the task; delete it.")
-    return dataset, bool(built)
-
-
-class FoldGraphs:
-    """Rows of a task's cached graphs picked by matbench id (a ``Subset`` mapping mb id → dataset row).
-
-    ``targets`` (one float per id, from matbench's training data) become ``y [1, 1]`` float32; without
-    targets (test rows) the graphs carry no ``y`` at all.
-    """
-
-    def __init__(self, graphs: Any, row_of: dict[str, int], ids: Sequence[str],
-                 targets: Sequence[float] | None = None) -> None:
-        missing = [i for i in ids if i not in row_of]
-        if missing:
-            raise KeyError(f"{len(missing)} ids are not in the graph cache {getattr(graphs, 'path', '')} "
-                           f"(e.g. {missing[:3]}); delete the cache file to rebuild it.")
-        if targets is not None and len(targets) != len(ids):
-            raise ValueError(f"got {len(targets)} targets for {len(ids)} ids")
-        self.graphs, self.ids = graphs, list(ids)
-        self.rows = [row_of[i] for i in self.ids]
-        self.targets = None if targets is None else [float(t) for t in targets]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int) -> Any:
-        import torch
-
-        graph = self.graphs[self.rows[k]]
-        if self.targets is None:
-            del graph.y
-        else:
-            graph.y = torch.tensor([[self.targets[k]]], dtype=torch.float32)
-        return graph
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    old, new = comparable(old), comparable(new)
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
 # ---------------------------------------------------------------------------------------------- one fold
-def train_and_predict(config: dict[str, Any], task_type: str, train_df: Any, test_df: Any, target: str,
-                      graphs: Any, fold: int, workdir: Path) -> dict[str, Any]:
-    """Train on the fold's training rows (validation carved from them), predict the test rows.
+class DeadlineReached(Exception):
+    """Raised out of ``trainer.fit`` by :class:`Deadline` once the fold's state is saved in ``last.ckpt``."""
 
-    ``graphs``: the task's cached graphs (:func:`task_graphs`; ``.sample_ids`` = matbench ids). Targets come
-    only from ``train_df`` (matbench's training data); the test graphs carry none.
 
-    Returns ``{"ids": [...], "predictions": np.ndarray [n_test] (real units or probabilities), "params": {...},
-    "checkpoint": path of the checkpoint that predicted (the best by validation, inside ``workdir``)}``.
+class Deadline(Callback):
+    """Ends training when the wall clock passes ``deadline`` (seconds since the epoch), checked after every
+    training batch: the state at that batch is written to ``last.ckpt`` and :class:`DeadlineReached` is raised, so
+    a rerun continues at the next batch exactly as after a mid-epoch checkpoint.
+
+    Not Lightning's ``Timer`` (``Trainer(max_time=...)``): it restores its elapsed time from the checkpoint, so a
+    rerun with the same budget would stop at once; and its ``should_stop`` ends the current epoch early (with a
+    validation) and counts it as complete, so the rest of that epoch would never be trained.
     """
-    import pytorch_lightning as pl
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = float(deadline)
+        self.reached = False
+
+    def _reached(self, trainer: pl.Trainer) -> bool:
+        self.reached = bool(trainer.strategy.broadcast(_clock() >= self.deadline))
+        return self.reached
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._reached(trainer):  # nothing trained in this sitting: the checkpoint on disk is current
+            raise DeadlineReached("--max-time reached before training started")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if not self._reached(trainer):
+            return
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is None or not getattr(checkpoint, "dirpath", None):
+            raise DeadlineReached("--max-time reached (no checkpoint callback: nothing saved)")
+        last = checkpoint.last_model_path or str(
+            Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}")
+        trainer.save_checkpoint(last)
+        raise DeadlineReached(f"--max-time reached; state saved at step {trainer.global_step} in {last}")
+
+
+class EpochHistory(Callback):
+    """Writes ``history.csv`` in the fold's run dir: one row per validated epoch (``epoch, global_step, val_mae,
+    val_loss, lr, train_seconds, sitting, finished_utc``). ``train_seconds`` is the training wall clock (training +
+    validation) summed over the sittings; rows and sum are saved in the checkpoints, so a resumed fold continues
+    them from exactly where its ``last.ckpt`` stopped."""
+
+    columns = ("epoch", "global_step", "val_mae", "val_loss", "lr", "train_seconds", "sitting", "finished_utc")
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        self.offset = 0.0
+        self.sittings = 0
+        self._start: float | None = None
+
+    @property
+    def train_seconds(self) -> float:
+        return self.offset + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.sittings += 1
+        self._start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.offset, self._start = self.train_seconds, None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.global_rank != 0:
+            return
+        metrics = trainer.callback_metrics
+        lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        self.rows.append({
+            "epoch": trainer.current_epoch + 1, "global_step": trainer.global_step,
+            "val_mae": _float(metrics.get("val/mae")), "val_loss": _float(metrics.get("val/loss")),
+            "lr": lrs[0] if lrs else None, "train_seconds": round(self.train_seconds, 3), "sitting": self.sittings,
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        from sagnn_lightning.files import atomic_write
+
+        lines = [",".join(self.columns)] + [",".join("" if row.get(c) is None else str(row[c]) for c in self.columns)
+                                            for row in self.rows]
+        with atomic_write(self.path, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows), "train_seconds": self.train_seconds, "sittings": self.sittings}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
+        self.offset = float(state_dict.get("train_seconds", 0.0))
+        self.sittings = int(state_dict.get("sittings", 0))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def check_fold_dir(run_dir: Path, config: dict[str, Any]) -> None:
+    """A fold dir is continued only with the configuration it was started with (``runner_config.json``)."""
+    path = run_dir / FOLD_CONFIG_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        diff = _difference(stored, config)
+        if diff:
+            raise ValueError(f"{run_dir} holds a fold started with another configuration (stored vs requested: "
+                             f"{diff}); rerun with the stored settings, or delete {run_dir} (or pass another "
+                             "--work-dir) to train this fold from the start.")
+        return
+    from sagnn_lightning.files import atomic_write
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as fh:
+        fh.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _last_checkpoint(run_dir: Path) -> Path | None:
+    from sagnn_lightning.errors import SAGNNError
+    from sagnn_lightning.lit.predict import resolve_checkpoint
+
+    if not (run_dir / "checkpoints").is_dir():
+        return None
+    try:
+        return resolve_checkpoint("last", run_dir)
+    except SAGNNError:
+        return None
+
+
+def _best_checkpoint(callback: Any, run_dir: Path) -> Path:
+    """The best checkpoint recorded by the checkpoint callback (or, if the work dir was moved, the same name in
+    this run dir's ``checkpoints``)."""
+    recorded = Path(callback.best_model_path) if callback.best_model_path else None
+    for candidate in ([recorded, run_dir / "checkpoints" / recorded.name] if recorded else []):
+        if candidate.is_file():
+            return candidate
+    raise RuntimeError(f"{run_dir}: no best checkpoint recorded (best_model_path={callback.best_model_path!r})")
+
+
+def train_fold(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Train one fold and predict its test rows (:func:`_train_fold`), without upstream warnings."""
+    with warnings.catch_warnings():
+        _ignore_expected_warnings()
+        return _train_fold(spec, prefix)
+
+
+def _train_fold(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Train one fold through the recipes' CLI (resuming from the fold's ``last.ckpt``), then predict its test rows
+    with the best checkpoint by validation.
+
+    ``spec``: ``task, fold, variant, configs, cli_args, user_cli_args, run_dir, config, threads, deadline,
+    checkpoint_dir`` (see :func:`fold_spec`). Returns ``{"status": "done", "ids", "predictions", "params",
+    "checkpoint"}``, or ``{"status": "stopped", "epoch", "global_step", "reason"}`` when ``--max-time`` ended
+    training (:class:`Deadline`): nothing is predicted then, and a rerun continues from ``last.ckpt``.
+    """
     import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from torch.utils.data import DataLoader
 
-    from sagnn_lightning.data.batch import collate_graphs
-    from sagnn_lightning.data.matbench import carve_validation
-    from sagnn_lightning.lit.module import SAGNNModule
-    from sagnn_lightning.models.sagnn import SAGNN
+    from sagnn_lightning.lit.progress import EpochLineProgressBar
 
-    training, seed = config["training"], config["seed"]
-    train_ids_all = [str(i) for i in train_df.index]
-    y_all = dict(zip(train_ids_all, train_df[target].astype(float).to_numpy()))
-    train_ids, val_ids = carve_validation(train_ids_all, float(training["val_fraction"]), seed)
-    y_train = np.array([y_all[i] for i in train_ids])
-    if task_type == "classification":
-        mean, std = [0.0], [1.0]
-    else:
-        mean, std = [float(y_train.mean())], [float(y_train.std()) or 1.0]
-
-    pl.seed_everything(seed + fold, workers=True, verbose=False)
-    batch_size = int(training["batch_size"])
-    loader = functools.partial(DataLoader, batch_size=batch_size, collate_fn=collate_graphs, num_workers=0)
-    row_of = {sid: k for k, sid in enumerate(graphs.sample_ids)}
-    train_loader = loader(FoldGraphs(graphs, row_of, train_ids, [y_all[i] for i in train_ids]), shuffle=True,
-                          generator=torch.Generator().manual_seed(seed + fold))
-    val_loader = loader(FoldGraphs(graphs, row_of, val_ids, [y_all[i] for i in val_ids]), shuffle=False)
-    test_ids = [str(i) for i in test_df.index]
-    test_loader = loader(FoldGraphs(graphs, row_of, test_ids), shuffle=False)
-
-    model = SAGNN(num_targets=1, **config["model"])
-    sched = training.get("scheduler")
-    module = SAGNNModule(
-        model=model, task_type=task_type, target_mean=mean, target_std=std, target_names=[target],
-        loss=training["loss"], optimizer=functools.partial(torch.optim.Adam, lr=float(training["lr"])),
-        scheduler=functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, **sched) if sched else None,
-    )
-    monitor, mode = module.monitor
-    checkpoint = ModelCheckpoint(dirpath=workdir, filename="best", monitor=monitor, mode=mode, save_top_k=1)
-    trainer = pl.Trainer(
-        max_epochs=config["max_epochs"], accelerator="cpu", devices=1, logger=False, callbacks=[checkpoint],
-        gradient_clip_val=float(training["gradient_clip_val"]), enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=workdir, deterministic=False,
-    )
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    run_dir = Path(spec["run_dir"])
+    check_fold_dir(run_dir, spec["config"])
+    last = _last_checkpoint(run_dir)
     t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-    t_train = time.perf_counter() - t0
+    cli = build_cli(spec)
+    trainer, module, datamodule = cli.trainer, cli.model, cli.datamodule
+    trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ProgressBar)]
+    history = EpochHistory(run_dir / HISTORY_FILE)
+    trainer.callbacks += [EpochLineProgressBar(prefix=prefix), history]
+    deadline = Deadline(spec["deadline"]) if spec.get("deadline") is not None else None
+    if deadline is not None:
+        trainer.callbacks.append(deadline)
+    if last is not None:
+        state = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        print(f"{prefix}resuming from {last} (saved at step {state.get('global_step')}, epoch "
+              f"{state.get('epoch', 0) + 1} of {trainer.max_epochs})", flush=True)
+        del state
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
+    except DeadlineReached as stop:
+        return {"status": "stopped", "epoch": int(trainer.current_epoch) + 1, "global_step": int(trainer.global_step),
+                "reason": str(stop)}
+    epochs, max_epochs = int(trainer.current_epoch), int(trainer.max_epochs)
+    # read before predict: predicting from a checkpoint restores the callbacks' states saved in that file
+    checkpoint = trainer.checkpoint_callback
+    best, monitor, score = _best_checkpoint(checkpoint, run_dir), checkpoint.monitor, checkpoint.best_model_score
+    train_seconds, sittings = history.train_seconds, history.sittings
     t1 = time.perf_counter()
-    outputs = trainer.predict(module, dataloaders=test_loader, ckpt_path=checkpoint.best_model_path or None,
-                              weights_only=False)
+    outputs = trainer.predict(module, datamodule=datamodule, ckpt_path=str(best), weights_only=False)
     t_predict = time.perf_counter() - t1
-    ids = [i for out in outputs for i in out["sample_id"]]
-    key = "probability" if task_type == "classification" else "prediction"
+    ids = [str(i) for out in outputs for i in out["sample_id"]]
+    key = "probability" if module.task_type == "classification" else "prediction"
     predictions = torch.cat([out[key] for out in outputs]).reshape(-1).double().numpy()
-    if ids != test_ids:
-        raise RuntimeError(f"{config['task']} fold {fold}: predicted ids differ from matbench's test index "
-                           f"(first mismatch at {next(k for k, (a, b) in enumerate(zip(ids, test_ids)) if a != b)}"
-                           f" of {len(test_ids)}); refusing to record misaligned predictions.")
     if not np.all(np.isfinite(predictions)):
-        raise RuntimeError(f"{config['task']} fold {fold}: {int((~np.isfinite(predictions)).sum())} non-finite "
+        raise RuntimeError(f"{spec['task']} fold {spec['fold']}: {int((~np.isfinite(predictions)).sum())} non-finite "
                            "predictions; training diverged (lower the learning rate).")
-    best = checkpoint.best_model_score
+    best_state = torch.load(best, map_location="cpu", weights_only=False, mmap=True)
     params = {
-        "epochs_run": int(trainer.current_epoch), "max_epochs": int(config["max_epochs"]),
-        "best_val_" + monitor.split("/")[-1]: float(best) if best is not None else float("nan"),
-        "n_train": len(train_ids), "n_val": len(val_ids), "n_test": len(test_ids),
-        "train_seconds": round(t_train, 2), "predict_seconds": round(t_predict, 2),
-        "seconds_per_epoch": round(t_train / max(int(trainer.current_epoch), 1), 3),
-        "torch_threads": int(torch.get_num_threads()), "seed": seed + fold,
+        "epochs_run": epochs, "max_epochs": max_epochs, "best_epoch": int(best_state.get("epoch", -1)) + 1,
+        "best_val_" + monitor.split("/")[-1]: float(score) if score is not None else float("nan"),
+        "n_train": len(datamodule.train_dataset), "n_val": len(datamodule.val_dataset), "n_test": len(ids),
+        "train_seconds": round(train_seconds, 2), "sittings": int(sittings),
+        "predict_seconds": round(t_predict, 2), "seconds_per_epoch": round(train_seconds / max(epochs, 1), 3),
+        "torch_threads": int(torch.get_num_threads()), "seed": int(spec["config"]["seed"]) + int(spec["fold"]),
     }
-    return {"ids": ids, "predictions": predictions, "params": params,
-            "checkpoint": checkpoint.best_model_path or None}
+    del best_state
+    if spec.get("checkpoint_dir"):
+        kept = Path(spec["checkpoint_dir"]) / spec["task"] / f"fold_{spec['fold']}.ckpt"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, kept)
+    params["fold_seconds_this_sitting"] = round(time.perf_counter() - t0, 2)
+    return {"status": "done", "ids": ids, "predictions": predictions.tolist(), "params": params,
+            "checkpoint": str(best)}
+
+
+# ---------------------------------------------------------------------------------------------- several folds
+def _tag(variant: str, task: str, fold: int) -> str:
+    return f"[{variant}] {task} fold {fold}: "
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[name] = str(threads)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_folds(specs: list[dict[str, Any]], jobs: int) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None, str]]:
+    """Train the folds of ``specs``, ``jobs`` at a time; yields ``(spec, result, error)`` as folds end.
+
+    ``jobs == 1``: in this process, one after the other (an exception propagates). ``jobs > 1``: each fold in a
+    subprocess (this script with ``--fold-worker``, ``spec["threads"]`` threads); its output is relayed line by
+    line with the fold's tag; a failed fold gives ``result=None`` and the reason, and the others go on. A fold is
+    not started once ``spec["deadline"]`` has passed.
+    """
+    if jobs <= 1:
+        for spec in specs:
+            if spec.get("deadline") is not None and _clock() >= spec["deadline"]:
+                yield spec, {"status": "not started", "reason": "--max-time reached"}, ""
+                continue
+            yield spec, train_fold(spec, prefix=_tag(spec["variant"], spec["task"], spec["fold"])), ""
+        return
+    pending = list(specs)
+    running: dict[int, tuple[dict[str, Any], subprocess.Popen, Path]] = {}
+    finished: queue.Queue = queue.Queue()
+    print_lock = threading.Lock()
+
+    def relay(key: int, proc: subprocess.Popen, tag: str) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with print_lock:
+                print(tag + line.rstrip("\n"), flush=True)
+        finished.put((key, proc.wait()))
+
+    try:
+        key = 0
+        while pending or running:
+            while pending and len(running) < jobs:
+                spec = pending.pop(0)
+                if spec.get("deadline") is not None and _clock() >= spec["deadline"]:
+                    yield spec, {"status": "not started", "reason": "--max-time reached"}, ""
+                    continue
+                run_dir = Path(spec["run_dir"])
+                run_dir.mkdir(parents=True, exist_ok=True)
+                spec_path, result_path = run_dir / "worker_spec.json", run_dir / "worker_result.json"
+                result_path.unlink(missing_ok=True)
+                spec_path.write_text(json.dumps({**spec, "result_path": str(result_path), "parent_pid": os.getpid()}))
+                proc = subprocess.Popen(
+                    [sys.executable, str(Path(__file__).resolve()), "--fold-worker", str(spec_path)],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                    env=_worker_env(int(spec.get("threads") or 1)))
+                running[key] = (spec, proc, result_path)
+                threading.Thread(target=relay, args=(key, proc, _tag(spec["variant"], spec["task"], spec["fold"])),
+                                 daemon=True).start()
+                key += 1
+            if not running:
+                continue
+            done, rc = finished.get()
+            spec, proc, result_path = running.pop(done)
+            if rc == 0 and result_path.is_file():
+                yield spec, json.loads(result_path.read_text()), ""
+            else:
+                how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+                yield spec, None, how
+    finally:
+        for spec, proc, _ in running.values():  # this process is stopping: stop the folds it started
+            if proc.poll() is None:
+                proc.terminate()
+        for spec, proc, _ in running.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A fold worker ends when the runner that started it ends (Linux: ``PR_SET_PDEATHSIG``)."""
+    import signal
+
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def worker_main(spec_path: Path) -> int:
+    """``--fold-worker <spec.json>``: train one fold (:func:`train_fold`), write the result JSON, exit 0."""
+    spec = json.loads(Path(spec_path).read_text())
+    _die_with_parent(int(spec["parent_pid"]))
+    _quiet()
+    result = train_fold(spec)
+    from sagnn_lightning.files import atomic_write
+
+    with atomic_write(Path(spec["result_path"]), "w") as fh:
+        fh.write(json.dumps(result))
+    return 0
 
 
 def classification_extras(truth: Sequence[bool], probabilities: np.ndarray) -> dict[str, float]:
@@ -385,6 +554,39 @@ def classification_extras(truth: Sequence[bool], probabilities: np.ndarray) -> d
 
     return {"rocauc_from_probabilities": float(roc_auc_score(np.asarray(truth, dtype=bool),
                                                              np.asarray(probabilities, dtype=float)))}
+
+
+# ---------------------------------------------------------------------------------------------- data
+def matbench_frame(datamodule: Any, meta: Any, task_name: str) -> Any:
+    """The task's frame for matbench's fold API and scoring: index = matbench ids, ``[structure, <target>]``, with
+    the ids and targets the DataModule read (structures are not needed: the graphs are in the graph cache)."""
+    import pandas as pd
+
+    from sagnn_lightning.data.sources import matbench_ids
+
+    table = datamodule.table
+    n = int(meta.n_samples)
+    expected = set(matbench_ids(task_name, range(n), n))
+    if set(table.ids) != expected:
+        raise ValueError(f"{table.source}: {len(table.ids)} usable rows, but {task_name} has {n}; the runner needs the "
+                         "whole task (every fold's test rows). Give the full matbench file (--data-home).")
+    targets = table.targets[:, 0]
+    if meta.task_type == "classification":
+        targets = targets.astype(bool)
+    return pd.DataFrame({meta.input_type: [None] * n, meta.target: targets}, index=pd.Index(list(table.ids)))
+
+
+def prepare_task_data(cli: Any) -> tuple[Any, bool, float]:
+    """Build (or read) the task's graph cache through the DataModule; returns ``(graphs, built now?, seconds)``."""
+    datamodule = cli.datamodule
+    t0 = time.perf_counter()
+    cache = Path(datamodule.cache_dir)
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.glob("*.graphs")} if cache.is_dir() else {}
+    datamodule.prepare_data()
+    graphs = datamodule.graph_dataset()
+    path = Path(graphs.path)
+    built = before.get(path.name) != (path.stat().st_ino, path.stat().st_mtime_ns)
+    return graphs, built, time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -450,21 +652,28 @@ def requirements() -> dict[str, list[str]]:
     return {"python": out}
 
 
-def machine() -> dict[str, Any]:
+def machine(threads: int | None, jobs: int) -> dict[str, Any]:
     import torch
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "accelerator": "cpu"}
+            "cpu_count": os.cpu_count(), "torch_threads": threads or torch.get_num_threads(), "jobs": jobs,
+            "accelerator": "cpu"}
+
+
+def _class_name(spec: Any) -> str:
+    return str((spec or {}).get("class_path", "none")).rsplit(".", 1)[-1] if isinstance(spec, dict) else "none"
 
 
 def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
     """matbench's submission ``info.json`` (keys checked by matbench's ``scripts/test_submission.py``)."""
     any_cfg = next(iter(configs.values()))
-    model = any_cfg["model"]
+    model, training = any_cfg["model"], any_cfg["training"]
     attention = {"last": f"{model.get('heads')}-head self-attention over the atoms of each crystal after the last "
                          "MEGNet block", "each": f"{model.get('heads')}-head self-attention after every block",
                  "none": "no self-attention (the paper's w/o-MHSA ablation, i.e. MEGNet)"}[model["attention"]]
     budget = ", ".join(f"{name}: {c['max_epochs']} epochs" for name, c in sorted(configs.items()))
+    optimizer = training.get("optimizer") or {}
+    lr = (optimizer.get("init_args") or {}).get("lr") if isinstance(optimizer, dict) else None
     return {
         "authors": "sagnn-lightning contributors",
         "algorithm": ALGORITHM_NAMES[variant],
@@ -473,16 +682,18 @@ def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[st
             f"atom embedding {model['atom_embedding_dim']}, {model['num_gaussians']} Gaussians on 0-{model['cutoff']} "
             f"A width {model['gaussian_width']}, {model['num_blocks']} MEGNet blocks of width {model['hidden_dim']}, "
             f"Set2Set readout on atoms and bonds) with {attention} (SA-GNN, Cui et al. 2024). Periodic crystal graphs "
-            f"with a {model['cutoff']} A cutoff. Trained with L1 loss on standardised targets, Adam, "
-            "ReduceLROnPlateau on the validation loss; the checkpoint with the lowest validation MAE (validation = "
-            f"{any_cfg['training']['val_fraction']:.0%} of each fold's training rows) predicts the test fold. "
+            f"with a {model['cutoff']} A cutoff. Trained with {str(training.get('loss', 'l1')).upper()} loss on "
+            f"standardised targets, {_class_name(optimizer)} (lr {lr}), scheduler "
+            f"{_class_name(training.get('scheduler'))}; the checkpoint with the best validation "
+            f"{str((training.get('checkpoint') or {}).get('monitor', 'auto'))} metric (validation = "
+            f"{training['val_fraction']:.0%} of each fold's training rows) predicts the test fold. "
             f"Fixed hyper-parameters (recipes/configs); training budget per fold: {budget}."
         ),
         "bibtex_refs": BIBTEX_REFS,
         "notes": (
-            "Fixed hyper-parameters chosen in advance; no tuning on test data. Budget far below the leaderboard "
-            "models' (which train for hundreds to thousands of epochs on GPUs): see user_metadata in "
-            f"results.json.gz for per-fold times and machine. Summary: {json.dumps(summary, sort_keys=True)}. "
+            "Fixed hyper-parameters chosen in advance; no tuning on test data. Trained by the recipes' pipeline "
+            "(sagnn_lightning.cli); see user_metadata in results.json.gz for the configuration, per-fold times and "
+            f"machine. Summary: {json.dumps(summary, sort_keys=True)}. "
             "For classification, matbench's stored 'rocauc' is computed from rounded predictions (= balanced "
             "accuracy); the true ROC-AUC from probabilities is in each fold's parameters."
         ),
@@ -507,7 +718,7 @@ def summarize(mb: Any) -> dict[str, Any]:
                 res = task.results[fkey]
                 params = dict(res["parameters"])
                 folds[fkey] = {key: float(res["scores"][key]), "train_seconds": params.get("train_seconds"),
-                               "epochs_run": params.get("epochs_run")}
+                               "epochs_run": params.get("epochs_run"), "best_epoch": params.get("best_epoch")}
                 if "rocauc_from_probabilities" in params:
                     folds[fkey]["rocauc_from_probabilities"] = params["rocauc_from_probabilities"]
         values = [f[key] for f in folds.values()]
@@ -517,119 +728,138 @@ def summarize(mb: Any) -> dict[str, Any]:
     return out
 
 
-def save(mb: Any, out: Path, variant: str, configs: dict[str, dict[str, Any]], results: bool = True) -> None:
-    """Metadata + atomic writes of ``results.json.gz`` (matbench's ``to_file``; skipped when ``results`` is
-    false) and ``info.json``."""
+def save(mb: Any, out: Path, variant: str, configs: dict[str, dict[str, Any]], machine_info: dict[str, Any]) -> None:
+    """Metadata + atomic writes of ``results.json.gz`` (matbench's ``to_file``) and ``info.json``."""
     summary = summarize(mb)
     mb.user_metadata = {}  # rebuilt whole from the recorded folds (avoids matbench's "overwriting" warning)
     mb.add_metadata({"algorithm": ALGORITHM_NAMES[variant], "variant": variant,
-                     "configs": json.loads(json.dumps(configs)), "machine": machine(),
+                     "configs": json.loads(json.dumps(configs)), "machine": machine_info,
                      "summary": json.loads(json.dumps(summary))})
-    if results:
-        _atomic_write(out / RESULTS_FILE, lambda tmp: mb.to_file(tmp))
+    _atomic_write(out / RESULTS_FILE, lambda tmp: mb.to_file(tmp))
     info = info_json(variant, configs, {t: {"mean": s["mean"], "std": s["std"], "n_folds": s["n_folds"]}
                                         for t, s in summary.items()})
     _atomic_write(out / INFO_FILE, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
 
 
 # ---------------------------------------------------------------------------------------------- main
-def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: int, out: Path,
-        data_home: Path | None = None, config_dir: Path | None = DEFAULT_CONFIG_DIR, threads: int | None = None,
-        model_overrides: dict[str, Any] | None = None, seed: int = 0, cache_dir: Path | None = None,
-        graph_workers: int = 0, checkpoint_dir: Path | None = None) -> Any:
-    """Train/predict/record the requested folds (skipping recorded ones); returns the ``MatbenchBenchmark``.
+def fold_spec(task: str, fold: int, *, variant: str, max_epochs: int, seed: int, work_dir: Path,
+              config_dir: Path, data_home: Path | None, cache_dir: Path | None, graph_workers: int,
+              model_overrides: dict[str, Any] | None, cli_args: Sequence[str], threads: int | None,
+              deadline: float | None, checkpoint_dir: Path | None) -> dict[str, Any]:
+    """Everything a fold needs, as JSON-ready values (also what a ``--fold-worker`` process reads)."""
+    run_dir = (Path(work_dir) / task / f"fold_{fold}").resolve()
+    return {
+        "task": task, "fold": int(fold), "variant": variant, "run_dir": str(run_dir),
+        "configs": [str(c) for c in recipe_configs(task, config_dir)],
+        "cli_args": fold_cli_args(task, fold, run_dir, variant=variant, max_epochs=max_epochs, seed=seed,
+                                  data_home=data_home, cache_dir=cache_dir, graph_workers=graph_workers,
+                                  model_overrides=model_overrides, cli_args=cli_args),
+        "user_cli_args": list(cli_args), "threads": threads, "deadline": deadline,
+        "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
+    }
 
-    Graphs come from the project's on-disk graph cache in ``cache_dir`` (``None``: ``$SAGNN_CACHE_DIR``, else
-    the user cache dir), built once per task and cutoff with ``graph_workers`` processes, reused by every fold
-    and every later run. With ``checkpoint_dir``, the checkpoint that predicted each trained fold is kept as
-    ``<checkpoint_dir>/<task>/fold_<k>.ckpt`` (weights + target statistics; the model's arguments are the
-    task's ``configs[task]["model"]`` in the results' ``user_metadata``).
+
+def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: int, out: Path,
+        data_home: Path | None = None, config_dir: Path = DEFAULT_CONFIG_DIR, threads: int | None = None,
+        model_overrides: dict[str, Any] | None = None, seed: int = 0, cache_dir: Path | None = None,
+        graph_workers: int = 0, checkpoint_dir: Path | None = None, work_dir: Path | None = None, jobs: int = 1,
+        max_time: float | None = None, cli_args: Sequence[str] = ()) -> tuple[Any, dict[str, int]]:
+    """Train/predict/record the requested folds (skipping recorded ones); returns ``(MatbenchBenchmark,
+    {"failed": n, "stopped": n})``: folds that failed (``jobs > 1``) or were stopped / not started by ``max_time``.
+
+    Each fold trains in ``<work_dir>/<task>/fold_<k>/`` (default ``<out>/work``), resuming from its ``last.ckpt``.
+    ``max_time`` (seconds) is this run's budget: training stops when it is spent (the fold is not recorded; a
+    rerun continues it) and no fold starts after it. ``jobs`` folds train at once (subprocesses, ``threads``
+    threads each, default 1); ``jobs=1`` trains in this process (``threads``: default torch's). With
+    ``checkpoint_dir``, the checkpoint that predicted each fold is also copied to
+    ``<checkpoint_dir>/<task>/fold_<k>.ckpt``. ``cli_args``: more options for the recipes' CLI (``--config``
+    files, ``--model.*``, ...), before those the runner's flags set.
     """
     import torch
 
     from sagnn_lightning.data.matbench import get_task
 
-    if threads:
+    start = _clock()
+    deadline = start + max_time if max_time is not None else None
+    if jobs > 1:
+        threads = threads or 1
+    elif threads:
         torch.set_num_threads(int(threads))
     tasks = [get_task(t).name for t in tasks]
     out = Path(out)
+    work_dir = Path(work_dir) if work_dir is not None else out / "work"
     mb = load_results(out / RESULTS_FILE, tasks)
-    stored_configs = dict(mb.user_metadata.get("configs", {})) if mb.user_metadata else {}
-    configs = {}
-    for name in tasks:
-        cfg = fixed_config(name, variant, max_epochs, config_dir, model_overrides, seed)
-        old = stored_configs.get(name)
-        if old is not None and json.loads(json.dumps(old)) != json.loads(json.dumps(cfg)):
-            recorded = [k for k, v in mb.tasks_map[name].is_recorded.items() if v]
-            if recorded:
-                new = json.loads(json.dumps(cfg))
-                diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-                raise ValueError(f"{out / RESULTS_FILE} holds {name} folds {recorded} recorded with another "
-                                 f"configuration (stored vs requested: {diff}); rerun with the stored settings, "
-                                 "use another --out, or delete the file to start over.")
-        configs[name] = cfg
-    configs = {**stored_configs, **configs}
-
+    configs = dict(mb.user_metadata.get("configs", {})) if mb.user_metadata else {}
+    machine_info = machine(threads, jobs)
+    specs: list[dict[str, Any]] = []
     for name in tasks:
         task = mb.tasks_map[name]
-        todo = [f for f in folds if not task.is_recorded[f]]
         for f in folds:
             if task.is_recorded[f]:
                 print(f"[{variant}] {name} fold {f}: already recorded in {out / RESULTS_FILE}, skipped", flush=True)
+        todo = [f for f in folds if not task.is_recorded[f]]
         if not todo:
             continue
-        t_load = time.perf_counter()
-        source = None
-        if data_home is not None:
-            source = Path(data_home).expanduser() / f"{name}.json.gz"
-            task.df = local_task_frame(name, Path(data_home))
-        else:
-            task.load()
-        meta = task.metadata
-        graphs, built = task_graphs(name, task.df, meta.input_type, float(configs[name]["training"]["cutoff"]),
-                                    cache_dir, source=source, num_workers=graph_workers,
-                                    progress=sys.stderr.isatty())
-        # the graphs are on disk now: matbench's fold API only needs the index and the target column
-        task.df = task.df.assign(**{meta.input_type: None})
-        t_graphs = time.perf_counter() - t_load
+        task_specs = [fold_spec(name, f, variant=variant, max_epochs=max_epochs, seed=seed, work_dir=work_dir,
+                                config_dir=config_dir, data_home=data_home, cache_dir=cache_dir,
+                                graph_workers=graph_workers, model_overrides=model_overrides, cli_args=cli_args,
+                                threads=threads, deadline=deadline, checkpoint_dir=checkpoint_dir) for f in todo]
+        cli = build_cli(task_specs[0])  # the objects of the first fold: configuration, rows and graphs
+        config = config_summary(cli, task_specs[0])
+        recorded = [k for k, v in task.is_recorded.items() if v]
+        if recorded and name in configs and _difference(configs[name], config):
+            raise ValueError(f"{out / RESULTS_FILE} holds {name} folds {recorded} recorded with another "
+                             f"configuration (stored vs requested: {_difference(configs[name], config)}); rerun with "
+                             "the stored settings, use another --out, or delete the file to start over.")
+        configs[name] = config
+        graphs, built, seconds = prepare_task_data(cli)
         how = "graphs built into" if built else "graphs read from"
-        print(f"[{variant}] {name}: {len(graphs)} crystals loaded in {t_graphs:.1f} s ({how} the graph cache "
+        print(f"[{variant}] {name}: {len(graphs)} crystals loaded in {seconds:.1f} s ({how} the graph cache "
               f"{graphs.path})", flush=True)
-        for fold in todo:
-            t0 = time.perf_counter()
-            train_df = task.get_train_and_val_data(fold, as_type="df")
-            test_df = task.get_test_data(fold, as_type="df", include_target=False)
-            if meta.target in test_df.columns:  # matbench's contract: never seen by the model
-                raise RuntimeError("matbench returned test targets with include_target=False")
-            with tempfile.TemporaryDirectory(prefix=f"sagnn-{name}-fold{fold}-") as workdir:
-                result = train_and_predict(configs[name], meta.task_type, train_df, test_df, meta.target, graphs,
-                                           fold, Path(workdir))
-                if checkpoint_dir is not None and result.get("checkpoint"):
-                    kept = Path(checkpoint_dir) / name / f"fold_{fold}.ckpt"
-                    kept.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(result["checkpoint"], kept)
-            params = dict(result["params"])
-            params["fold_seconds"] = round(time.perf_counter() - t0, 2)
-            params["graph_seconds_task"] = round(t_graphs, 2)
-            if list(test_df.index) != list(task.validation[task.folds_map[fold]].test):
-                raise RuntimeError(f"{name} fold {fold}: test ids differ from matbench's validation file")
-            predictions = result["predictions"]
-            if meta.task_type == "classification":
-                truth = task.get_test_data(fold, as_type="tuple", include_target=True)[1]  # scoring only
-                params.update(classification_extras(truth, predictions))
-            task.record(fold, predictions.astype(float), params=params)
-            save(mb, out, variant, configs)
-            scores = task.results[task.folds_map[fold]]["scores"]
-            shown = (f"MAE {scores['mae']:.4g} {meta.unit}" if meta.task_type == "regression" else
-                     f"rocauc(matbench, rounded) {scores['rocauc']:.4f}, "
-                     f"rocauc(probabilities) {params['rocauc_from_probabilities']:.4f}")
-            print(f"[{variant}] {name} fold {fold}: {shown}; {params['epochs_run']} epochs, "
-                  f"train {params['train_seconds']:.0f} s, fold {params['fold_seconds']:.0f} s "
-                  f"-> {out / RESULTS_FILE}", flush=True)
-        task.df = None  # free the structures before the next task
-    if (out / RESULTS_FILE).is_file():
-        save(mb, out, variant, configs, results=False)  # info.json always reflects this code and the whole file
-    return mb
+        task.df = matbench_frame(cli.datamodule, task.metadata, name)
+        del cli, graphs
+        for spec in task_specs:
+            spec["config"] = config
+            check_fold_dir(Path(spec["run_dir"]), config)  # before any fold starts: refused here, not in a worker
+        specs += task_specs
+
+    failed = stopped = 0
+    for spec, result, error in run_folds(specs, jobs):
+        name, fold, tag = spec["task"], spec["fold"], _tag(variant, spec["task"], spec["fold"])
+        if result is None:
+            failed += 1
+            print(f"{tag}failed ({error}); not recorded. Run the same command again to continue it from "
+                  f"{Path(spec['run_dir']) / 'checkpoints' / 'last.ckpt'}", flush=True)
+            continue
+        if result["status"] != "done":
+            stopped += 1
+            where = (f"stopped in epoch {result['epoch']} of {max_epochs} (step {result['global_step']})"
+                     if result["status"] == "stopped" else "not started")
+            print(f"{tag}{where}: {result['reason']}; not recorded. Run the same command again to continue.",
+                  flush=True)
+            continue
+        task = mb.tasks_map[name]
+        meta = task.metadata
+        test_ids = list(task.validation[task.folds_map[fold]].test)
+        if result["ids"] != test_ids:
+            raise RuntimeError(f"{name} fold {fold}: predicted ids differ from matbench's test ids "
+                               f"({len(result['ids'])} vs {len(test_ids)}); refusing to record misaligned predictions.")
+        predictions = np.asarray(result["predictions"], dtype=float)
+        params = dict(result["params"])
+        if meta.task_type == "classification":
+            truth = task.get_test_data(fold, as_type="tuple", include_target=True)[1]  # scoring only
+            params.update(classification_extras(truth, predictions))
+        task.record(fold, predictions, params=params)
+        save(mb, out, variant, configs, machine_info)
+        scores = task.results[task.folds_map[fold]]["scores"]
+        shown = (f"MAE {scores['mae']:.4g} {meta.unit}" if meta.task_type == "regression" else
+                 f"rocauc(matbench, rounded) {scores['rocauc']:.4f}, "
+                 f"rocauc(probabilities) {params['rocauc_from_probabilities']:.4f}")
+        print(f"{tag}{shown}; {params['epochs_run']} epochs (best {params['best_epoch']}), train "
+              f"{params['train_seconds']:.0f} s in {params['sittings']} sitting(s) -> {out / RESULTS_FILE}", flush=True)
+    for task in mb.tasks_map.values():
+        task.df = None
+    return mb, {"failed": failed, "stopped": stopped}
 
 
 def _parse_overrides(text: str | None) -> dict[str, Any]:
@@ -641,55 +871,92 @@ def _parse_overrides(text: str | None) -> dict[str, Any]:
     return value
 
 
+def _ignore_expected_warnings() -> None:
+    """Warnings a runner user can do nothing about: the CLI's list of upstream ones (for the ``fit``/``predict``
+    calls made here), single-process data loading, and the non-empty checkpoint folder of a resumed fold."""
+    from sagnn_lightning.cli import _UPSTREAM_WARNINGS
+
+    for message, category in _UPSTREAM_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
+def _quiet() -> None:
+    import matbench.bench  # noqa: F401  (its import installs an INFO stdout handler: quiet it afterwards)
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric", "matbench"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _ignore_expected_warnings()
+    warnings.filterwarnings("ignore", message=".*`max_epochs=\\d+` reached.*")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--fold-worker"] and len(argv) == 2:
+        return worker_main(Path(argv[1]))
+    cli_args: list[str] = []
+    if "--" in argv:
+        cli_args = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        usage="%(prog)s [options] [-- <recipe CLI options: --config my.yaml --model.* --trainer.* ...>]",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["matbench_jdft2d", "matbench_phonons"],
                         help="matbench structure tasks (the matbench_ prefix may be left out)")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], choices=range(5))
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="sagnn",
                         help="sagnn: 8-head MHSA after the last block; no_mhsa: the w/o-MHSA ablation")
     parser.add_argument("--max-epochs", type=int, default=500, help="training budget per fold (epochs)")
+    parser.add_argument("--max-time", type=parse_max_time, default=None, metavar="DD:HH:MM:SS",
+                        help="wall-clock budget of this run: training stops when it is spent (mid-epoch included) "
+                             "and no fold starts after it; unfinished folds are not recorded and continue from "
+                             "their last checkpoint when the command is run again")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="folds trained at once, each in its own process with --threads threads (default 1 "
+                             "fold, in this process)")
     parser.add_argument("--data-home", type=Path, default=None,
                         help="folder with <task>.json.gz in matbench layout (default $MATMINER_DATA if it holds "
-                             "the file, else download through matbench)")
+                             "the file, else download through matminer)")
     parser.add_argument("--out", type=Path, default=None,
                         help="submission folder for results.json.gz + info.json (default: results/<variant>/ "
                              "beside this script)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="folder of the folds' run dirs <work dir>/<task>/fold_<k>/ (checkpoints, history; "
+                             "default <out>/work)")
     parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR,
-                        help="folder with sagnn.yaml and matbench_<task>.yaml (fixed hyper-parameters)")
+                        help="folder with sagnn.yaml and <task>.yaml (the recipes' configuration)")
     parser.add_argument("--model-overrides", type=_parse_overrides, default=None,
                         help="JSON object of SAGNN arguments overriding the config (e.g. tiny test models)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per fold (default: torch's with --jobs 1, else 1)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="graph cache folder (default $SAGNN_CACHE_DIR, else the user cache dir, e.g. "
                              "~/.cache/sagnn_lightning/graphs); graphs are built once per task and cutoff")
     parser.add_argument("--graph-workers", type=int, default=0,
                         help="processes building graphs on a cache miss (default 0: this process)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None,
-                        help="keep the checkpoint that predicted each trained fold as "
-                             "<dir>/<task>/fold_<k>.ckpt (default: not kept)")
+                        help="also copy the checkpoint that predicted each fold to <dir>/<task>/fold_<k>.ckpt")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
-    data_home = args.data_home
-    if data_home is None and os.environ.get("MATMINER_DATA"):
-        data_home = Path(os.environ["MATMINER_DATA"])
     out = args.out or HERE / "results" / args.variant
-    import matbench.bench  # noqa: F401  (its import installs an INFO stdout handler: quiet it afterwards)
-
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("matbench").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    mb = run(args.tasks, args.folds, args.variant, args.max_epochs, out, data_home,
-             args.config_dir if args.config_dir and args.config_dir.is_dir() else None, args.threads,
-             args.model_overrides, args.seed, args.cache_dir, args.graph_workers, args.checkpoint_dir)
+    _quiet()
+    mb, left_over = run(args.tasks, args.folds, args.variant, args.max_epochs, out, args.data_home, args.config_dir,
+                   args.threads, args.model_overrides, args.seed, args.cache_dir, args.graph_workers,
+                   args.checkpoint_dir, args.work_dir, args.jobs, args.max_time, cli_args)
     for name, s in summarize(mb).items():
         if s["n_folds"]:
             print(f"[{args.variant}] {name}: {s['metric']} {s['mean']:.4g} ± {s['std']:.3g} over {s['n_folds']} "
                   "folds", flush=True)
-    return 0
+    left = left_over["failed"] + left_over["stopped"]
+    if left:
+        print(f"[{args.variant}] {left} requested fold(s) not recorded yet; run the same command again to continue",
+              flush=True)
+    return 1 if left_over["failed"] else EXIT_UNFINISHED if left else 0
 
 
 if __name__ == "__main__":

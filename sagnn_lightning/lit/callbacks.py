@@ -70,6 +70,26 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             self.best_model_score = None
         super().setup(trainer, pl_module, stage)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resuming in a run dir that was moved (copied to another machine or path) keeps the best-checkpoint
+        bookkeeping: Lightning drops it when ``dirpath`` differs, so paths recorded under the old folder are read
+        as the same files in this one when the best checkpoint is there."""
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath and state_dict.get("best_model_path"):
+
+            def moved(path: Any) -> Any:
+                try:
+                    return str(Path(self.dirpath) / Path(path).relative_to(old)) if path else path
+                except ValueError:  # not under the old folder
+                    return path
+
+            if Path(moved(state_dict["best_model_path"])).is_file():
+                paths = ("best_model_path", "kth_best_model_path", "last_model_path")
+                best_k = {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}
+                state_dict = {**state_dict, "dirpath": self.dirpath, "best_k_models": best_k,
+                              **{k: moved(state_dict[k]) for k in paths if k in state_dict}}
+        super().load_state_dict(state_dict)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         n = self.last_every_n_train_steps

@@ -22,17 +22,39 @@ def _format(value: Any) -> str:
         return str(value)
 
 
-class EpochLineProgressBar(ProgressBar):
-    """Prints ``epoch 3/30: train/loss=0.42 val/loss=0.34 val/mae=0.37 (7.1 s)`` at the end of each
-    training epoch, on global rank 0 (every rank joins the same metric reductions; only rank 0 prints).
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 20 s``, ``2 h 05 min``, ``3 d 04 h`` (rounded down to the unit shown last)."""
+    seconds = max(int(seconds), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours:02d} h"
 
-    Shown: the progress-bar metrics (``prog_bar=True``) and the metric that selects the best checkpoint.
+
+class EpochLineProgressBar(ProgressBar):
+    """Prints ``epoch 3/30: train/loss=0.42 val/loss=0.34 val/mae=0.37 (7.1 s, ETA 3 min 20 s)`` at the end of
+    each training epoch, on global rank 0 (every rank joins the same metric reductions; only rank 0 prints).
+
+    Shown: the progress-bar metrics (``prog_bar=True``) and the metric that selects the best checkpoint. The
+    ETA (until ``max_epochs``) is the mean duration of the epochs run by this process (training + validation)
+    times the epochs left; it is left out after the last epoch and when ``max_epochs`` is unset.
+
+    Args:
+        prefix: text put before every line (e.g. which run of several it belongs to).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
         super().__init__()
+        self.prefix = prefix
         self._enabled = True
         self._start = 0.0
+        self._durations: list[float] = []
 
     def disable(self) -> None:
         self._enabled = False
@@ -44,17 +66,27 @@ class EpochLineProgressBar(ProgressBar):
     def is_enabled(self) -> bool:
         return self._enabled
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._enabled or trainer.sanity_checking:
             return
+        seconds = time.perf_counter() - self._start
+        self._durations.append(seconds)
         shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
         monitor = getattr(pl_module, "monitor", None)
         if monitor and monitor[0] in trainer.callback_metrics:
             shown.setdefault(monitor[0], trainer.callback_metrics[monitor[0]])
-        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        total = f"/{max_epochs}" if max_epochs else ""
         items = " ".join(f"{k}={_format(v)}" for k, v in shown.items())
-        print(f"epoch {trainer.current_epoch + 1}{total}: {items} ({time.perf_counter() - self._start:.1f} s)",
-              file=sys.stdout, flush=True)
+        timing = f"{seconds:.1f} s"
+        left = max_epochs - (trainer.current_epoch + 1) if max_epochs else 0
+        if left > 0:
+            timing += f", ETA {format_duration(left * sum(self._durations) / len(self._durations))}"
+        print(f"{self.prefix}epoch {trainer.current_epoch + 1}{total}: {items} ({timing})", file=sys.stdout,
+              flush=True)

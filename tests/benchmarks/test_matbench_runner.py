@@ -1,24 +1,37 @@
 """The matbench leaderboard runner (benchmarks/matbench_v0.1_sagnn/run.py) on real jdft2d folds.
 
-A tiny model trained for one epoch per fold: two folds first (the partial file is resumable), then all
-five (recorded folds are not retrained); matbench's own ``MatbenchBenchmark.from_file`` loads and
-validates the submission, its scores equal an independent MAE against the data file's targets, the
-prediction stored for a test id is what the fold's kept checkpoint predicts for that id's structure (read
-from the data file and graphed by the user-facing predict pipeline), and ``info.json`` has the fields
-matbench's submission check requires.
+The runner trains every fold through the recipes' CLI (MatbenchDataModule + SAGNNModule + Trainer). Checked here,
+with a tiny model and 1-3 epochs per fold:
+
+* a submission built in two runs (two folds, then all five; recorded folds are not retrained) is valid for
+  matbench's own ``MatbenchBenchmark.from_file``; its scores equal an independent MAE against the data file's
+  targets; the prediction stored for a test id is what the fold's kept checkpoint predicts for that id's structure
+  (read from the data file and graphed by the user-facing predict pipeline); ``info.json`` has the fields
+  matbench's submission check requires;
+* a fold SIGKILLed mid-fold, its work dir then moved (another machine), resumes to the weights and predictions of
+  an uninterrupted run; so does a fold cut mid-epoch by ``--max-time``; ``--jobs 2`` records what ``--jobs 1``
+  records; progress lines carry an ETA.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import itertools
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from sagnn_lightning.data.matbench import MatbenchDataModule, official_fold
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = (REPO / "../shared/data/matbench").resolve()
@@ -26,17 +39,22 @@ RUNNER = REPO / "benchmarks" / "matbench_v0.1_sagnn" / "run.py"
 TASK = "matbench_jdft2d"
 TINY = {"atom_embedding_dim": 4, "num_gaussians": 10, "num_blocks": 1, "hidden_dim": 8, "dense_hidden": 8,
         "conv_hidden": [8], "heads": 2, "readout_hidden": [8], "set2set_steps": 1}
+EPOCHS = 3  # of the resume / max-time / jobs tests
 
 pytestmark = pytest.mark.skipif(not (DATA / f"{TASK}.json.gz").is_file(),
                                 reason=f"shared matbench data not found at {DATA} (repo root/../shared/data)")
 
 
-@pytest.fixture(scope="module")
-def runner():
+def _load_runner():
     spec = importlib.util.spec_from_file_location("matbench_v01_sagnn_run", RUNNER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return _load_runner()
 
 
 @pytest.fixture()
@@ -71,7 +89,7 @@ def _own_predictions(checkpoint: Path, model_config: dict, ids: list[str], struc
     from sagnn_lightning.lit.predict import predict_structures
     from sagnn_lightning.models.sagnn import SAGNN
 
-    model = SAGNN(num_targets=1, **model_config)  # built in Python by the runner: the checkpoint holds weights
+    model = SAGNN(num_targets=1, **model_config)  # the recorded configuration rebuilds the network
     module = SAGNNModule.load_from_checkpoint(checkpoint, model=model, map_location="cpu", weights_only=False)
     module.eval()
     result = predict_structures(module, ids, [Structure.from_dict(structures[i]) for i in ids],
@@ -80,10 +98,11 @@ def _own_predictions(checkpoint: Path, model_config: dict, ids: list[str], struc
     return result.prediction.reshape(-1).double().numpy()
 
 
-def _argv(out: Path, folds: list[int], epochs: int = 1) -> list[str]:
+def _argv(out: Path, folds: list[int], epochs: int = 1, cache: Path | None = None, *extra: str) -> list[str]:
     return ["--tasks", TASK, "--folds", *map(str, folds), "--max-epochs", str(epochs), "--data-home", str(DATA),
             "--out", str(out), "--threads", "1", "--model-overrides", json.dumps(TINY),
-            "--cache-dir", str(out.parent / "graph_cache"), "--checkpoint-dir", str(out.parent / "checkpoints")]
+            "--cache-dir", str(cache or out.parent / "graph_cache"),
+            "--checkpoint-dir", str(out.parent / "checkpoints"), *extra]
 
 
 def test_two_folds_then_resume_to_a_valid_submission(runner, one_thread, tmp_path, capsys):
@@ -98,6 +117,10 @@ def test_two_folds_then_resume_to_a_valid_submission(runner, one_thread, tmp_pat
     assert len(cache_files) == 1  # one graph cache file for the task, in --cache-dir
     cache_stat = cache_files[0].stat()
     assert "graphs built into the graph cache" in capsys.readouterr().out
+    for k in (0, 1):  # each fold trained in its own run dir, as a recipe run
+        run_dir = out / "work" / TASK / f"fold_{k}"
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "config.yaml").is_file()
+        assert (run_dir / "history.csv").read_text().splitlines()[0].startswith("epoch,global_step,val_mae")
 
     # matbench itself refuses a file with unrecorded folds; the runner's loader reads it back
     with pytest.raises(ValueError, match="not recorded"):
@@ -166,41 +189,192 @@ def test_resume_with_another_config_is_refused(runner, one_thread, tmp_path):
     assert runner.main(_argv(out, [0])) == 0
     with pytest.raises(ValueError, match="another configuration"):
         runner.main(_argv(out, [1], epochs=2))
+    # the same for a fold dir started with other settings (an unrecorded fold continues only with its own)
+    (out / "results.json.gz").unlink()
+    with pytest.raises(ValueError, match="holds a fold started with another configuration"):
+        runner.main(_argv(out, [0], epochs=2))
 
 
-def test_fixed_config_reads_the_recipes(runner):
-    cfg = runner.fixed_config(TASK, "no_mhsa", 7, runner.DEFAULT_CONFIG_DIR)
-    assert cfg["model"]["attention"] == "none" and cfg["max_epochs"] == 7
-    cfg = runner.fixed_config(TASK, "sagnn", 7, None)  # built-in fallback = the recipes' values
-    assert cfg["model"]["attention"] == "last" and cfg["model"]["heads"] == 8
+def test_fold_configuration_is_the_recipes_cli(runner, tmp_path):
+    """The model, optimizer and data settings come from the recipes' YAML through the CLI (no copy of them in the
+    runner); ``--variant`` and CLI options after ``--`` change them; the runner's own flags win."""
+    spec = runner.fold_spec(TASK, 2, variant="no_mhsa", max_epochs=7, seed=3, work_dir=tmp_path,
+                            config_dir=runner.DEFAULT_CONFIG_DIR, data_home=DATA, cache_dir=tmp_path / "cache",
+                            graph_workers=0, model_overrides=None, threads=None, deadline=None, checkpoint_dir=None,
+                            cli_args=["--model.optimizer.lr=5e-4", "--trainer.max_epochs=99"])
+    cli = runner.build_cli(spec)
+    config = runner.config_summary(cli, spec)
+    import yaml
+
+    recipe = yaml.safe_load((runner.DEFAULT_CONFIG_DIR / "sagnn.yaml").read_text())["model"]
+    assert config["model"]["attention"] == "none" and config["max_epochs"] == 7 and config["seed"] == 3
+    assert config["model"]["hidden_dim"] == recipe["model"]["init_args"]["hidden_dim"]
+    assert config["training"]["optimizer"]["init_args"]["lr"] == 5e-4
+    assert config["training"]["scheduler"]["class_path"].endswith(recipe["scheduler"]["class_path"].rsplit(".")[-1])
+    assert config["training"]["batch_size"] == 32 and config["config_files"] == ["sagnn.yaml", f"{TASK}.yaml"]
+    assert cli.datamodule.fold == 2 and cli.trainer.max_epochs == 7
+    assert Path(cli.trainer.default_root_dir) == tmp_path.resolve() / TASK / "fold_2"
+    with pytest.raises(FileNotFoundError, match="recipe config files not found"):
+        runner.recipe_configs(TASK, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def reference(runner, tmp_path_factory):
+    """Folds 0 and 1, uninterrupted, ``EPOCHS`` epochs, one thread, in this process (``--jobs 1``)."""
+    root = tmp_path_factory.mktemp("reference")
+    before = torch.get_num_threads()
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = runner.main(_argv(root / "out", [0, 1], EPOCHS, root.parent / "shared_graph_cache"))
+    torch.set_num_threads(before)
+    assert status == 0, printed.getvalue()[-3000:]
+    results = json.loads((root / "out" / "results.json.gz").read_text())["tasks"][TASK]["results"]
+    return {"out": root / "out", "results": results, "printed": printed.getvalue(),
+            "steps_per_epoch": math.ceil(results["fold_0"]["parameters"]["n_train"] / 32),
+            "cache": root.parent / "shared_graph_cache"}
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return {"global_step": state["global_step"], **state["state_dict"]}
+
+
+def _same_fold(run_dir: Path, results: dict, reference: dict, fold: int) -> None:
+    """The fold's final weights and recorded predictions equal the uninterrupted run's (rel 1e-6)."""
+    ours, theirs = _weights(run_dir), _weights(reference["out"] / "work" / TASK / f"fold_{fold}")
+    assert ours.pop("global_step") == theirs.pop("global_step") == EPOCHS * reference["steps_per_epoch"]
+    for key, value in theirs.items():
+        torch.testing.assert_close(ours[key], value, rtol=1e-6, atol=1e-7, msg=lambda m: f"{key}: {m}")
+    a, b = results[f"fold_{fold}"], reference["results"][f"fold_{fold}"]
+    assert list(a["data"]) == list(b["data"])
+    np.testing.assert_allclose(list(a["data"].values()), list(b["data"].values()), rtol=1e-6)
+    assert a["parameters"]["best_epoch"] == b["parameters"]["best_epoch"]
+
+
+def test_progress_lines_have_an_eta(reference):
+    lines = [line for line in reference["printed"].splitlines() if f"{TASK} fold 0: epoch " in line]
+    assert [line.split(": ")[1] for line in lines] == [f"epoch {e}/{EPOCHS}" for e in range(1, EPOCHS + 1)]
+    assert all("val/mae=" in line for line in lines)
+    assert all(", ETA " in line for line in lines[:-1]) and "ETA" not in lines[-1]  # none after the last epoch
+    from sagnn_lightning.lit.progress import format_duration
+
+    assert [format_duration(s) for s in (7.9, 200, 7500, 200_000)] == ["7 s", "3 min 20 s", "2 h 05 min", "2 d 07 h"]
+
+
+def test_killed_fold_resumes_mid_fold_to_the_weights_of_an_uninterrupted_run(runner, reference, tmp_path, capsys):
+    """SIGKILL in the last epoch (a crash: the runner process dies), the work dir is then moved (another machine),
+    and the same command with the new --work-dir continues the fold from the end of epoch 2. The best validation
+    epoch comes before the kill, so the resumed fold must also carry over which checkpoint is the best."""
+    steps = reference["steps_per_epoch"]
+    assert reference["results"]["fold_0"]["parameters"]["best_epoch"] < EPOCHS, "the check needs an earlier best"
+    kill = tmp_path / "kill.yaml"
+    kill.write_text("trainer:\n  callbacks:\n    - class_path: tests.lit.helpers.KillAtStep\n"
+                    f"      init_args:\n        step: {2 * steps + 4}\n")
+    out, work = tmp_path / "out", tmp_path / "machine_a"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, str(RUNNER), *_argv(out, [0], EPOCHS, reference["cache"]),
+                             "--work-dir", str(work), "--", "--config", str(kill)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-3000:]
+    assert f"{TASK} fold 0: epoch 1/{EPOCHS}" in killed.stdout and not (out / "results.json.gz").exists()
+    assert _weights(work / TASK / "fold_0")["global_step"] == 2 * steps  # last.ckpt: the end of epoch 2
+
+    moved = tmp_path / "machine_b"
+    shutil.move(work, moved)
+    assert runner.main(_argv(out, [0], EPOCHS, reference["cache"], "--work-dir", str(moved))) == 0
+    printed = capsys.readouterr().out
+    last = moved / TASK / "fold_0" / "checkpoints" / "last.ckpt"
+    assert f"fold 0: resuming from {last} (saved at step {2 * steps}, epoch 2 of {EPOCHS})" in printed
+    assert f"fold 0: epoch 2/{EPOCHS}" not in printed  # epochs 1-2 were not trained again
+    results = json.loads((out / "results.json.gz").read_text())["tasks"][TASK]["results"]
+    _same_fold(moved / TASK / "fold_0", results, reference, 0)
+    assert results["fold_0"]["parameters"]["sittings"] == 2
+    assert len(list((moved / TASK / "fold_0" / "checkpoints").glob("best-*.ckpt"))) == 1
+    history = (moved / TASK / "fold_0" / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == [str(e) for e in range(1, EPOCHS + 1)]
+
+
+def test_max_time_cuts_a_fold_mid_epoch_and_a_rerun_continues_it(runner, reference, one_thread, tmp_path, capsys,
+                                                                  monkeypatch):
+    """``--max-time`` spent 5 batches into epoch 2 (a fake clock makes the cut exact): the fold is not recorded,
+    exit status 3; the same command without the budget continues at the next batch, to the reference weights."""
+    steps = reference["steps_per_epoch"]
+    cut_step = steps + 5
+    # clock reads: run start, fold start, train start (#0-#2), then one after each training step (#g+2 after step g)
+    calls, start = itertools.count(), time.time()
+    monkeypatch.setattr(runner, "_clock", lambda: start + (0 if next(calls) < cut_step + 2 else 10 ** 6))
+    out = tmp_path / "out"
+    assert runner.main(_argv(out, [1], EPOCHS, reference["cache"], "--max-time", "00:01:00:00")) == 3
+    printed = capsys.readouterr().out
+    assert f"fold 1: stopped in epoch 2 of {EPOCHS} (step {cut_step}): --max-time reached" in printed
+    assert not (out / "results.json.gz").exists()
+    assert _weights(out / "work" / TASK / "fold_1")["global_step"] == cut_step  # mid-epoch
+
+    monkeypatch.setattr(runner, "_clock", time.time)
+    assert runner.main(_argv(out, [1], EPOCHS, reference["cache"], "--max-time", "00:01:00:00")) == 0
+    printed = capsys.readouterr().out
+    assert f"fold 1: resuming from {out / 'work' / TASK / 'fold_1' / 'checkpoints' / 'last.ckpt'} (saved at step " \
+           f"{cut_step}, epoch 2 of {EPOCHS})" in printed
+    results = json.loads((out / "results.json.gz").read_text())["tasks"][TASK]["results"]
+    _same_fold(out / "work" / TASK / "fold_1", results, reference, 1)
+
+
+def test_parallel_jobs_record_what_one_job_records(runner, reference, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert runner.main(_argv(out, [0, 1], EPOCHS, reference["cache"], "--jobs", "2")) == 0
+    printed = capsys.readouterr().out
+    for k in (0, 1):  # each worker's lines reach this process's output, tagged with the fold
+        assert f"[sagnn] {TASK} fold {k}: epoch {EPOCHS}/{EPOCHS}: " in printed
+    results = json.loads((out / "results.json.gz").read_text())["tasks"][TASK]["results"]
+    for k in (0, 1):
+        _same_fold(out / "work" / TASK / f"fold_{k}", results, reference, k)
+        assert results[f"fold_{k}"]["parameters"]["torch_threads"] == 1
+
+
+class JdftAboveMedian(MatbenchDataModule):
+    """matbench_jdft2d as a binary task: exfoliation energy above the median of fold 0's training rows (the real
+    crystals, with a 0/1 label), for the runner's classification path."""
+
+    @property
+    def task_type(self) -> str:
+        return "classification"
+
+    def _read_table(self):
+        table = super()._read_table()
+        row = {sid: k for k, sid in enumerate(table.ids)}
+        threshold = np.median(table.targets[[row[i] for i in official_fold(self.task.name, 0)[0]], 0])
+        table.targets = (table.targets > threshold).astype(np.float64)
+        return table
+
+    def _fingerprint(self) -> str:
+        return "above-median-" + super()._fingerprint()
 
 
 def test_classification_path_stores_true_rocauc(runner, one_thread, tmp_path):
-    """The is_metal hook, on real jdft2d fold-0 rows with a 0/1 label (exfoliation energy above the training
-    median): the classification branch predicts probabilities for exactly the test ids, and the stored
-    ROC-AUC is sklearn's on the probabilities, while matbench's own ``rocauc`` is the balanced accuracy."""
+    """The is_metal hook, on real jdft2d fold-0 rows with a 0/1 label: a fold trained through the CLI with a
+    classification DataModule predicts probabilities for exactly the test ids; the stored ROC-AUC is sklearn's on
+    the probabilities, while matbench's own ``rocauc`` is the balanced accuracy."""
     from matbench.data_ops import score_array
-    from matbench.metadata import mbv01_validation
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    df = runner.local_task_frame(TASK, DATA)
-    split = mbv01_validation.splits[TASK]["fold_0"]
-    threshold = float(df.loc[list(split["train"]), "exfoliation_en"].median())
-    labels = df["exfoliation_en"] > threshold
-    train_df = df.loc[list(split["train"])].assign(exfoliation_en=labels.loc[list(split["train"])])
-    test_df = df.loc[list(split["test"]), ["structure"]]
-    graphs, built = runner.task_graphs(TASK, df, "structure", 5.0, tmp_path / "cache",
-                                       source=DATA / f"{TASK}.json.gz")
-    assert built and list(graphs.sample_ids) == list(df.index)
-    assert all(math.isnan(float(graphs[k].y)) for k in range(3))  # the cache holds no targets
-    config = runner.fixed_config(TASK, "sagnn", 1, None, TINY)
-    torch.set_num_threads(one_thread)
-    result = runner.train_and_predict(config, "classification", train_df, test_df, "exfoliation_en", graphs, 0,
-                                      tmp_path)
-    assert result["ids"] == list(split["test"])
-    prob = result["predictions"]
-    assert prob.shape == (len(split["test"]),) and np.all((prob >= 0) & (prob <= 1))
-    truth = labels.loc[list(split["test"])].to_numpy()
+    spec = runner.fold_spec(TASK, 0, variant="sagnn", max_epochs=1, seed=0, work_dir=tmp_path,
+                            config_dir=runner.DEFAULT_CONFIG_DIR, data_home=DATA, cache_dir=tmp_path / "cache",
+                            graph_workers=0, model_overrides=TINY, threads=1, deadline=None, checkpoint_dir=None,
+                            cli_args=[f"--data={__name__}.JdftAboveMedian"])
+    spec["config"] = runner.config_summary(runner.build_cli(spec), spec)
+    assert spec["config"]["training"]["data_class"].endswith("JdftAboveMedian")
+    result = runner.train_fold(spec)
+    train_ids, test_ids = official_fold(TASK, 0)
+    assert result["status"] == "done" and result["ids"] == test_ids
+    assert "best_val_auroc" in result["params"]
+    prob = np.asarray(result["predictions"])
+    assert prob.shape == (len(test_ids),) and np.all((prob >= 0) & (prob <= 1))
+    targets = _targets_from_file()
+    threshold = float(np.median([targets[i] for i in train_ids]))
+    truth = np.array([targets[i] > threshold for i in test_ids])
     extras = runner.classification_extras(truth, prob)
     assert extras["rocauc_from_probabilities"] == pytest.approx(roc_auc_score(truth, prob))
     scores = score_array([bool(t) for t in truth], [float(p) for p in prob], "classification")
