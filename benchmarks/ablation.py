@@ -62,6 +62,7 @@ import torch
 from torch.utils.data import Subset
 
 from sagnn_lightning.data.matbench import MatbenchDataModule
+from sagnn_lightning.files import atomic_write
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.models import SAGNN
 
@@ -308,11 +309,10 @@ def merge_write(path: Path, rows: list[dict[str, Any]], fields: list[str], key: 
     new_keys = {tuple(str(r[k]) for k in key) for r in rows}
     merged = [r for r in existing if tuple(str(r.get(k)) for k in key) not in new_keys] + rows
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:  # umask respected; a replaced file keeps its mode
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(merged)
-    os.replace(fh.name, path)
     return merged
 
 

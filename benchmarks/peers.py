@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from torch import nn
 
 from sagnn_lightning.data import collate_graphs, structure_to_graph
 from sagnn_lightning.data.sources import read_structures
+from sagnn_lightning.files import atomic_write
 from sagnn_lightning.models import SAGNN
 from sagnn_lightning.nn.geometry import bond_lengths, bond_vectors
 
@@ -305,13 +305,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
     fields = list(dict.fromkeys(key for row in rows for key in row))  # rows may lack columns (unavailable peers)
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:  # umask respected; a replaced file keeps its mode
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _plot(rows: list[dict], path: Path, device: str = "CPU") -> None:
@@ -328,9 +326,9 @@ def _plot(rows: list[dict], path: Path, device: str = "CPU") -> None:
     ax.set_ylabel(f"fwd+bwd ms per crystal ({device})")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
