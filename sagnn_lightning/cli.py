@@ -66,6 +66,29 @@ class SaveAndLogConfig(SaveConfigCallback):
             logger.log_hyperparams({"config": flat})
 
 
+class SAGNNArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors are the ``tip:`` and ``error:`` lines without the usage block (the
+    usage of a recipe is ~100 lines of options; ``--help`` shows it)."""
+
+    _quiet_usage = False
+
+    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        parsers = [self, getattr(ex, "subcommand_parser", None)]
+        for parser in parsers:
+            if isinstance(parser, SAGNNArgumentParser):
+                parser._quiet_usage = True
+        try:
+            super().error(message, ex)
+        finally:
+            for parser in parsers:
+                if isinstance(parser, SAGNNArgumentParser):
+                    parser._quiet_usage = False
+
+    def print_usage(self, file: Any = None) -> None:
+        if not self._quiet_usage:
+            super().print_usage(file)
+
+
 class SAGNNLightningCLI(LightningCLI):
     """LightningCLI for SA-GNN recipes (see module docstring).
 
@@ -88,6 +111,7 @@ class SAGNNLightningCLI(LightningCLI):
             SAGNNModule,
             pl.LightningDataModule,
             subclass_mode_data=True,
+            parser_class=SAGNNArgumentParser,
             save_config_callback=SaveAndLogConfig,
             save_config_kwargs={"overwrite": True},
             trainer_defaults=trainer_defaults,

@@ -167,6 +167,14 @@ def test_bad_datamodule_option_reports_the_constructor_message(work, same_env, c
     user_error(quickstart_here(work, capsys, option), 2, *fragments)
 
 
+def test_parser_errors_are_the_error_line_without_the_usage_block(work):
+    proc = run(quickstart(work, "--model.loss=bogus"), work)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "usage:" not in proc.stderr and len(proc.stderr.splitlines()) <= 4, proc.stderr[-3000:]
+    assert "error: Parser key \"model.loss\"" in proc.stderr and "'l1', 'mse'" in proc.stderr
+    assert "--help" in proc.stderr  # the tip line says where the options are listed
+
+
 def test_model_option_that_does_not_fit_names_the_cli_flags(work, same_env, capsys):
     user_error(quickstart_here(work, capsys, "--model.model.init_args.heads=3"), 2,
                "heads=3 must divide hidden_dim=", "--model.model.heads", "--model.model.hidden_dim", "[1, 2, 4, 8]")
