@@ -22,6 +22,7 @@ from sagnn_lightning.data.cache import load_or_build_graphs
 from sagnn_lightning.data.crystal import CrystalDataModule
 from sagnn_lightning.data.graph import GraphSettings
 from sagnn_lightning.files import atomic_write
+from tests.data.matbench_files import write_matbench_file
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUTS = ROOT / "tests/fixtures/inputs"
@@ -120,15 +121,6 @@ def test_two_processes_build_the_graph_cache_once(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- download
-def _matbench_file(path: Path) -> None:
-    """A small file in the layout of matbench's download (pandas orient="split", rows 0..7 of jdft2d)."""
-    records = json.loads((INPUTS / "jdft2d_8.json").read_text())
-    doc = {"index": list(range(len(records))), "columns": ["structure", "exfoliation_en"],
-           "data": [[r["structure"], r["exfoliation_en"]] for r in records]}
-    with gzip.open(path, "wt") as fh:
-        json.dump(doc, fh)
-
-
 def _download_worker(barrier, queue, cache_dir: str, source: str, downloads: str, parses: str) -> None:
     try:
         import shutil
@@ -160,7 +152,7 @@ def test_two_processes_download_and_parse_once(tmp_path, monkeypatch) -> None:
     home.mkdir()
     monkeypatch.setenv("MATMINER_DATA", str(home))  # inherited by the children
     source = tmp_path / "source.json.gz"
-    _matbench_file(source)
+    write_matbench_file(source)
     downloads, parses = tmp_path / "downloads.txt", tmp_path / "parses.txt"
     first, second = _run_two(_download_worker, str(tmp_path / "cache"), str(source), str(downloads), str(parses))
     assert len(_marks(downloads)) == 1, "one download; the other process waits for it"

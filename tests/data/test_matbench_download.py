@@ -6,9 +6,7 @@ user can never get a fake download.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -20,20 +18,11 @@ from sagnn_lightning.data.matbench import (
     MATBENCH_TASKS, DatasetUnavailableError, MatbenchDataModule, download_matbench_file, matminer_data_home,
 )
 from sagnn_lightning.errors import SAGNNError
+from tests.data.matbench_files import write_matbench_file
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUTS = ROOT / "tests/fixtures/inputs"
 FLAGS = ("--data.data_file=", "--data.data_home=", "$MATMINER_DATA=")
-
-
-def _matbench_file(path: Path) -> bytes:
-    """A small file in the layout of matbench's download (pandas orient="split", rows 0..7 of jdft2d)."""
-    records = json.loads((INPUTS / "jdft2d_8.json").read_text())
-    doc = {"index": list(range(len(records))), "columns": ["structure", "exfoliation_en"],
-           "data": [[r["structure"], r["exfoliation_en"]] for r in records]}
-    with gzip.open(path, "wt") as fh:
-        json.dump(doc, fh)
-    return path.read_bytes()
 
 
 class FakeResponse:
@@ -86,7 +75,7 @@ def test_matminer_finds_datasets_where_we_look(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setenv("MATMINER_DATA", str(tmp_path))
     assert matminer_data_home() == tmp_path
-    _matbench_file(tmp_path / "matbench_jdft2d.json.gz")
+    write_matbench_file(tmp_path / "matbench_jdft2d.json.gz")
     frame = load_dataset("matbench_jdft2d", download_if_missing=False)  # an existing file: no download
     assert len(frame) == 8 and list(frame.columns) == ["structure", "exfoliation_en"]
     monkeypatch.delenv("MATMINER_DATA")
@@ -133,7 +122,7 @@ def test_failed_download_is_one_error_and_leaves_nothing(tmp_path, monkeypatch) 
 
 def test_download_checks_sha256_and_renames_into_place(tmp_path, monkeypatch) -> None:
     home = tmp_path / "home"
-    payload = _matbench_file(tmp_path / "served.json.gz")
+    payload = write_matbench_file(tmp_path / "served.json.gz")
     monkeypatch.setattr(requests, "get", lambda url, **kwargs: FakeResponse(payload))
     # matminer's pinned sha256 is the official file's, not this one's: refused, nothing left behind
     with pytest.raises(DatasetUnavailableError, match="sha256") as info:
