@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 import pytorch_lightning as pl
 import yaml
 from jsonargparse import Namespace, lazy_instance
-from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from sagnn_lightning.errors import SAGNNError, UsageError
@@ -145,9 +145,10 @@ class SAGNNLightningCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(StopOnSigterm())
-        if not _stdout_is_terminal():  # a log file or a pipe: one line per epoch instead of tqdm refreshes
+        if not _stdout_is_terminal():  # a log file or a pipe: one line per epoch instead of bar refreshes
             for k, callback in enumerate(trainer.callbacks):
-                if type(callback) is TQDMProgressBar:  # only Lightning's default, never a user's choice
+                # only Lightning's default bar (Rich when `rich` is installed, else tqdm), never a user's choice
+                if type(callback) in (TQDMProgressBar, RichProgressBar):
                     trainer.callbacks[k] = EpochLineProgressBar()
         return trainer
 

@@ -1,8 +1,9 @@
 """A progress bar for logs: one line per training epoch instead of tqdm's carriage-return refreshes.
 
-The CLI uses it in place of Lightning's default ``TQDMProgressBar`` when standard output is not a
-terminal (a log file, a pipe, a batch job): tqdm would write every refresh as a new chunk of text,
-hundreds of KB per run. In a terminal the usual tqdm bar stays.
+The CLI uses it in place of Lightning's default bar (``RichProgressBar`` when ``rich`` is installed,
+else ``TQDMProgressBar``) when standard output is not a terminal (a log file, a pipe, a batch job): tqdm
+would write every refresh as a new chunk of text, hundreds of KB per run, and Rich only the last frame of
+the bar. In a terminal Lightning's default bar stays.
 """
 
 from __future__ import annotations

@@ -69,6 +69,30 @@ def test_a_run_logged_to_a_file_is_one_line_per_epoch_and_free_of_upstream_noise
     assert "Warning" not in proc.stderr, proc.stderr[-3000:]
 
 
+@pytest.mark.parametrize("rich_installed", [True, False])
+@pytest.mark.parametrize("terminal", [True, False])
+def test_lightning_default_bar_becomes_one_line_per_epoch_only_in_logs(rich_installed, terminal, sample_run,
+                                                                        offline_env, monkeypatch):
+    # Lightning's default bar is Rich when `rich` is importable, else tqdm; seen on a GPU machine with rich:
+    # the log held only the Rich bar's last frame. Either default is replaced in a log, neither in a terminal.
+    from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+    from pytorch_lightning.trainer.connectors import callback_connector
+
+    import sagnn_lightning.cli as cli_module
+    from sagnn_lightning.lit.progress import EpochLineProgressBar
+
+    monkeypatch.setattr(callback_connector, "_RICH_AVAILABLE", rich_installed)
+    monkeypatch.setattr(cli_module, "_stdout_is_terminal", lambda: terminal)
+    tiny = sample_run["tiny"].read_text().replace("  enable_progress_bar: false\n", "")
+    sample_run["tiny"].write_text(tiny)
+    cli = cli_main(["--config", str(sample_run["data"]), "--config", str(sample_run["tiny"]),
+                    f"--trainer.default_root_dir={sample_run['root']}", "--trainer.logger=false"],
+                   configs=[BASE], run=False)
+    bars = [cb for cb in cli.trainer.callbacks if isinstance(cb, ProgressBar)]
+    default = RichProgressBar if rich_installed else TQDMProgressBar
+    assert [type(bar) for bar in bars] == [default if terminal else EpochLineProgressBar]
+
+
 @pytest.mark.parametrize("rows, split", [(1, "train"), (3, "val")])
 def test_data_too_small_to_split_is_one_clear_error(rows, split, offline_env, tmp_path):
     csv = write_sample_csv(tmp_path / f"mp{rows}.csv", rows)
