@@ -31,16 +31,24 @@ def _with_progress_bar(tiny_yaml):
     return tiny_yaml
 
 
-def test_readme_multi_device_command_in_a_terminal(offline_env, tmp_path):
-    """The README's DDP command, typed in a shell (stdout is a terminal: tqdm bars), finishes."""
+@pytest.mark.parametrize("bar", ["default", "tqdm"])
+def test_readme_multi_device_command_in_a_terminal(bar, offline_env, tmp_path):
+    """The README's DDP command, typed in a shell (stdout is a terminal: progress bars on), finishes: with
+    Lightning's default bar (Rich, since the test extras install `rich`) and with tqdm (the bar of the original
+    hang, Lightning's default where `rich` is absent)."""
     env = {**offline_env, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "recipes" / "quickstart.py"), "fit", "--config",
                str(REPO / "recipes" / "quickstart.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2",
                "--trainer.strategy=ddp", "--trainer.max_epochs=1"]
+    if bar == "tqdm":
+        command.append("--trainer.callbacks+=pytorch_lightning.callbacks.TQDMProgressBar")
     status, output = run_in_terminal(command, env, cwd=tmp_path, timeout=300)
     assert status == 0, output[-4000:]
     assert output.count("sagnn fit done:") == 1, output[-4000:]
-    assert "Validation DataLoader" in output  # the tqdm bar really was on
+    if bar == "tqdm":
+        assert "Validation DataLoader" in output  # the tqdm bar really was on
+    else:
+        assert "\x1b[" in output and "Epoch 0/0" in output  # Rich's live bar really was on
     assert SYNC_DIST_ADVICE not in output and "Traceback" not in output, output[-4000:]
     assert (tmp_path / "runs" / "quickstart" / "checkpoints" / "last.ckpt").is_file()
 
