@@ -139,6 +139,21 @@ def carve_validation(train_ids: list[str], val_fraction: float, seed: int) -> tu
     return ([i for i, p in zip(train_ids, picked) if not p], [i for i, p in zip(train_ids, picked) if p])
 
 
+def inner_fold_validation(train_ids: list[str], num_folds: int, fold: int, seed: int) -> tuple[list[str], list[str]]:
+    """Split a fold's training ids into (train, val) for inner cross-validation: the ids are shuffled with
+    ``numpy.random.default_rng(seed)`` and dealt into ``num_folds`` folds of sizes differing by at most one;
+    ``val`` is fold ``fold``. Over ``fold = 0 .. num_folds - 1`` the validation sets partition ``train_ids``.
+    Both lists keep the input order."""
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be >= 2, got {num_folds}")
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in 0..{num_folds - 1}, got {fold}")
+    order = np.random.default_rng(seed).permutation(len(train_ids))
+    picked = np.zeros(len(train_ids), dtype=bool)
+    picked[np.array_split(order, num_folds)[fold]] = True
+    return ([i for i, p in zip(train_ids, picked) if not p], [i for i, p in zip(train_ids, picked) if p])
+
+
 class DatasetUnavailableError(SAGNNError, FileNotFoundError):
     """The task's data is not on disk and cannot be downloaded; the message names the path and the flags."""
 
@@ -227,7 +242,12 @@ class MatbenchDataModule(GraphDataModule):
         cutoff: neighbour cutoff (Å). max_neighbors: optional cap per atom. max_isolated_radius: how far (Å)
             the nearest neighbours of an atom with none inside ``cutoff`` are searched (see ``GraphSettings``).
         batch_size: graphs per batch. val_fraction: share of the fold's training rows used for validation.
-        split_seed: seed of the validation carve and of the training shuffle.
+        val_folds: inner cross-validation instead of one carve: the fold's training rows are dealt into
+            ``val_folds`` folds (seeded by ``split_seed``) and fold ``val_fold`` validates; over
+            ``val_fold = 0 .. val_folds - 1`` every training row validates exactly once (replaces
+            ``val_fraction``). ``None`` (default): the ``val_fraction`` carve.
+        val_fold: which inner fold validates (with ``val_folds``).
+        split_seed: seed of the validation carve (or inner folds) and of the training shuffle.
         num_workers: DataLoader workers. graph_workers: processes building graphs on a cache miss.
         cache_dir: graph cache folder (default ``$SAGNN_CACHE_DIR`` or the user cache dir).
         on_error: ``"raise"`` (default) or ``"skip"`` bad rows (counted, listed in ``self.skipped``); a plain
@@ -251,6 +271,8 @@ class MatbenchDataModule(GraphDataModule):
         max_isolated_radius: float = 20.0,
         batch_size: int = 128,
         val_fraction: float = 0.1,
+        val_folds: int | None = None,
+        val_fold: int = 0,
         split_seed: int = 0,
         num_workers: int = 0,
         graph_workers: int = 0,
@@ -268,8 +290,13 @@ class MatbenchDataModule(GraphDataModule):
             raise UsageError(f"fold must be in 0..{NUM_FOLDS - 1} (--data.fold), got {fold}")
         if not 0.0 <= val_fraction < 1.0:
             raise UsageError(f"val_fraction must be in [0, 1) (--data.val_fraction), got {val_fraction}")
+        if val_folds is not None and val_folds < 2:
+            raise UsageError(f"val_folds must be >= 2 (--data.val_folds), got {val_folds}")
+        if val_folds is not None and not 0 <= val_fold < val_folds:
+            raise UsageError(f"val_fold must be in 0..{val_folds - 1} (--data.val_fold), got {val_fold}")
         self.fold = fold
         self.val_fraction = val_fraction
+        self.val_folds, self.val_fold = val_folds, val_fold
         self.download = download
         self.data_file = self._local_file(data_home, data_file)
 
@@ -339,7 +366,9 @@ class MatbenchDataModule(GraphDataModule):
         return f"Change --data.val_fraction (now {self.val_fraction} of the fold's training rows)."
 
     def _split_fraction(self, split: str) -> float | None:
-        return self.val_fraction if split == "val" else None
+        if split != "val":
+            return None
+        return 1.0 / self.val_folds if self.val_folds else self.val_fraction
 
     def _split_ids(self, table: Table) -> dict[str, list[str] | None]:
         train_ids, test_ids = official_fold(self.task.name, self.fold)
@@ -352,7 +381,10 @@ class MatbenchDataModule(GraphDataModule):
                 f"Use a fold it covers or the full {self.task.name}.json.gz."
             )
         usable = set(table.ids)
-        train, val = carve_validation(train_ids, self.val_fraction, self.split_seed)
+        if self.val_folds:
+            train, val = inner_fold_validation(train_ids, self.val_folds, self.val_fold, self.split_seed)
+        else:
+            train, val = carve_validation(train_ids, self.val_fraction, self.split_seed)
         test: list[str] | None = [i for i in test_ids if i in usable]
         missing_test = [i for i in test_ids if i not in present]
         self._missing_test = missing_test

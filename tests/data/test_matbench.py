@@ -12,6 +12,7 @@ import pytest
 
 from sagnn_lightning.data.matbench import (
     MATBENCH_COMPOSITION_TASKS, MATBENCH_TASKS, MatbenchDataModule, carve_validation, get_task,
+    inner_fold_validation,
 )
 from sagnn_lightning.data.sources import DataFormatError
 
@@ -81,6 +82,35 @@ def test_validation_carve_is_seeded_and_from_train_only(tmp_path):
     assert a["val"] != c["val"] and a["test"] == c["test"]
     train, val = carve_validation([f"x{i}" for i in range(10)], 0.3, seed=0)
     assert len(val) == 3 and sorted(train + val) == sorted(f"x{i}" for i in range(10))
+
+
+def test_inner_folds_partition_the_official_training_rows(tmp_path, validation):
+    home = str(data_home())
+    official_train = validation["matbench_jdft2d"]["fold_3"]["train"]
+    splits = [MatbenchDataModule("jdft2d", fold=3, data_home=home, val_folds=5, val_fold=k, split_seed=4,
+                                 cache_dir=str(tmp_path)).split_ids for k in range(5)]
+    vals = [s["val"] for s in splits]
+    assert sorted(i for v in vals for i in v) == sorted(official_train)  # every training row validates once
+    assert max(map(len, vals)) - min(map(len, vals)) <= 1
+    for s in splits:
+        assert sorted(s["train"] + s["val"]) == sorted(official_train)
+        assert s["test"] == splits[0]["test"] and not set(s["test"]) & set(official_train)
+    again = MatbenchDataModule("jdft2d", fold=3, data_home=home, val_folds=5, val_fold=2, split_seed=4,
+                               cache_dir=str(tmp_path)).split_ids
+    other_seed = MatbenchDataModule("jdft2d", fold=3, data_home=home, val_folds=5, val_fold=2, split_seed=5,
+                                    cache_dir=str(tmp_path)).split_ids
+    assert again == splits[2] and other_seed["val"] != splits[2]["val"]
+    ids = [f"x{i}" for i in range(11)]
+    assert [len(inner_fold_validation(ids, 3, k, seed=0)[1]) for k in range(3)] == [4, 4, 3]
+
+
+@pytest.mark.parametrize("flags, message", [({"val_folds": 1}, "--data.val_folds"),
+                                            ({"val_folds": 5, "val_fold": 5}, "--data.val_fold")])
+def test_bad_inner_fold_settings_name_the_flag(flags, message, tmp_path):
+    from sagnn_lightning.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        MatbenchDataModule("jdft2d", fold=0, data_home=str(data_home()), cache_dir=str(tmp_path), **flags)
 
 
 def test_target_statistics_over_training_split_only(tmp_path):
