@@ -24,6 +24,11 @@ records and scores the predictions::
   ``info.json`` are saved; recorded folds are skipped. Training folds into a results file or a fold dir that
   holds another configuration is refused.
 * ``--jobs N`` trains N folds at once, each in its own process with ``--threads`` threads (default 1).
+* ``--val-folds K`` selects on inner cross-validation instead of one validation carve: each fold trains K
+  members in ``<work dir>/<task>/fold_<k>/inner_<j>/``, member ``j`` validating on inner fold ``j`` of the fold's
+  training rows (``--data.val_folds=K --data.val_fold=j``), and the fold records the mean of the K members'
+  test predictions (probabilities for classification); each member's epochs, best epoch, best validation
+  score and test MAE are in the fold's ``parameters``.
 * Progress: one line per epoch and fold, ``[sagnn] matbench_jdft2d fold 0: epoch 3/300: ... val/mae=... (2.9 s,
   ETA 14 min 10 s)``.
 * The DataModule reads the whole task, targets included (the graph cache is the recipes' one); test targets are
@@ -138,13 +143,14 @@ def parse_max_time(text: str | None) -> float | None:
 # ---------------------------------------------------------------------------------------------- configuration
 def fold_cli_args(task: str, fold: int, run_dir: Path, *, variant: str, max_epochs: int, seed: int,
                   data_home: Path | None = None, cache_dir: Path | None = None, graph_workers: int = 0,
-                  model_overrides: dict[str, Any] | None = None, cli_args: Sequence[str] = ()) -> list[str]:
+                  model_overrides: dict[str, Any] | None = None, cli_args: Sequence[str] = (),
+                  val_folds: int | None = None, member: int | None = None) -> list[str]:
     """The CLI options of one fold, after the recipe's YAML files.
 
     Order (later wins): runner defaults (no W&B logger, no DataLoader workers), the user's ``cli_args``
     (``--config`` files and overrides), then what the runner's own flags fix: variant, ``model_overrides``,
     ``--max-epochs``, fold, seeds (validation carve and shuffle: ``seed``; weights: ``seed + fold``), run dir
-    and data location.
+    and data location; with ``val_folds``, the inner fold ``member`` that validates.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
@@ -158,6 +164,8 @@ def fold_cli_args(task: str, fold: int, run_dir: Path, *, variant: str, max_epoc
             f"--data.init_args.fold={int(fold)}", f"--data.init_args.split_seed={int(seed)}",
             f"--seed_everything={int(seed) + int(fold)}", f"--trainer.default_root_dir={run_dir}",
             f"--data.init_args.graph_workers={int(graph_workers)}"]
+    if val_folds is not None:
+        args += [f"--data.init_args.val_folds={int(val_folds)}", f"--data.init_args.val_fold={int(member or 0)}"]
     if data_home is not None:
         args.append(f"--data.init_args.data_home={Path(data_home).expanduser()}")
     if cache_dir is not None:
@@ -211,6 +219,8 @@ def config_summary(cli: Any, spec: dict[str, Any]) -> dict[str, Any]:
                                     "on_error")},
         "checkpoint": {k: _plain(config.checkpoint.get(k)) for k in ("monitor", "mode")},
     }
+    if data.get("val_folds") is not None:  # only when set: configs recorded before the option stay comparable
+        training["val_folds"] = data["val_folds"]
     return {"task": spec["task"], "variant": spec["variant"], "model": model, "training": training,
             "max_epochs": int(trainer["max_epochs"]), "seed": int(data["split_seed"]),
             "config_files": [Path(c).name for c in spec["configs"]], "cli_args": list(spec["user_cli_args"])}
@@ -431,7 +441,8 @@ def _train_fold(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     }
     del best_state
     if spec.get("checkpoint_dir"):
-        kept = Path(spec["checkpoint_dir"]) / spec["task"] / f"fold_{spec['fold']}.ckpt"
+        inner = f"_inner_{spec['member']}" if spec.get("member") is not None else ""
+        kept = Path(spec["checkpoint_dir"]) / spec["task"] / f"fold_{spec['fold']}{inner}.ckpt"
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, kept)
     params["fold_seconds_this_sitting"] = round(time.perf_counter() - t0, 2)
@@ -440,8 +451,13 @@ def _train_fold(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- several folds
-def _tag(variant: str, task: str, fold: int) -> str:
-    return f"[{variant}] {task} fold {fold}: "
+def _tag(variant: str, task: str, fold: int, member: int | None = None, val_folds: int | None = None) -> str:
+    inner = f" (inner {member + 1}/{val_folds})" if member is not None and val_folds else ""
+    return f"[{variant}] {task} fold {fold}{inner}: "
+
+
+def _spec_tag(spec: dict[str, Any]) -> str:
+    return _tag(spec["variant"], spec["task"], spec["fold"], spec.get("member"), spec.get("val_folds"))
 
 
 def _worker_env(threads: int) -> dict[str, str]:
@@ -465,7 +481,7 @@ def run_folds(specs: list[dict[str, Any]], jobs: int) -> Iterator[tuple[dict[str
             if spec.get("deadline") is not None and _clock() >= spec["deadline"]:
                 yield spec, {"status": "not started", "reason": "--max-time reached"}, ""
                 continue
-            yield spec, train_fold(spec, prefix=_tag(spec["variant"], spec["task"], spec["fold"])), ""
+            yield spec, train_fold(spec, prefix=_spec_tag(spec)), ""
         return
     pending = list(specs)
     running: dict[int, tuple[dict[str, Any], subprocess.Popen, Path]] = {}
@@ -497,7 +513,7 @@ def run_folds(specs: list[dict[str, Any]], jobs: int) -> Iterator[tuple[dict[str
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                     env=_worker_env(int(spec.get("threads") or 1)))
                 running[key] = (spec, proc, result_path)
-                threading.Thread(target=relay, args=(key, proc, _tag(spec["variant"], spec["task"], spec["fold"])),
+                threading.Thread(target=relay, args=(key, proc, _spec_tag(spec)),
                                  daemon=True).start()
                 key += 1
             if not running:
@@ -745,15 +761,21 @@ def save(mb: Any, out: Path, variant: str, configs: dict[str, dict[str, Any]], m
 def fold_spec(task: str, fold: int, *, variant: str, max_epochs: int, seed: int, work_dir: Path,
               config_dir: Path, data_home: Path | None, cache_dir: Path | None, graph_workers: int,
               model_overrides: dict[str, Any] | None, cli_args: Sequence[str], threads: int | None,
-              deadline: float | None, checkpoint_dir: Path | None) -> dict[str, Any]:
-    """Everything a fold needs, as JSON-ready values (also what a ``--fold-worker`` process reads)."""
+              deadline: float | None, checkpoint_dir: Path | None, val_folds: int | None = None,
+              member: int | None = None) -> dict[str, Any]:
+    """Everything a fold (or, with ``val_folds``, one inner-fold member of it) needs, as JSON-ready values (also
+    what a ``--fold-worker`` process reads)."""
     run_dir = (Path(work_dir) / task / f"fold_{fold}").resolve()
+    if val_folds is not None:
+        run_dir = run_dir / f"inner_{member}"
     return {
         "task": task, "fold": int(fold), "variant": variant, "run_dir": str(run_dir),
+        "val_folds": val_folds, "member": member,
         "configs": [str(c) for c in recipe_configs(task, config_dir)],
         "cli_args": fold_cli_args(task, fold, run_dir, variant=variant, max_epochs=max_epochs, seed=seed,
                                   data_home=data_home, cache_dir=cache_dir, graph_workers=graph_workers,
-                                  model_overrides=model_overrides, cli_args=cli_args),
+                                  model_overrides=model_overrides, cli_args=cli_args, val_folds=val_folds,
+                                  member=member),
         "user_cli_args": list(cli_args), "threads": threads, "deadline": deadline,
         "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
     }
@@ -763,7 +785,8 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
         data_home: Path | None = None, config_dir: Path = DEFAULT_CONFIG_DIR, threads: int | None = None,
         model_overrides: dict[str, Any] | None = None, seed: int = 0, cache_dir: Path | None = None,
         graph_workers: int = 0, checkpoint_dir: Path | None = None, work_dir: Path | None = None, jobs: int = 1,
-        max_time: float | None = None, cli_args: Sequence[str] = ()) -> tuple[Any, dict[str, int]]:
+        max_time: float | None = None, cli_args: Sequence[str] = (),
+        val_folds: int | None = None) -> tuple[Any, dict[str, int]]:
     """Train/predict/record the requested folds (skipping recorded ones); returns ``(MatbenchBenchmark,
     {"failed": n, "stopped": n})``: folds that failed (``jobs > 1``) or were stopped / not started by ``max_time``.
 
@@ -773,7 +796,8 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
     threads each, default 1); ``jobs=1`` trains in this process (``threads``: default torch's). With
     ``checkpoint_dir``, the checkpoint that predicted each fold is also copied to
     ``<checkpoint_dir>/<task>/fold_<k>.ckpt``. ``cli_args``: more options for the recipes' CLI (``--config``
-    files, ``--model.*``, ...), before those the runner's flags set.
+    files, ``--model.*``, ...), before those the runner's flags set. ``val_folds``: K inner-fold members per
+    fold (``<run dir>/inner_<j>``), recorded as the mean of their test predictions once all K are done.
     """
     import torch
 
@@ -800,10 +824,12 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
         todo = [f for f in folds if not task.is_recorded[f]]
         if not todo:
             continue
+        members = range(val_folds) if val_folds is not None else [None]
         task_specs = [fold_spec(name, f, variant=variant, max_epochs=max_epochs, seed=seed, work_dir=work_dir,
                                 config_dir=config_dir, data_home=data_home, cache_dir=cache_dir,
                                 graph_workers=graph_workers, model_overrides=model_overrides, cli_args=cli_args,
-                                threads=threads, deadline=deadline, checkpoint_dir=checkpoint_dir) for f in todo]
+                                threads=threads, deadline=deadline, checkpoint_dir=checkpoint_dir,
+                                val_folds=val_folds, member=j) for f in todo for j in members]
         cli = build_cli(task_specs[0])  # the objects of the first fold: configuration, rows and graphs
         config = config_summary(cli, task_specs[0])
         recorded = [k for k, v in task.is_recorded.items() if v]
@@ -824,8 +850,9 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
         specs += task_specs
 
     failed = stopped = 0
+    finished_members: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
     for spec, result, error in run_folds(specs, jobs):
-        name, fold, tag = spec["task"], spec["fold"], _tag(variant, spec["task"], spec["fold"])
+        name, fold, tag = spec["task"], spec["fold"], _spec_tag(spec)
         if result is None:
             failed += 1
             print(f"{tag}failed ({error}); not recorded. Run the same command again to continue it from "
@@ -846,6 +873,17 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
                                f"({len(result['ids'])} vs {len(test_ids)}); refusing to record misaligned predictions.")
         predictions = np.asarray(result["predictions"], dtype=float)
         params = dict(result["params"])
+        if val_folds is not None:
+            done = finished_members.setdefault((name, fold), {})
+            done[spec["member"]] = result
+            truth = np.asarray(task.get_test_data(fold, as_type="tuple", include_target=True)[1], dtype=float)
+            if meta.task_type == "regression":  # scoring only, as matbench does for the fold
+                print(f"{tag}member test MAE {np.mean(np.abs(predictions - truth)):.4g} {meta.unit}", flush=True)
+            if len(done) < val_folds:
+                continue
+            predictions, params = ensemble_of_members([done[j] for j in range(val_folds)], truth,
+                                                      meta.task_type)
+            tag = _tag(variant, name, fold)
         if meta.task_type == "classification":
             truth = task.get_test_data(fold, as_type="tuple", include_target=True)[1]  # scoring only
             params.update(classification_extras(truth, predictions))
@@ -860,6 +898,26 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
     for task in mb.tasks_map.values():
         task.df = None
     return mb, {"failed": failed, "stopped": stopped}
+
+
+def ensemble_of_members(results: Sequence[dict[str, Any]], truth: np.ndarray, task_type: str
+                        ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The fold's record from its inner-fold members: the mean of their test predictions (probabilities for
+    classification) and parameters summing up the members (``truth``: the fold's test targets, used for the
+    members' reported MAE only, never for a choice)."""
+    stacked = np.stack([np.asarray(r["predictions"], dtype=float) for r in results])
+    mean = stacked.mean(axis=0)
+    members = [dict(r["params"]) for r in results]
+    params: dict[str, Any] = {
+        "val_folds": len(results), "ensemble": "mean of the inner-fold members' test predictions",
+        "epochs_run": [m["epochs_run"] for m in members], "max_epochs": members[0]["max_epochs"],
+        "best_epoch": [m["best_epoch"] for m in members],
+        "train_seconds": round(sum(m["train_seconds"] for m in members), 2),
+        "sittings": max(m["sittings"] for m in members), "members": members,
+    }
+    if task_type == "regression":
+        params["member_test_mae"] = [float(np.mean(np.abs(p - truth))) for p in stacked]
+    return mean, params
 
 
 def _parse_overrides(text: str | None) -> dict[str, Any]:
@@ -937,17 +995,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--graph-workers", type=int, default=0,
                         help="processes building graphs on a cache miss (default 0: this process)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None,
-                        help="also copy the checkpoint that predicted each fold to <dir>/<task>/fold_<k>.ckpt")
+                        help="also copy the checkpoint that predicted each fold to <dir>/<task>/fold_<k>.ckpt "
+                             "(fold_<k>_inner_<j>.ckpt with --val-folds)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-folds", type=int, default=None, metavar="K",
+                        help="select on K inner folds instead of one validation carve: K members per fold, each "
+                             "validating on one inner fold; the fold records the mean of their test predictions")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.val_folds is not None and args.val_folds < 2:
+        parser.error(f"--val-folds must be >= 2, got {args.val_folds}")
 
     out = args.out or HERE / "results" / args.variant
     _quiet()
     mb, left_over = run(args.tasks, args.folds, args.variant, args.max_epochs, out, args.data_home, args.config_dir,
                    args.threads, args.model_overrides, args.seed, args.cache_dir, args.graph_workers,
-                   args.checkpoint_dir, args.work_dir, args.jobs, args.max_time, cli_args)
+                   args.checkpoint_dir, args.work_dir, args.jobs, args.max_time, cli_args, args.val_folds)
     for name, s in summarize(mb).items():
         if s["n_folds"]:
             print(f"[{args.variant}] {name}: {s['metric']} {s['mean']:.4g} ± {s['std']:.3g} over {s['n_folds']} "

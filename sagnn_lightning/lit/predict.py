@@ -250,9 +250,10 @@ def predict_structures(module: SAGNNModule, ids: Sequence[str], structures: Sequ
     return Predictions(kept, prediction, probability, list(module.target_names), errors)
 
 
-def write_predictions_csv(path: str | os.PathLike, result: Predictions) -> Path:
-    """Write ``result`` as CSV, atomically (:func:`sagnn_lightning.files.atomic_write`: temp file in the same
-    folder + ``os.replace``; a new file gets the umask's permissions, a replaced one keeps its mode)."""
+def write_predictions_csv(path: str | os.PathLike, result: Predictions, id_header: str = "id") -> Path:
+    """Write ``result`` as CSV (first column ``id_header``), atomically (:func:`sagnn_lightning.files.atomic_write`:
+    temp file in the same folder + ``os.replace``; a new file gets the umask's permissions, a replaced one keeps
+    its mode)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     single = len(result.target_names) == 1
@@ -262,7 +263,7 @@ def write_predictions_csv(path: str | os.PathLike, result: Predictions) -> Path:
     classification = result.probability is not None
     with atomic_write(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["id", *pred_cols, *prob_cols])
+        writer.writerow([id_header, *pred_cols, *prob_cols])
         for k, sample_id in enumerate(result.ids):
             row = [sample_id]
             row += [int(v) if classification else repr(float(v)) for v in result.prediction[k].tolist()]
@@ -288,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="CSV file to write (atomically)")
     parser.add_argument("--structure-column", default=None, help="table column with CIF text / structure dicts")
     parser.add_argument("--id-column", default=None, help="table column with ids")
+    parser.add_argument("--id-header", default="id",
+                        help="name of the output's id column (default 'id'; e.g. 'mbid' for a matbench file)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--max-isolated-radius", type=float, default=None,
@@ -322,6 +325,9 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no structure of {args.input} could be predicted ({len(result.errors)} skipped); nothing written",
               file=sys.stderr)
         return 1
-    out = write_predictions_csv(args.output, result)
+    if not args.id_header.strip() or args.id_header in ("prediction", "probability"):
+        raise UsageError(f"--id-header must be a non-empty name other than the prediction columns, got "
+                         f"{args.id_header!r}")
+    out = write_predictions_csv(args.output, result, id_header=args.id_header)
     print(f"wrote {len(result.ids)} predictions to {out}" + (f" ({len(result.errors)} skipped)" if result.errors else ""))
     return 0

@@ -379,3 +379,37 @@ def test_classification_path_stores_true_rocauc(runner, one_thread, tmp_path):
     assert extras["rocauc_from_probabilities"] == pytest.approx(roc_auc_score(truth, prob))
     scores = score_array([bool(t) for t in truth], [float(p) for p in prob], "classification")
     assert scores["rocauc"] == pytest.approx(balanced_accuracy_score(truth, prob > 0.5))
+
+
+def test_inner_fold_members_are_averaged_into_the_fold_record(runner, one_thread, tmp_path, capsys):
+    from matbench.metadata import mbv01_validation
+
+    out = tmp_path / "submission"
+    assert runner.main(_argv(out, [0], 1, None, "--val-folds", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "fold 0 (inner 1/2): member test MAE" in printed and "fold 0 (inner 2/2): member test MAE" in printed
+    task = runner.load_results(out / "results.json.gz", [TASK]).tasks_map[TASK]
+    fold = task.results["fold_0"]
+    params = fold["parameters"]
+    official_train = mbv01_validation.splits[TASK]["fold_0"]["train"]
+    test_ids = list(mbv01_validation.splits[TASK]["fold_0"]["test"])
+    assert params["val_folds"] == 2 and len(params["members"]) == 2 and params["epochs_run"] == [1, 1]
+    # the two members validated on the two halves of the fold's training rows
+    assert [m["n_val"] for m in params["members"]] == [len(official_train) // 2, len(official_train) - len(official_train) // 2]
+    assert all(m["n_train"] + m["n_val"] == len(official_train) for m in params["members"])
+    for j in range(2):
+        run_dir = out / "work" / TASK / "fold_0" / f"inner_{j}"
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "history.csv").is_file()
+    # the record is the mean of what each member's own checkpoint predicts for each id's structure
+    truth = _targets_from_file()
+    structures = _column_from_file("structure")
+    model_config = json.loads((out / "work" / TASK / "fold_0" / "inner_0" / "runner_config.json").read_text())["model"]
+    own = np.stack([_own_predictions(tmp_path / "checkpoints" / TASK / f"fold_0_inner_{j}.ckpt", model_config,
+                                     test_ids, structures) for j in range(2)])
+    scale = float(np.std(list(truth.values())))
+    assert np.abs(own[0] - own[1]).max() > 1e-2 * scale  # two different models: an average is not a copy
+    stored = np.array([fold["data"][i] for i in test_ids])
+    np.testing.assert_allclose(stored, own.mean(axis=0), rtol=0, atol=1e-4 * scale)
+    target = np.array([truth[i] for i in test_ids])
+    np.testing.assert_allclose(params["member_test_mae"], np.abs(own - target).mean(axis=1), rtol=1e-4)
+    assert fold["scores"]["mae"] == pytest.approx(float(np.mean(np.abs(stored - target))), rel=1e-9)

@@ -92,6 +92,10 @@ def test_table_and_matbench_json_inputs(regression_ckpt, tmp_path):
     assert module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "jdft2d_8.json"),
                         "--output", str(out)]) == 0
     assert [r["id"] for r in read_rows(out)][0] == "mb-jdft2d-001"
+    assert module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "jdft2d_8.json"),
+                        "--output", str(out), "--id-header", "mbid"]) == 0
+    assert out.read_text().splitlines()[0] == "mbid,prediction"  # matbench's id column name, e.g.
+    assert [r["mbid"] for r in read_rows(out)][0] == "mb-jdft2d-001"
 
 
 def test_only_bad_inputs_leave_existing_output_untouched(regression_ckpt, tmp_path, capsys):
