@@ -15,6 +15,7 @@ with a tiny model and 1-3 epochs per fold:
 
 from __future__ import annotations
 
+import csv
 import gzip
 import importlib.util
 import itertools
@@ -384,7 +385,7 @@ def test_classification_path_stores_true_rocauc(runner, one_thread, tmp_path):
 def test_inner_fold_members_are_averaged_into_the_fold_record(runner, one_thread, tmp_path, capsys):
     from matbench.metadata import mbv01_validation
 
-    out = tmp_path / "submission"
+    out = tmp_path / "study" / "runner"
     assert runner.main(_argv(out, [0], 1, None, "--val-folds", "2")) == 0
     printed = capsys.readouterr().out
     assert "fold 0 (inner 1/2): member test MAE" in printed and "fold 0 (inner 2/2): member test MAE" in printed
@@ -404,7 +405,7 @@ def test_inner_fold_members_are_averaged_into_the_fold_record(runner, one_thread
     truth = _targets_from_file()
     structures = _column_from_file("structure")
     model_config = json.loads((out / "work" / TASK / "fold_0" / "inner_0" / "runner_config.json").read_text())["model"]
-    own = np.stack([_own_predictions(tmp_path / "checkpoints" / TASK / f"fold_0_inner_{j}.ckpt", model_config,
+    own = np.stack([_own_predictions(tmp_path / "study" / "checkpoints" / TASK / f"fold_0_inner_{j}.ckpt", model_config,
                                      test_ids, structures) for j in range(2)])
     scale = float(np.std(list(truth.values())))
     assert np.abs(own[0] - own[1]).max() > 1e-2 * scale  # two different models: an average is not a copy
@@ -413,3 +414,28 @@ def test_inner_fold_members_are_averaged_into_the_fold_record(runner, one_thread
     target = np.array([truth[i] for i in test_ids])
     np.testing.assert_allclose(params["member_test_mae"], np.abs(own - target).mean(axis=1), rtol=1e-4)
     assert fold["scores"]["mae"] == pytest.approx(float(np.mean(np.abs(stored - target))), rel=1e-9)
+
+    # benchmarks/inner_cv_study.py reads this submission, and K separate ones (`-- --data.val_folds=2
+    # --data.val_fold=k`, same seeds) give the same members, hence the same ensemble scored by the script itself
+    for k in range(2):
+        separate = tmp_path / "study" / "separate" / f"inner_{k}"
+        assert runner.main([*_argv(separate, [0], 1, tmp_path / "study" / "graph_cache"), "--", "--data.val_folds=2",
+                            f"--data.val_fold={k}"]) == 0
+    spec = importlib.util.spec_from_file_location("inner_cv_study", REPO / "benchmarks" / "inner_cv_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    prefix = tmp_path / "results" / "jdft2d"
+    assert study.main(["--study", str(tmp_path / "study"), "--configs", "runner", "separate", "--task", TASK,
+                       "--data-home", str(DATA), "--out", str(prefix)]) == 0
+    with open(prefix.with_name("jdft2d_summary.csv"), newline="") as fh:
+        rows = {(r["config"], r["inner_fold"]): r for r in csv.DictReader(fh)}
+    for config in ("runner", "separate"):
+        for j in range(2):
+            assert float(rows[(config, str(j))]["test_mae"]) == pytest.approx(params["member_test_mae"][j], rel=1e-5)
+            assert float(rows[(config, str(j))]["best_val_mae"]) == pytest.approx(
+                params["members"][j]["best_val_mae"], rel=1e-5)
+        ensemble = float(rows[(config, "ensemble of 2")]["test_mae"])
+        assert ensemble == pytest.approx(fold["scores"]["mae"], rel=1e-5)
+    with open(prefix.with_name("jdft2d_curves.csv"), newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2 * 2  # two configs x two members x one epoch
+    assert prefix.with_name("jdft2d.png").stat().st_size > 10_000
