@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import pytorch_lightning as pl
 import yaml
-from jsonargparse import Namespace, lazy_instance
+from jsonargparse import Namespace
 from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
@@ -103,7 +103,7 @@ class SAGNNLightningCLI(LightningCLI):
         self.recipe_name = name
         trainer_defaults = {
             "default_root_dir": str(Path(DEFAULT_RUNS_ROOT) / name),
-            "logger": lazy_instance(WandbLogger),
+            "logger": {"class_path": f"{WandbLogger.__module__}.{WandbLogger.__qualname__}"},
             "log_every_n_steps": 10,
             **kwargs.pop("trainer_defaults", {}),
         }

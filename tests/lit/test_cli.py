@@ -89,11 +89,21 @@ def test_fit_test_predict_end_to_end(sample_run, offline_env, tmp_path, capsys):
         assert by_id[r["id"]] == pytest.approx(float(r["prediction"]), rel=1e-5, abs=1e-6)
 
 
-def test_logger_false_disables_wandb(sample_run, offline_env):
+@pytest.mark.parametrize("ema", [False, True])
+def test_logger_false_disables_wandb(ema, sample_run, offline_env, tmp_path, monkeypatch):
+    # with EMA, Lightning deep-copies the module and, through the trainer, the CLI's parser and its defaults: a
+    # default logger object there (jsonargparse's lazy_instance) started a W&B run on copy despite logger=false
+    import wandb
+
+    monkeypatch.chdir(tmp_path)
     root = sample_run["root"]
-    cli = cli_main([*_common(sample_run), "--trainer.logger=false", "--trainer.max_epochs=1"], configs=[BASE])
+    ema_args = ["--trainer.callbacks+=pytorch_lightning.callbacks.EMAWeightAveraging",
+                "--trainer.callbacks.decay=0.9"] if ema else []
+    cli = cli_main([*_common(sample_run), "--trainer.logger=false", "--trainer.max_epochs=1", *ema_args],
+                   configs=[BASE])
     assert cli.trainer.loggers == []
-    assert not (root / "wandb").exists()
+    assert wandb.run is None
+    assert not (root / "wandb").exists() and not (tmp_path / "wandb").exists()
     assert (root / "checkpoints" / "last.ckpt").is_file()
 
 
