@@ -11,7 +11,7 @@ __all__ += ["GraphDataset", "SkippedItem", "default_cache_dir", "load_or_build_g
 # for graph-building worker processes)
 _LAZY = {
     "MatbenchDataModule": "sagnn_lightning.data.matbench",
-    "MATBENCH_TASKS": "sagnn_lightning.data.matbench",
+    "MATBENCH_TASKS": "sagnn_lightning.data.tasks",
     "CrystalDataModule": "sagnn_lightning.data.crystal",
     "read_structures": "sagnn_lightning.data.sources",
     "read_data": "sagnn_lightning.data.sources",

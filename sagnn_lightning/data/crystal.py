@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from sagnn_lightning.data.datamodule import GraphDataModule, TaskType
+from sagnn_lightning.data.datamodule import GraphDataModule
+from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.data.samples import get_sample, is_sample_ref, resolve_preset, sample_path
 from sagnn_lightning.data.sources import InputNotFoundError, Table, fingerprint, read_data
 from sagnn_lightning.errors import UsageError

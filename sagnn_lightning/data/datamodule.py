@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -23,12 +23,12 @@ from sagnn_lightning.data.batch import collate_graphs
 from sagnn_lightning.data.dataset import SkippedItem
 from sagnn_lightning.data.graph import GraphSettings
 from sagnn_lightning.data.sources import DataFormatError, Table
+from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.errors import UsageError
 from sagnn_lightning.files import atomic_write, file_lock
 
 log = logging.getLogger(__name__)
 
-TaskType = Literal["regression", "classification"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 ROWS_FORMAT = 1  # bump when readers change ids/targets of an unchanged file
 _MAX_LISTED = 20

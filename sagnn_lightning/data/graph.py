@@ -95,7 +95,7 @@ class GraphArrays(NamedTuple):
     image_offsets: np.ndarray
 
 
-def _check_structure(structure: Structure, name: str) -> None:
+def check_structure(structure: Structure, name: str) -> None:
     if len(structure) == 0:
         raise StructureError(f"{name}: structure has no sites; remove this entry.")
     if not structure.is_ordered:
@@ -219,7 +219,7 @@ def graph_arrays(
 
 def structure_graph_arrays(structure: Structure, settings: GraphSettings, name: str = "structure") -> GraphArrays:
     """:func:`graph_arrays` of a pymatgen ``Structure`` (checks it is non-empty and ordered)."""
-    _check_structure(structure, name)
+    check_structure(structure, name)
     return graph_arrays(
         np.array(structure.atomic_numbers), structure.cart_coords, structure.lattice.matrix, settings,
         pbc=structure.pbc, name=name,

@@ -27,14 +27,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sagnn_lightning.data.datamodule import GraphDataModule, TaskType
+from sagnn_lightning.data.datamodule import GraphDataModule
 from sagnn_lightning.data.sources import (
-    DataFormatError, InputNotFoundError, Table, _base_suffix, fingerprint, read_matbench_json, read_table,
+    DataFormatError, InputNotFoundError, Table, base_suffix, fingerprint, read_matbench_json, read_table,
+)
+from sagnn_lightning.data.tasks import (  # noqa: F401  (re-exported: the matbench API of this module)
+    MATBENCH_COMPOSITION_TASKS, MATBENCH_TASKS, NUM_FOLDS, MatbenchTask, TaskType, UnsupportedTaskError, get_task,
 )
 from sagnn_lightning.errors import SAGNNError, UsageError
 from sagnn_lightning.files import atomic_write, file_lock
@@ -42,69 +44,6 @@ from sagnn_lightning.files import atomic_write, file_lock
 log = logging.getLogger(__name__)
 
 MATMINER_ENV = "MATMINER_DATA"
-NUM_FOLDS = 5
-
-
-@dataclass(frozen=True)
-class MatbenchTask:
-    """Metadata of one matbench v0.1 structure task.
-
-    Attributes:
-        name: ``matbench_<...>``.
-        target: target column in the dataset.
-        unit: target unit (``None`` for classification).
-        task_type: ``"regression"`` or ``"classification"``.
-        n_samples: rows in the full task.
-    """
-
-    name: str
-    target: str
-    unit: str | None
-    task_type: TaskType
-    n_samples: int
-
-
-#: the 9 structure tasks of matbench v0.1 (8 regression, 1 classification)
-MATBENCH_TASKS: dict[str, MatbenchTask] = {t.name: t for t in (
-    MatbenchTask("matbench_dielectric", "n", "unitless", "regression", 4764),
-    MatbenchTask("matbench_jdft2d", "exfoliation_en", "meV/atom", "regression", 636),
-    MatbenchTask("matbench_log_gvrh", "log10(G_VRH)", "log10(GPa)", "regression", 10987),
-    MatbenchTask("matbench_log_kvrh", "log10(K_VRH)", "log10(GPa)", "regression", 10987),
-    MatbenchTask("matbench_mp_e_form", "e_form", "eV/atom", "regression", 132752),
-    MatbenchTask("matbench_mp_gap", "gap pbe", "eV", "regression", 106113),
-    MatbenchTask("matbench_mp_is_metal", "is_metal", None, "classification", 106113),
-    MatbenchTask("matbench_perovskites", "e_form", "eV/unit cell", "regression", 18928),
-    MatbenchTask("matbench_phonons", "last phdos peak", "cm^-1", "regression", 1265),
-)}
-
-#: composition-only tasks of matbench v0.1 (no crystal structure: not supported by a graph model yet)
-MATBENCH_COMPOSITION_TASKS: tuple[str, ...] = (
-    "matbench_expt_gap", "matbench_expt_is_metal", "matbench_glass", "matbench_steels",
-)
-
-
-class UnsupportedTaskError(UsageError, NotImplementedError):
-    """A composition-only matbench task (no structures)."""
-
-
-def get_task(name: str) -> MatbenchTask:
-    """Task metadata by name (``"matbench_jdft2d"`` or ``"jdft2d"``).
-
-    Raises:
-        UnsupportedTaskError: composition-only task (a ``NotImplementedError``).
-        UsageError: unknown task (a ``ValueError``; the message lists the valid ones).
-    """
-    full = name if name.startswith("matbench_") else f"matbench_{name}"
-    if full in MATBENCH_TASKS:
-        return MATBENCH_TASKS[full]
-    if full in MATBENCH_COMPOSITION_TASKS:
-        raise UnsupportedTaskError(
-            f"--data.task={name}: {full} is a composition-only matbench task (no crystal structures); "
-            "SA-GNN needs structures, "
-            f"so it is not supported yet. Structure tasks: {', '.join(sorted(MATBENCH_TASKS))}."
-        )
-    raise UsageError(f"unknown matbench task {name!r} (--data.task); valid structure tasks: "
-                     f"{', '.join(sorted(MATBENCH_TASKS))}.")
 
 
 def _import_matbench(module: str):
@@ -346,7 +285,7 @@ class MatbenchDataModule(GraphDataModule):
 
     def _read_table(self) -> Table:
         path = self._source_file()
-        if _base_suffix(path) == ".csv":
+        if base_suffix(path) == ".csv":
             return read_table(path, [self.task.target], id_column="mbid", structure_column="cif")
         return read_matbench_json(path, self.task.name, self.task.n_samples, self.task.target)
 

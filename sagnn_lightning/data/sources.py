@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
-from sagnn_lightning.data.graph import StructureError, _check_structure
+from sagnn_lightning.data.graph import StructureError, check_structure
 from sagnn_lightning.data.parsers import describe_cif_problem
+from sagnn_lightning.data.tasks import MATBENCH_TASKS
 from sagnn_lightning.errors import SAGNNError, UsageError
 
 #: structure columns tried in this order when none is given
@@ -103,7 +104,7 @@ def _open_text(path: Path):
     return open(path, "r", encoding="utf-8")
 
 
-def _base_suffix(path: Path) -> str:
+def base_suffix(path: Path) -> str:
     """``data.csv.gz`` → ``.csv``; ``data.json`` → ``.json``."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
@@ -171,7 +172,7 @@ def parse_structure(value: Any, name: str = "structure") -> Structure:
             f"{name}: could not parse the structure: {problem or f'{type(err).__name__}: {err}'}. "
             "Fix or remove this entry (CIF text or a pymatgen Structure.as_dict() is expected)."
         ) from err
-    _check_structure(structure, name)
+    check_structure(structure, name)
     return structure
 
 
@@ -301,8 +302,6 @@ def read_matbench_json(path: str | Path, task: str, n_samples: int, target: str,
 
 def _matbench_task_of(path: Path):
     """The matbench task a file is named after (``matbench_jdft2d.json.gz`` → its task), else ``None``."""
-    from sagnn_lightning.data.matbench import MATBENCH_TASKS
-
     for name in sorted(MATBENCH_TASKS, key=len, reverse=True):
         if path.name.startswith(name):
             return MATBENCH_TASKS[name]
@@ -319,7 +318,7 @@ def _default_ids(path: Path, frame: pd.DataFrame) -> list[str]:
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
-    suffix = _base_suffix(path)
+    suffix = base_suffix(path)
     if suffix == ".csv":
         try:
             return pd.read_csv(path)
@@ -487,7 +486,7 @@ def read_structures(path: str | Path, on_error: OnError = "raise", structure_col
                                  "CSV/JSON table.")
 
     items: list[tuple[str, Callable[[], Any]]] = []
-    suffix = _base_suffix(path)
+    suffix = base_suffix(path)
     if path.is_dir():
         files = _cif_files(path)
         if not files:

@@ -30,11 +30,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.lit.metrics import labels_with_missing, make_metrics
 from sagnn_lightning.lit.wandb import CHECKPOINT_RUN_ID_KEY, active_run_id
 from sagnn_lightning.models.sagnn import SAGNN
 
-TaskType = Literal["regression", "classification"]
 LossName = Literal["l1", "mse"]
 STAGES: tuple[str, ...] = ("train", "val", "test")
 
