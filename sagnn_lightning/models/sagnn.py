@@ -129,32 +129,32 @@ class SAGNN(nn.Module):
         """Re-initialise every layer with its own scheme (each owner resets its children once)."""
         _reset_children(self)
 
-    def forward(self, batch: Data) -> Tensor:
+    def forward(self, data: Data) -> Tensor:
         dtype = self.atom_embedding.weight.dtype
-        graph, ptr, num_graphs, max_num_atoms = _batch_layout(batch)
-        edge_index = batch.edge_index
-        edge_batch = graph[edge_index[0]]
-        state = getattr(batch, "state", None)
+        batch, ptr, num_graphs, max_num_atoms = _batch_layout(data)
+        edge_index = data.edge_index
+        edge_batch = batch[edge_index[0]]
+        state = getattr(data, "state", None)
         if state is None:  # MEGNet's default state: zeros
             state = torch.zeros(num_graphs, self.state_dim, device=edge_index.device)
         state = state.to(dtype)
         if state.shape[-1] != self.state_dim:
-            raise ValueError(f"SAGNN: batch.state has width {state.shape[-1]} but the model was built with "
+            raise ValueError(f"SAGNN: data.state has width {state.shape[-1]} but the model was built with "
                              f"state_dim={self.state_dim}; build graphs with a matching state or change state_dim")
 
-        distances = bond_lengths(batch.pos.to(dtype), batch.lattice.to(dtype), edge_index, batch.image_offsets, graph)
+        distances = bond_lengths(data.pos.to(dtype), data.lattice.to(dtype), edge_index, data.image_offsets, batch)
         e = self.edge_encoder(self.bond_expansion(distances))
-        v = self.atom_encoder(self.atom_embedding(batch.atomic_numbers))
+        v = self.atom_encoder(self.atom_embedding(data.atomic_numbers))
         u = self.state_encoder(state)
 
         for b, block in enumerate(self.blocks):
-            e, v, u = block(e, v, u, edge_index, graph, edge_batch, num_graphs)
+            e, v, u = block(e, v, u, edge_index, batch, edge_batch, num_graphs)
             if self.attention == "each":
                 v = self.attention_layers[b](v, ptr, max_num_atoms)
         if self.attention == "last":
             v = self.attention_layers[0](v, ptr, max_num_atoms)
 
-        pooled = self.readout(v, e, u, graph, edge_batch, num_graphs)
+        pooled = self.readout(v, e, u, batch, edge_batch, num_graphs)
         return self.head(self.readout_dropout(pooled))
 
     def extra_repr(self) -> str:
@@ -169,25 +169,25 @@ def _reset_children(module: nn.Module) -> None:
             _reset_children(child)
 
 
-def _batch_layout(batch: Data) -> tuple[Tensor, Tensor, int, int]:
-    """``(graph index [N], ptr [B+1], num_graphs, max_num_atoms)`` of a ``Batch`` or a single ``Data``.
+def _batch_layout(data: Data) -> tuple[Tensor, Tensor, int, int]:
+    """``(batch [N] (the crystal of each atom), ptr [B+1], num_graphs, max_num_atoms)`` of a ``Batch`` or a single ``Data``.
 
     ``max_num_atoms`` comes from :func:`~sagnn_lightning.data.collate_graphs` (no device read); a batch
     built otherwise falls back to reading the longest segment from ``ptr`` once.
     """
-    num_atoms = batch.atomic_numbers.shape[0]
-    device = batch.atomic_numbers.device
-    graph = getattr(batch, "batch", None)
-    ptr = getattr(batch, "ptr", None)
-    if graph is None or ptr is None:  # one graph
-        graph = torch.zeros(num_atoms, dtype=torch.long, device=device)
+    num_atoms = data.atomic_numbers.shape[0]
+    device = data.atomic_numbers.device
+    batch = getattr(data, "batch", None)
+    ptr = getattr(data, "ptr", None)
+    if batch is None or ptr is None:  # one crystal
+        batch = torch.zeros(num_atoms, dtype=torch.long, device=device)
         ptr = torch.tensor([0, num_atoms], dtype=torch.long, device=device)
-        return graph, ptr, 1, num_atoms
-    num_graphs = int(batch.num_graphs)
-    max_num_atoms = getattr(batch, "max_num_atoms", None)
+        return batch, ptr, 1, num_atoms
+    num_graphs = int(data.num_graphs)
+    max_num_atoms = getattr(data, "max_num_atoms", None)
     if max_num_atoms is None:
         max_num_atoms = int((ptr[1:] - ptr[:-1]).max()) if num_graphs else 0
-    return graph, ptr, num_graphs, int(max_num_atoms)
+    return batch, ptr, num_graphs, int(max_num_atoms)
 
 
 def megnet(**kwargs) -> SAGNN:
