@@ -80,14 +80,44 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 FIELDS = [
-    "variant", "description", "heads", "attention", "seed", "params", "epochs", "batch_size", "lr",
-    "train_crystals", "val_crystals", "val_mae_best", "best_epoch", "val_mae_final", "train_mae_final",
-    "train_crystals_per_s", "train_crystals_per_cpu_s", "train_time_s", "val_time_s", "wall_time_s", "threads",
+    "variant",
+    "description",
+    "heads",
+    "attention",
+    "seed",
+    "params",
+    "epochs",
+    "batch_size",
+    "lr",
+    "train_crystals",
+    "val_crystals",
+    "val_mae_best",
+    "best_epoch",
+    "val_mae_final",
+    "train_mae_final",
+    "train_crystals_per_s",
+    "train_crystals_per_cpu_s",
+    "train_time_s",
+    "val_time_s",
+    "wall_time_s",
+    "threads",
     "machine",
 ]
-SPEED_FIELDS = ["variant", "heads", "attention", "params", "batch_size", "batches", "rounds",
-                "crystals_per_s_median", "crystals_per_s_min", "crystals_per_s_max", "crystals_per_cpu_s_median",
-                "threads", "machine"]
+SPEED_FIELDS = [
+    "variant",
+    "heads",
+    "attention",
+    "params",
+    "batch_size",
+    "batches",
+    "rounds",
+    "crystals_per_s_median",
+    "crystals_per_s_min",
+    "crystals_per_s_max",
+    "crystals_per_cpu_s_median",
+    "threads",
+    "machine",
+]
 CURVE_FIELDS = ["variant", "seed", "epoch", "val_mae", "train_mae", "epoch_train_time_s"]
 
 
@@ -164,13 +194,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training crystals")
     p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation crystals")
     p.add_argument("--cache-dir", type=str, default=None, help="graph cache (default $SAGNN_CACHE_DIR / user cache)")
-    p.add_argument("--speed-rounds", type=int, default=0,
-                   help="instead of training: interleaved throughput, N rounds of every variant (see measure_speed)")
+    p.add_argument(
+        "--speed-rounds",
+        type=int,
+        default=0,
+        help="instead of training: interleaved throughput, N rounds of every variant (see measure_speed)",
+    )
     p.add_argument("--speed-batches", type=int, default=20, help="timed training batches per variant and round")
-    p.add_argument("--report", action="store_true",
-                   help="only print a Markdown summary of --out (and its _speed.csv): per variant over seeds")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke check: 1 epoch, 256 training / 64 validation crystals, CSV beside --out as *_quick.csv")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="only print a Markdown summary of --out (and its _speed.csv): per variant over seeds",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check: 1 epoch, 256 training / 64 validation crystals, CSV beside --out as *_quick.csv",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.epochs = 1
@@ -191,14 +231,25 @@ def build_data(args: argparse.Namespace) -> MatbenchDataModule:
     """Graphs (cached) + the fixed train/val split of fold 0's training rows."""
     if not args.data.is_file():
         sys.exit(f"ablation: data file {args.data} not found; pass --data <matbench_perovskites_fold0_train.json.gz>")
-    dm = MatbenchDataModule(task="matbench_perovskites", fold=0, data_file=str(args.data), batch_size=args.batch_size,
-                            val_fraction=args.val_fraction, split_seed=args.split_seed, cache_dir=args.cache_dir,
-                            download=False, progress=False)
+    dm = MatbenchDataModule(
+        task="matbench_perovskites",
+        fold=0,
+        data_file=str(args.data),
+        batch_size=args.batch_size,
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        cache_dir=args.cache_dir,
+        download=False,
+        progress=False,
+    )
     t0 = time.perf_counter()
     dm.prepare_data()
     dm.setup("fit")
-    print(f"graphs ready in {time.perf_counter() - t0:.1f} s: {len(dm.train_dataset)} train / "
-          f"{len(dm.val_dataset)} val crystals", flush=True)
+    print(
+        f"graphs ready in {time.perf_counter() - t0:.1f} s: {len(dm.train_dataset)} train / "
+        f"{len(dm.val_dataset)} val crystals",
+        flush=True,
+    )
     train, val = dm.train_dataset, dm.val_dataset
     if args.limit_train:
         train = Subset(train, range(min(args.limit_train, len(train))))
@@ -208,20 +259,35 @@ def build_data(args: argparse.Namespace) -> MatbenchDataModule:
     return dm
 
 
-def run_variant(name: str, seed: int, dm: MatbenchDataModule, args: argparse.Namespace,
-                tmp: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_variant(
+    name: str, seed: int, dm: MatbenchDataModule, args: argparse.Namespace, tmp: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     description, kwargs = VARIANTS[name]
     pl.seed_everything(seed, workers=True, verbose=False)
     model = SAGNN(num_targets=1, **kwargs)
     lr = args.lr
-    module = SAGNNModule(model=model, task_type="regression", target_mean=dm.target_mean, target_std=dm.target_std,
-                         target_names=dm.target_names, loss="l1",
-                         optimizer=lambda params: torch.optim.Adam(params, lr=lr))
+    module = SAGNNModule(
+        model=model,
+        task_type="regression",
+        target_mean=dm.target_mean,
+        target_std=dm.target_std,
+        target_names=dm.target_names,
+        loss="l1",
+        optimizer=lambda params: torch.optim.Adam(params, lr=lr),
+    )
     monitor = AblationMonitor()
     trainer = pl.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
-        callbacks=[monitor, TrainMAE(monitor)], default_root_dir=str(tmp),
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        callbacks=[monitor, TrainMAE(monitor)],
+        default_root_dir=str(tmp),
     )
     # loaders built here so that every run sees the same shuffle (generator seeded with split_seed)
     train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
@@ -231,23 +297,38 @@ def run_variant(name: str, seed: int, dm: MatbenchDataModule, args: argparse.Nam
     train_time = sum(monitor.epoch_train_time)
     best = min(range(len(monitor.val_mae)), key=monitor.val_mae.__getitem__)
     row = {
-        "variant": name, "description": description, "heads": kwargs.get("heads", "-"),
-        "attention": kwargs["attention"], "seed": seed, "params": sum(p.numel() for p in model.parameters()),
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": lr,
-        "train_crystals": len(dm.train_dataset), "val_crystals": len(dm.val_dataset),
-        "val_mae_best": f"{monitor.val_mae[best]:.5f}", "best_epoch": best + 1,
+        "variant": name,
+        "description": description,
+        "heads": kwargs.get("heads", "-"),
+        "attention": kwargs["attention"],
+        "seed": seed,
+        "params": sum(p.numel() for p in model.parameters()),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": lr,
+        "train_crystals": len(dm.train_dataset),
+        "val_crystals": len(dm.val_dataset),
+        "val_mae_best": f"{monitor.val_mae[best]:.5f}",
+        "best_epoch": best + 1,
         "val_mae_final": f"{monitor.val_mae[-1]:.5f}",
         "train_mae_final": f"{monitor.train_mae[-1]:.5f}" if monitor.train_mae else "",
         "train_crystals_per_s": f"{monitor.crystals / train_time:.1f}",
         "train_crystals_per_cpu_s": f"{monitor.crystals / max(sum(monitor.epoch_train_cpu), 1e-9):.1f}",
         "train_time_s": f"{train_time:.1f}",
-        "val_time_s": f"{monitor.val_time:.1f}", "wall_time_s": f"{wall:.1f}", "threads": args.threads,
+        "val_time_s": f"{monitor.val_time:.1f}",
+        "wall_time_s": f"{wall:.1f}",
+        "threads": args.threads,
         "machine": machine(args.threads),
     }
     curves = [
-        {"variant": name, "seed": seed, "epoch": e + 1, "val_mae": f"{v:.5f}",
-         "train_mae": f"{monitor.train_mae[e]:.5f}" if e < len(monitor.train_mae) else "",
-         "epoch_train_time_s": f"{monitor.epoch_train_time[e]:.1f}" if e < len(monitor.epoch_train_time) else ""}
+        {
+            "variant": name,
+            "seed": seed,
+            "epoch": e + 1,
+            "val_mae": f"{v:.5f}",
+            "train_mae": f"{monitor.train_mae[e]:.5f}" if e < len(monitor.train_mae) else "",
+            "epoch_train_time_s": f"{monitor.epoch_train_time[e]:.1f}" if e < len(monitor.epoch_train_time) else "",
+        }
         for e, v in enumerate(monitor.val_mae)
     ]
     return row, curves
@@ -264,15 +345,17 @@ def measure_speed(dm: MatbenchDataModule, args: argparse.Namespace) -> list[dict
     """
     batches = list(itertools.islice(dm.train_dataloader(), args.speed_batches + 1))
     if len(batches) < args.speed_batches + 1:
-        sys.exit(f"ablation: --speed-batches {args.speed_batches} needs {args.speed_batches + 1} training batches "
-                 f"(1 warm-up), the split has {len(batches)}; lower --speed-batches or raise --limit-train")
+        sys.exit(
+            f"ablation: --speed-batches {args.speed_batches} needs {args.speed_batches + 1} training batches "
+            f"(1 warm-up), the split has {len(batches)}; lower --speed-batches or raise --limit-train"
+        )
     crystals = sum(int(b.num_graphs) for b in batches[1:])
     mean, std = torch.tensor(dm.target_mean), torch.tensor(dm.target_std)
     wall: dict[str, list[float]] = {v: [] for v in args.variants}
     cpu: dict[str, list[float]] = {v: [] for v in args.variants}
     params: dict[str, int] = {}
     for r in range(args.speed_rounds):
-        order = args.variants[r % len(args.variants):] + args.variants[:r % len(args.variants)]
+        order = args.variants[r % len(args.variants) :] + args.variants[: r % len(args.variants)]
         for name in order:
             pl.seed_everything(args.seeds[0], verbose=False)
             model = SAGNN(num_targets=1, **VARIANTS[name][1])
@@ -290,12 +373,21 @@ def measure_speed(dm: MatbenchDataModule, args: argparse.Namespace) -> list[dict
             cpu[name].append(crystals / (time.process_time() - c0))
         print(f"   round {r + 1}: " + ", ".join(f"{v} {wall[v][-1]:.0f}/s" for v in args.variants), flush=True)
     return [
-        {"variant": v, "heads": VARIANTS[v][1].get("heads", "-"), "attention": VARIANTS[v][1]["attention"],
-         "params": params[v], "batch_size": args.batch_size, "batches": args.speed_batches,
-         "rounds": args.speed_rounds, "crystals_per_s_median": f"{statistics.median(wall[v]):.1f}",
-         "crystals_per_s_min": f"{min(wall[v]):.1f}", "crystals_per_s_max": f"{max(wall[v]):.1f}",
-         "crystals_per_cpu_s_median": f"{statistics.median(cpu[v]):.1f}", "threads": args.threads,
-         "machine": machine(args.threads)}
+        {
+            "variant": v,
+            "heads": VARIANTS[v][1].get("heads", "-"),
+            "attention": VARIANTS[v][1]["attention"],
+            "params": params[v],
+            "batch_size": args.batch_size,
+            "batches": args.speed_batches,
+            "rounds": args.speed_rounds,
+            "crystals_per_s_median": f"{statistics.median(wall[v]):.1f}",
+            "crystals_per_s_min": f"{min(wall[v]):.1f}",
+            "crystals_per_s_max": f"{max(wall[v]):.1f}",
+            "crystals_per_cpu_s_median": f"{statistics.median(cpu[v]):.1f}",
+            "threads": args.threads,
+            "machine": machine(args.threads),
+        }
         for v in args.variants
     ]
 
@@ -317,16 +409,22 @@ def merge_write(path: Path, rows: list[dict[str, Any]], fields: list[str], key: 
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'variant':<9} {'seed':>4} {'params':>8} {'val MAE best':>13} {'(ep)':>4} {'val MAE final':>14} " \
-           f"{'crystals/s':>11} {'wall s':>8}"
+    head = (
+        f"{'variant':<9} {'seed':>4} {'params':>8} {'val MAE best':>13} {'(ep)':>4} {'val MAE final':>14} "
+        f"{'crystals/s':>11} {'wall s':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['variant']:<9} {r['seed']:>4} {int(r['params']):>8,} {float(r['val_mae_best']):>13.4f} "
-              f"{r['best_epoch']:>4} {float(r['val_mae_final']):>14.4f} {float(r['train_crystals_per_s']):>11.1f} "
-              f"{float(r['wall_time_s']):>8.0f}")
-    print("val MAE in eV per 5-atom cell (matbench_perovskites e_form); epochs "
-          f"{rows[0]['epochs'] if rows else '-'}, batch {rows[0]['batch_size'] if rows else '-'}")
+        print(
+            f"{r['variant']:<9} {r['seed']:>4} {int(r['params']):>8,} {float(r['val_mae_best']):>13.4f} "
+            f"{r['best_epoch']:>4} {float(r['val_mae_final']):>14.4f} {float(r['train_crystals_per_s']):>11.1f} "
+            f"{float(r['wall_time_s']):>8.0f}"
+        )
+    print(
+        "val MAE in eV per 5-atom cell (matbench_perovskites e_form); epochs "
+        f"{rows[0]['epochs'] if rows else '-'}, batch {rows[0]['batch_size'] if rows else '-'}"
+    )
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -340,9 +438,13 @@ def markdown_report(out: Path) -> str:
     """Markdown table of ``out`` aggregated per variant over seeds (mean ± sample std, per-seed values)."""
     rows = _read_csv(out)
     speed = {r["variant"]: r for r in _read_csv(out.with_name(out.stem + "_speed.csv"))}
-    lines = [("| variant | params | seeds | val MAE best (eV/cell) | val MAE final (eV/cell) | per seed (final) | "
-             "crystals/s in run | crystals/s interleaved | crystals/CPU-s | wall time / run |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| variant | params | seeds | val MAE best (eV/cell) | val MAE final (eV/cell) | per seed (final) | "
+            "crystals/s in run | crystals/s interleaved | crystals/CPU-s | wall time / run |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in [v for v in VARIANTS if any(r["variant"] == v for r in rows)]:
         runs = sorted((r for r in rows if r["variant"] == name), key=lambda r: int(r["seed"]))
         best = [float(r["val_mae_best"]) for r in runs]
@@ -357,8 +459,10 @@ def markdown_report(out: Path) -> str:
         sp = speed.get(name)
         inter = f"{sp['crystals_per_s_median']} ({sp['crystals_per_s_min']}–{sp['crystals_per_s_max']})" if sp else "–"
         cpu = sp["crystals_per_cpu_s_median"] if sp else "–"
-        lines.append(f"| {name}: {VARIANTS[name][0]} | {int(runs[0]['params']):,} | {len(runs)} | {stat(best)} | "
-                     f"{stat(final)} | {per_seed} | {rate:.0f} | {inter} | {cpu} | {wall / 60:.1f} min |")
+        lines.append(
+            f"| {name}: {VARIANTS[name][0]} | {int(runs[0]['params']):,} | {len(runs)} | {stat(best)} | "
+            f"{stat(final)} | {per_seed} | {rate:.0f} | {inter} | {cpu} | {wall / 60:.1f} min |"
+        )
     return "\n".join(lines)
 
 
@@ -376,8 +480,10 @@ def main(argv: list[str] | None = None) -> list[dict] | str:
         merge_write(speed_path, speed, SPEED_FIELDS, ("variant",))
         print(f"{'variant':<9} {'params':>8} {'crystals/s median (min-max)':>28} {'crystals/CPU-s':>15}")
         for r in speed:
-            print(f"{r['variant']:<9} {r['params']:>8,} {r['crystals_per_s_median']:>12} "
-                  f"({r['crystals_per_s_min']}-{r['crystals_per_s_max']}) {r['crystals_per_cpu_s_median']:>15}")
+            print(
+                f"{r['variant']:<9} {r['params']:>8,} {r['crystals_per_s_median']:>12} "
+                f"({r['crystals_per_s_min']}-{r['crystals_per_s_max']}) {r['crystals_per_cpu_s_median']:>15}"
+            )
         print(f"\nwrote {speed_path}")
         return speed
     curves_path = args.out.with_name(args.out.stem + "_curves.csv")
@@ -390,9 +496,11 @@ def main(argv: list[str] | None = None) -> list[dict] | str:
                 rows.append(row)
                 merge_write(args.out, [row], FIELDS, ("variant", "seed"))
                 merge_write(curves_path, curves, CURVE_FIELDS, ("variant", "seed"))
-                print(f"   val MAE best {row['val_mae_best']} (epoch {row['best_epoch']}), final "
-                      f"{row['val_mae_final']}, {row['train_crystals_per_s']} crystals/s, {row['wall_time_s']} s",
-                      flush=True)
+                print(
+                    f"   val MAE best {row['val_mae_best']} (epoch {row['best_epoch']}), final "
+                    f"{row['val_mae_final']}, {row['train_crystals_per_s']} crystals/s, {row['wall_time_s']} s",
+                    flush=True,
+                )
     print()
     print_table(rows)
     print(f"\nwrote {args.out} and {curves_path}")

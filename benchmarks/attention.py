@@ -43,8 +43,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout, even when an installed copy exists
 
-from sagnn_lightning.kernels.dispatch import triton_available
-from sagnn_lightning.kernels.reference import varlen_attention_padded
+from sagnn_lightning.kernels.dispatch import triton_available  # noqa: E402 (after the sys.path setup above)
+from sagnn_lightning.kernels.reference import varlen_attention_padded  # noqa: E402 (after the sys.path setup above)
 
 MATBENCH_FILES = {
     "matbench_perovskites": "matbench/matbench_perovskites_fold0_train.csv.gz",
@@ -54,7 +54,9 @@ MATBENCH_FILES = {
 
 
 # ------------------------------------------------------------------------------------ inputs
-def atom_count_pools(data_root: Path, rng: np.random.Generator, names: list[str] | None = None) -> dict[str, np.ndarray]:
+def atom_count_pools(
+    data_root: Path, rng: np.random.Generator, names: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """``name -> array of atom counts`` to sample batches from (``names``: only these; the synthetic
     ``mp_like_long_tail`` needs no data file)."""
     pools = {}
@@ -63,13 +65,17 @@ def atom_count_pools(data_root: Path, rng: np.random.Generator, names: list[str]
             continue
         path = data_root / rel
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: pass --data-root pointing at the shared data folder (with matbench/)")
+            raise FileNotFoundError(
+                f"{path} not found: pass --data-root pointing at the shared data folder (with matbench/)"
+            )
         pools[name] = pd.read_csv(path, usecols=["nsites"])["nsites"].to_numpy()
     pools["mp_like_long_tail"] = np.clip(np.rint(np.exp(rng.normal(math.log(10.0), 0.9, 200_000))), 1, 300).astype(int)
     return pools
 
 
-def per_crystal_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float) -> torch.Tensor:
+def per_crystal_loop(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float
+) -> torch.Tensor:
     """One SDPA call per crystal on its slice; ``bounds`` is ``cu_seqlens`` on the host."""
     outs = []
     for start, end in itertools.pairwise(bounds):
@@ -117,7 +123,9 @@ def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup
     return statistics.median(times)
 
 
-def measure(method: Callable, q, k, v, do, device: torch.device, repeats: int, warmup: int) -> tuple[float, float, float, float]:
+def measure(
+    method: Callable, q, k, v, do, device: torch.device, repeats: int, warmup: int
+) -> tuple[float, float, float, float]:
     """Forward, backward (from a kept graph), forward+backward times in ms and CUDA peak MB."""
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
 
@@ -165,7 +173,9 @@ def run(args: argparse.Namespace) -> list[Row]:
     if device.type == "cuda" and triton_available():
         from sagnn_lightning.kernels.triton_attention import varlen_attention_triton
 
-        methods["triton"] = lambda q, k, v, cu, L, bounds, scale: varlen_attention_triton(q, k, v, cu, L, scale=scale, validate=False)
+        methods["triton"] = lambda q, k, v, cu, L, bounds, scale: varlen_attention_triton(
+            q, k, v, cu, L, scale=scale, validate=False
+        )
     elif device.type == "cuda":
         print("Triton is not installed: timing the PyTorch paths only")
     methods["padded"] = lambda q, k, v, cu, L, bounds, scale: varlen_attention_padded(q, k, v, cu, L, scale=scale)
@@ -179,19 +189,40 @@ def run(args: argparse.Namespace) -> list[Row]:
             total, longest = bounds[-1], max(counts)
             cu = torch.tensor(bounds, dtype=torch.int32, device=device)
             gen = torch.Generator(device="cpu").manual_seed(args.seed)
-            q, k, v, do = (torch.randn(total, args.heads, args.head_dim, generator=gen).to(device, dtype) for _ in range(4))
+            q, k, v, do = (
+                torch.randn(total, args.heads, args.head_dim, generator=gen).to(device, dtype) for _ in range(4)
+            )
             scale = 1.0 / math.sqrt(args.head_dim)
             for name, fn in methods.items():
+
                 def method(q_, k_, v_, fn=fn, cu=cu, longest=longest, bounds=bounds, scale=scale):
                     return fn(q_, k_, v_, cu, longest, bounds, scale)
 
                 t_fwd, t_bwd, t_both, peak = measure(method, q, k, v, do, device, args.repeats, args.warmup)
-                rows.append(Row(
-                    dist, batch_size, total, longest, total / batch_size, 1.0 - total / (batch_size * longest),
-                    args.heads, args.head_dim, args.dtype, device.type, name, t_fwd, t_bwd, t_both, peak,
-                ))
-                print(f"{dist:22s} B={batch_size:4d} N={total:6d} max={longest:3d} {name:7s} "
-                      f"fwd {t_fwd:8.2f} ms  bwd {t_bwd:8.2f} ms  fwd+bwd {t_both:8.2f} ms  peak {peak:8.1f} MB", flush=True)
+                rows.append(
+                    Row(
+                        dist,
+                        batch_size,
+                        total,
+                        longest,
+                        total / batch_size,
+                        1.0 - total / (batch_size * longest),
+                        args.heads,
+                        args.head_dim,
+                        args.dtype,
+                        device.type,
+                        name,
+                        t_fwd,
+                        t_bwd,
+                        t_both,
+                        peak,
+                    )
+                )
+                print(
+                    f"{dist:22s} B={batch_size:4d} N={total:6d} max={longest:3d} {name:7s} "
+                    f"fwd {t_fwd:8.2f} ms  bwd {t_bwd:8.2f} ms  fwd+bwd {t_both:8.2f} ms  peak {peak:8.1f} MB",
+                    flush=True,
+                )
     return rows
 
 
@@ -204,24 +235,39 @@ def print_ratios(rows: list[Row]) -> None:
         if method == base_name:
             continue
         base = keyed[(dist, batch_size, base_name)]
-        mem = row.peak_mem_mb / base.peak_mem_mb if base.peak_mem_mb == base.peak_mem_mb and base.peak_mem_mb > 0 else float("nan")
-        print(f"{dist:22s} B={batch_size:4d} {method:7s}/{base_name:7s} fwd {row.fwd_ms / base.fwd_ms:6.2f}x  "
-              f"bwd {row.bwd_ms / base.bwd_ms:6.2f}x  fwd+bwd {row.fwd_bwd_ms / base.fwd_bwd_ms:6.2f}x  mem {mem:6.2f}x")
+        mem = (
+            row.peak_mem_mb / base.peak_mem_mb
+            if base.peak_mem_mb == base.peak_mem_mb and base.peak_mem_mb > 0
+            else float("nan")
+        )
+        print(
+            f"{dist:22s} B={batch_size:4d} {method:7s}/{base_name:7s} fwd {row.fwd_ms / base.fwd_ms:6.2f}x  "
+            f"bwd {row.bwd_ms / base.bwd_ms:6.2f}x  fwd+bwd {row.fwd_bwd_ms / base.fwd_bwd_ms:6.2f}x  mem {mem:6.2f}x"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"), help="folder holding matbench/*.csv.gz")
+    parser.add_argument(
+        "--data-root", default=str(ROOT.parent / "shared" / "data"), help="folder holding matbench/*.csv.gz"
+    )
     parser.add_argument("--distributions", nargs="+", default=[*MATBENCH_FILES, "mp_like_long_tail"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=16)
-    parser.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 | float16 | bfloat16 (default: bfloat16 on CUDA, float32 on CPU)"
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is steadier on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; 1 is steadier on a shared machine)",
+    )
     parser.add_argument("--quick", action="store_true", help="batch 64, long-tail + phonons only, 3 repeats")
     parser.add_argument("--csv", default=None, help="output CSV (default: benchmarks/results/attention_<cpu|cuda>.csv)")
     args = parser.parse_args(argv)
@@ -234,8 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.batch_sizes, args.distributions = [64], ["matbench_phonons", "mp_like_long_tail"]
 
-    print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "
-          f"{torch.cuda.get_device_name() if cuda else f'CPU, {torch.get_num_threads()} threads'} | dtype {args.dtype}")
+    print(
+        f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "
+        f"{torch.cuda.get_device_name() if cuda else f'CPU, {torch.get_num_threads()} threads'} | dtype {args.dtype}"
+    )
     rows = run(args)
     print_ratios(rows)
     out = Path(args.csv or ROOT / "benchmarks" / "results" / f"attention_{'cuda' if cuda else 'cpu'}.csv")

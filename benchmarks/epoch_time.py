@@ -56,7 +56,7 @@ def make_batches(path: str, batch_size: int, count: int) -> list:
         graphs.append(graph)
         if len(graphs) == batch_size * count:
             break
-    return [collate_graphs(graphs[k:k + batch_size]) for k in range(0, len(graphs), batch_size)]
+    return [collate_graphs(graphs[k : k + batch_size]) for k in range(0, len(graphs), batch_size)]
 
 
 def step_fn(model: torch.nn.Module, variant: str):
@@ -105,18 +105,30 @@ def main() -> None:
                 steps[variant](batch)
             rates[variant].append(crystals / (time.perf_counter() - start))
     baseline = statistics.median(rates["eager"]) if "eager" in rates else None
-    machine = (f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} thread(s), bf16 flags: {sorted(cpu_flags() - {'avx512f'}) or 'none'}")
+    machine = (
+        f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s), bf16 flags: {sorted(cpu_flags() - {'avx512f'}) or 'none'}"
+    )
     print(machine)
     rows = []
     for variant in args.variants:
         median = statistics.median(rates[variant])
         ratio = median / baseline if baseline else float("nan")
-        rows.append({"variant": variant, "crystals_per_s": round(median, 1), "ratio_to_eager": round(ratio, 3),
-                     "min": round(min(rates[variant]), 1), "max": round(max(rates[variant]), 1),
-                     "warmup_s": round(warmup[variant], 1), "machine": machine})
-        print(f"{variant:8s} {median:8.1f} crystals/s  ×{ratio:.2f}  (rounds {min(rates[variant]):.0f}–"
-              f"{max(rates[variant]):.0f}; warm-up {warmup[variant]:.0f} s)")
+        rows.append(
+            {
+                "variant": variant,
+                "crystals_per_s": round(median, 1),
+                "ratio_to_eager": round(ratio, 3),
+                "min": round(min(rates[variant]), 1),
+                "max": round(max(rates[variant]), 1),
+                "warmup_s": round(warmup[variant], 1),
+                "machine": machine,
+            }
+        )
+        print(
+            f"{variant:8s} {median:8.1f} crystals/s  ×{ratio:.2f}  (rounds {min(rates[variant]):.0f}–"
+            f"{max(rates[variant]):.0f}; warm-up {warmup[variant]:.0f} s)"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out, "w", newline="") as fh:

@@ -42,9 +42,9 @@ from pymatgen.core import Structure
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout, even when an installed copy exists
 
-from sagnn_lightning.data.batch import collate_graphs
-from sagnn_lightning.data.cache import GraphDataset, load_or_build_graphs
-from sagnn_lightning.data.graph import GraphSettings
+from sagnn_lightning.data.batch import collate_graphs  # noqa: E402 (after the sys.path setup above)
+from sagnn_lightning.data.cache import GraphDataset, load_or_build_graphs  # noqa: E402 (after the sys.path setup above)
+from sagnn_lightning.data.graph import GraphSettings  # noqa: E402 (after the sys.path setup above)
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -126,19 +126,35 @@ def throughput(args, rows: list[dict]) -> None:
             t_base = statistics.median(b[0] for b in base)
             cpu_base = statistics.median(b[2] for b in base)
             print(f"\n{name}: {n} structures, cutoff {args.cutoff} Å")
-            print(f"  baseline loop (pymatgen parse + get_all_neighbors + Python edges): {n / t_base:9.0f} structures/s "
-                  f"({n / cpu_base:.0f} per CPU-second)")
+            print(
+                f"  baseline loop (pymatgen parse + get_all_neighbors + Python edges): {n / t_base:9.0f} structures/s "
+                f"({n / cpu_base:.0f} per CPU-second)"
+            )
             for w in args.workers:
                 runs = [ours_build(ids, items, targets, settings, w, Path(tmp)) for _ in range(args.repeats)]
                 t = statistics.median(r[0] for r in runs)
                 cpu = statistics.median(r[3] for r in runs)
                 assert runs[0][1] == base[0][1], f"edge count differs: ours {runs[0][1]} vs baseline {base[0][1]}"
                 ratio = t_base / t
-                print(f"  sagnn build, num_workers={w}: {n / t:9.0f} structures/s  ({ratio:.1f}x the loop; "
-                      f"{n / cpu:.0f} per CPU-second, {cpu_base / cpu:.1f}x; cache hit {runs[0][2] * 1e3:.0f} ms)")
-                rows.append({"dataset": name, "n": n, "edges": runs[0][1], "workers": w, "ours_per_s": n / t,
-                             "baseline_per_s": n / t_base, "ratio": ratio, "hit_ms": runs[0][2] * 1e3,
-                             "ours_per_cpu_s": n / cpu, "baseline_per_cpu_s": n / cpu_base, "cpu_ratio": cpu_base / cpu})
+                print(
+                    f"  sagnn build, num_workers={w}: {n / t:9.0f} structures/s  ({ratio:.1f}x the loop; "
+                    f"{n / cpu:.0f} per CPU-second, {cpu_base / cpu:.1f}x; cache hit {runs[0][2] * 1e3:.0f} ms)"
+                )
+                rows.append(
+                    {
+                        "dataset": name,
+                        "n": n,
+                        "edges": runs[0][1],
+                        "workers": w,
+                        "ours_per_s": n / t,
+                        "baseline_per_s": n / t_base,
+                        "ratio": ratio,
+                        "hit_ms": runs[0][2] * 1e3,
+                        "ours_per_cpu_s": n / cpu,
+                        "baseline_per_cpu_s": n / cpu_base,
+                        "cpu_ratio": cpu_base / cpu,
+                    }
+                )
 
 
 # ----------------------------------------------------------------------------------- memory
@@ -168,9 +184,20 @@ def iterate_child(path: str, release_every: int) -> None:
         if k % 16 == 0:
             peak = {key: max(v, peak[key]) for key, v in _status().items()}
     peak = {key: max(v, peak[key]) for key, v in _status().items()}
-    print(json.dumps({"graphs": len(ds), "atoms": atoms, "open_s": open_s, "seconds": time.perf_counter() - t0,
-                      "file_mib": os.path.getsize(path) / 2**20, "before": before, "peak": peak,
-                      "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "graphs": len(ds),
+                "atoms": atoms,
+                "open_s": open_s,
+                "seconds": time.perf_counter() - t0,
+                "file_mib": os.path.getsize(path) / 2**20,
+                "before": before,
+                "peak": peak,
+                "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def memory(args, rows: list[dict]) -> None:
@@ -185,23 +212,40 @@ def memory(args, rows: list[dict]) -> None:
             items = (abx3.cif.tolist() * reps)[:size]
             targets = np.tile(abx3[["band_gap"]].to_numpy(), (reps, 1))[:size]
             t0 = time.perf_counter()
-            ds = load_or_build_graphs(cache_dir, f"rss-{size}", ids, items, targets, settings,
-                                      num_workers=max(args.workers), progress=False)
+            ds = load_or_build_graphs(
+                cache_dir, f"rss-{size}", ids, items, targets, settings, num_workers=max(args.workers), progress=False
+            )
             build = time.perf_counter() - t0
-            print(f"  {size} graphs: built in {build:.1f} s ({size / build:.0f} structures/s, "
-                  f"num_workers={max(args.workers)}), file {ds.path.stat().st_size / 2**20:.0f} MiB")
+            print(
+                f"  {size} graphs: built in {build:.1f} s ({size / build:.0f} structures/s, "
+                f"num_workers={max(args.workers)}), file {ds.path.stat().st_size / 2**20:.0f} MiB"
+            )
             del items
             for release in (4096, 0):
                 cmd = [sys.executable, __file__, "--_iterate", str(ds.path), "--_release-every", str(release)]
-                res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+                res = json.loads(
+                    subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                )
                 b, p = res["before"], res["peak"]
-                print(f"    release_every={release:5d}: peak RSS {p['VmRSS']} MiB (anon {p['RssAnon']}, file-backed "
-                      f"{p['RssFile']}); before opening {b['VmRSS']} MiB; open+verify {res['open_s']:.2f} s, "
-                      f"iterated in {res['seconds']:.1f} s")
-                rows.append({"dataset": f"rss {size}", "n": size, "release_every": release, "peak_rss_mib": p["VmRSS"],
-                             "peak_anon_mib": p["RssAnon"], "peak_file_mib": p["RssFile"],
-                             "before_mib": b["VmRSS"], "file_mib": res["file_mib"], "iterate_s": res["seconds"],
-                             "open_s": res["open_s"]})
+                print(
+                    f"    release_every={release:5d}: peak RSS {p['VmRSS']} MiB (anon {p['RssAnon']}, file-backed "
+                    f"{p['RssFile']}); before opening {b['VmRSS']} MiB; open+verify {res['open_s']:.2f} s, "
+                    f"iterated in {res['seconds']:.1f} s"
+                )
+                rows.append(
+                    {
+                        "dataset": f"rss {size}",
+                        "n": size,
+                        "release_every": release,
+                        "peak_rss_mib": p["VmRSS"],
+                        "peak_anon_mib": p["RssAnon"],
+                        "peak_file_mib": p["RssFile"],
+                        "before_mib": b["VmRSS"],
+                        "file_mib": res["file_mib"],
+                        "iterate_s": res["seconds"],
+                        "open_s": res["open_s"],
+                    }
+                )
             ds.path.unlink()
     finally:
         for p in cache_dir.iterdir():
@@ -229,8 +273,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.shared.is_dir():
         sys.exit(f"shared data folder {args.shared} not found (pass --shared)")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}"
+    )
     rows: list[dict] = []
     if not args.skip_throughput:
         throughput(args, rows)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -51,9 +51,14 @@ def read_member(folder: Path, task: str, fold: int) -> dict:
     result = doc["tasks"][task]["results"][f"fold_{fold}"]
     params = result["parameters"]
     ids = list(result["data"])
-    return {"ids": ids, "predictions": np.array([result["data"][i] for i in ids], dtype=float),
-            "mae": float(result["scores"]["mae"]), "best_epoch": int(params["best_epoch"]),
-            "best_val": float(params["best_val_mae"]), "epochs": int(params["epochs_run"])}
+    return {
+        "ids": ids,
+        "predictions": np.array([result["data"][i] for i in ids], dtype=float),
+        "mae": float(result["scores"]["mae"]),
+        "best_epoch": int(params["best_epoch"]),
+        "best_val": float(params["best_val_mae"]),
+        "epochs": int(params["epochs_run"]),
+    }
 
 
 def test_targets(task: str, fold: int, ids: Sequence[str], data_home: Path | None) -> np.ndarray:
@@ -61,8 +66,9 @@ def test_targets(task: str, fold: int, ids: Sequence[str], data_home: Path | Non
     download: ``data_home`` or ``$MATMINER_DATA`` must hold it)."""
     from sagnn_lightning.data.matbench import MatbenchDataModule
 
-    table = MatbenchDataModule(task, fold=fold, data_home=str(data_home) if data_home else None,
-                               download=False, progress=False).table
+    table = MatbenchDataModule(
+        task, fold=fold, data_home=str(data_home) if data_home else None, download=False, progress=False
+    ).table
     row = {sid: r for r, sid in enumerate(table.ids)}
     return np.asarray(table.targets[[row[i] for i in ids]], dtype=float).reshape(-1)
 
@@ -80,10 +86,24 @@ def _runner_ensemble(folder: Path, task: str, fold: int) -> tuple[list[dict], li
     for k, (member, mae) in enumerate(zip(params["members"], params["member_test_mae"])):
         history = folder / "work" / task / f"fold_{fold}" / f"inner_{k}" / "history.csv"
         curves += [{"inner_fold": k, "epoch": e, "val_mae": v} for e, v in read_history(history)]
-        rows.append({"inner_fold": k, "best_epoch": int(member["best_epoch"]), "epochs": int(member["epochs_run"]),
-                     "best_val_mae": float(member["best_val_mae"]), "test_mae": float(mae)})
-    rows.append({"inner_fold": f"ensemble of {len(rows)}", "best_epoch": "", "epochs": rows[0]["epochs"],
-                 "best_val_mae": "", "test_mae": float(result["scores"]["mae"])})
+        rows.append(
+            {
+                "inner_fold": k,
+                "best_epoch": int(member["best_epoch"]),
+                "epochs": int(member["epochs_run"]),
+                "best_val_mae": float(member["best_val_mae"]),
+                "test_mae": float(mae),
+            }
+        )
+    rows.append(
+        {
+            "inner_fold": f"ensemble of {len(rows)}",
+            "best_epoch": "",
+            "epochs": rows[0]["epochs"],
+            "best_val_mae": "",
+            "test_mae": float(result["scores"]["mae"]),
+        }
+    )
     return curves, rows
 
 
@@ -93,25 +113,42 @@ def _separate_members(folder: Path, task: str, fold: int, data_home: Path | None
     curves, rows, members = [], [], []
     for sub in member_dirs(folder.parent, folder.name):
         k = int(sub.name.split("_")[1])
-        curves += [{"inner_fold": k, "epoch": e, "val_mae": v}
-                   for e, v in read_history(sub / "work" / task / f"fold_{fold}" / "history.csv")]
+        curves += [
+            {"inner_fold": k, "epoch": e, "val_mae": v}
+            for e, v in read_history(sub / "work" / task / f"fold_{fold}" / "history.csv")
+        ]
         member = read_member(sub, task, fold)
         members.append(member)
-        rows.append({"inner_fold": k, "best_epoch": member["best_epoch"], "epochs": member["epochs"],
-                     "best_val_mae": member["best_val"], "test_mae": member["mae"]})
+        rows.append(
+            {
+                "inner_fold": k,
+                "best_epoch": member["best_epoch"],
+                "epochs": member["epochs"],
+                "best_val_mae": member["best_val"],
+                "test_mae": member["mae"],
+            }
+        )
     if members:
         ids = members[0]["ids"]
         if any(m["ids"] != ids for m in members):
             raise ValueError(f"{folder}: members predicted different test ids")
         ensemble = np.mean([m["predictions"] for m in members], axis=0)
         truth = test_targets(task, fold, ids, data_home)
-        rows.append({"inner_fold": f"ensemble of {len(members)}", "best_epoch": "", "epochs": members[0]["epochs"],
-                     "best_val_mae": "", "test_mae": float(np.mean(np.abs(ensemble - truth)))})
+        rows.append(
+            {
+                "inner_fold": f"ensemble of {len(members)}",
+                "best_epoch": "",
+                "epochs": members[0]["epochs"],
+                "best_val_mae": "",
+                "test_mae": float(np.mean(np.abs(ensemble - truth))),
+            }
+        )
     return curves, rows
 
 
-def study(study_dir: Path, configs: Sequence[str], task: str, fold: int,
-          data_home: Path | None = None) -> tuple[list[dict], list[dict]]:
+def study(
+    study_dir: Path, configs: Sequence[str], task: str, fold: int, data_home: Path | None = None
+) -> tuple[list[dict], list[dict]]:
     """Curves and summary rows of every configuration (a ``run.py --val-folds`` submission in
     ``<study>/<config>/``, or K separate ones in ``<study>/<config>/inner_<k>/``)."""
     curves, summary = [], []
@@ -124,10 +161,16 @@ def study(study_dir: Path, configs: Sequence[str], task: str, fold: int,
             continue
         curves += [{"config": config, **c} for c in config_curves]
         summary += [{"config": config, **r} for r in members]
-        summary.append({"config": config, "inner_fold": "mean", "best_epoch": float(np.mean([r["best_epoch"] for r in members])),
-                        "epochs": members[0]["epochs"],
-                        "best_val_mae": float(np.mean([r["best_val_mae"] for r in members])),
-                        "test_mae": float(np.mean([r["test_mae"] for r in members]))})
+        summary.append(
+            {
+                "config": config,
+                "inner_fold": "mean",
+                "best_epoch": float(np.mean([r["best_epoch"] for r in members])),
+                "epochs": members[0]["epochs"],
+                "best_val_mae": float(np.mean([r["best_val_mae"] for r in members])),
+                "test_mae": float(np.mean([r["test_mae"] for r in members])),
+            }
+        )
         summary += [{"config": config, **r} for r in rows if not isinstance(r["inner_fold"], int)]
     return curves, summary
 
@@ -150,11 +193,16 @@ def plot(curves: list[dict], summary: list[dict], path: Path, title: str, unit: 
     for config in configs:
         rows = [r for r in curves if r["config"] == config]
         folds = sorted({r["inner_fold"] for r in rows})
-        epochs = sorted({r["epoch"] for r in rows if all(
-            any(q["epoch"] == r["epoch"] and q["inner_fold"] == k for q in rows) for k in folds)})
+        epochs = sorted(
+            {
+                r["epoch"]
+                for r in rows
+                if all(any(q["epoch"] == r["epoch"] and q["inner_fold"] == k for q in rows) for k in folds)
+            }
+        )
         table = {(r["inner_fold"], r["epoch"]): r["val_mae"] for r in rows}
         values = np.array([[table[(k, e)] for e in epochs] for k in folds])
-        line, = ax1.plot(epochs, values.mean(axis=0), label=f"{config} (mean of {len(folds)} inner folds)")
+        (line,) = ax1.plot(epochs, values.mean(axis=0), label=f"{config} (mean of {len(folds)} inner folds)")
         ax1.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel(f"validation MAE ({unit})")
@@ -163,7 +211,9 @@ def plot(curves: list[dict], summary: list[dict], path: Path, title: str, unit: 
     for i, config in enumerate(configs):
         members = [r for r in summary if r["config"] == config and isinstance(r["inner_fold"], int)]
         ens = [r for r in summary if r["config"] == config and str(r["inner_fold"]).startswith("ensemble")]
-        ax2.scatter([i] * len(members), [r["test_mae"] for r in members], color="gray", label="member" if i == 0 else None)
+        ax2.scatter(
+            [i] * len(members), [r["test_mae"] for r in members], color="gray", label="member" if i == 0 else None
+        )
         if ens:
             ax2.scatter([i], [ens[0]["test_mae"]], color="red", marker="*", s=150, label="ensemble" if i == 0 else None)
     ax2.set_xticks(range(len(configs)), configs)
@@ -193,8 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(args.out.with_name(args.out.name + "_curves.csv"), curves)
     write_csv(args.out.with_name(args.out.name + "_summary.csv"), summary)
-    plot(curves, summary, args.out.with_name(args.out.name + ".png"),
-         f"{args.task} fold {args.fold}: inner cross-validation", args.unit)
+    plot(
+        curves,
+        summary,
+        args.out.with_name(args.out.name + ".png"),
+        f"{args.task} fold {args.fold}: inner cross-validation",
+        args.unit,
+    )
     for row in summary:
         print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return 0

@@ -31,8 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -100,21 +100,36 @@ class MatglMEGNet(nn.Module):
         super().__init__()
         from matgl.models import MEGNet
 
-        self.megnet = MEGNet(dim_node_embedding=16, dim_edge_embedding=100, dim_state_embedding=2, nblocks=3,
-                             hidden_layer_sizes_input=(64, 32), hidden_layer_sizes_conv=(64, 64, 32),
-                             hidden_layer_sizes_output=(32, 16), cutoff=CUTOFF, gauss_width=0.5)
+        self.megnet = MEGNet(
+            dim_node_embedding=16,
+            dim_edge_embedding=100,
+            dim_state_embedding=2,
+            nblocks=3,
+            hidden_layer_sizes_input=(64, 32),
+            hidden_layer_sizes_conv=(64, 64, 32),
+            hidden_layer_sizes_output=(32, 16),
+            cutoff=CUTOFF,
+            gauss_width=0.5,
+        )
         self.num_types = len(self.megnet.element_types)
 
     def forward(self, batch) -> torch.Tensor:
         from types import SimpleNamespace
 
         pos = batch.pos.float()
-        shift = bond_vectors(pos, batch.lattice, batch.edge_index, batch.image_offsets, batch.batch) \
-            - (pos[batch.edge_index[1]] - pos[batch.edge_index[0]])
+        shift = bond_vectors(pos, batch.lattice, batch.edge_index, batch.image_offsets, batch.batch) - (
+            pos[batch.edge_index[1]] - pos[batch.edge_index[0]]
+        )
         # element index into matgl's element list (our atomic numbers are all within it for these data)
         node_type = (batch.atomic_numbers - 1).clamp(max=self.num_types - 1)
-        g = SimpleNamespace(node_type=node_type, pos=pos, edge_index=batch.edge_index, pbc_offshift=shift,
-                            batch=batch.batch, num_graphs=batch.num_graphs)
+        g = SimpleNamespace(
+            node_type=node_type,
+            pos=pos,
+            edge_index=batch.edge_index,
+            pbc_offshift=shift,
+            batch=batch.batch,
+            num_graphs=batch.num_graphs,
+        )
         state = torch.zeros(batch.num_graphs, 2, device=pos.device)
         return self.megnet(g, state_attr=state)
 
@@ -152,7 +167,7 @@ def load_batches(path: Path, batch_size: int, num_batches: int, device: str | to
     table = read_structures(path)
     n = min(len(table.ids), batch_size * num_batches)
     graphs = [structure_to_graph(table.structures[i], cutoff=CUTOFF, name=table.ids[i]) for i in range(n)]
-    return [collate_graphs(graphs[i:i + batch_size]).to(device) for i in range(0, n, batch_size)]
+    return [collate_graphs(graphs[i : i + batch_size]).to(device) for i in range(0, n, batch_size)]
 
 
 def _sync(batches: list) -> None:
@@ -217,21 +232,25 @@ def peak_memory_subprocess(name: str, data: Path, batch_size: int, num_batches: 
     the model built, so loading costs are not counted.
     """
     code = (
-        "import sys; sys.path.insert(0, %r); import peers; from pathlib import Path;"
-        "b = peers.load_batches(Path(%r), %d, %d); m = peers.make_models()[%r]();"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import peers; from pathlib import Path;"
+        f"b = peers.load_batches(Path({str(data)!r}), {int(batch_size)}, {int(num_batches)});"
+        f"m = peers.make_models()[{name!r}]();"
         "base = peers._rss_kib('VmRSS'); open('/proc/self/clear_refs', 'w').write('5');"
         "peers.fwd_bwd(m, b); print((peers._rss_kib('VmHWM') - base) / 1024)"
-    ) % (str(Path(__file__).parent), str(data), batch_size, num_batches, name)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def size_scaling(rounds: int, names: list[str] = ("sagnn_mhsa8", "sagnn_no_mhsa", "matgl_megnet"),
-                 device: str | torch.device = "cpu") -> list[dict]:
+def size_scaling(
+    rounds: int, names: list[str] = ("sagnn_mhsa8", "sagnn_no_mhsa", "matgl_megnet"), device: str | torch.device = "cpu"
+) -> list[dict]:
     """Forward+backward cost vs atoms per cell, on supercells of one real perovskite."""
     from pymatgen.core import Structure
 
-    table = read_structures(Path(__file__).resolve().parents[1] / "sagnn_lightning/data/samples/mp_abx3_perovskites.csv.gz")
+    table = read_structures(
+        Path(__file__).resolve().parents[1] / "sagnn_lightning/data/samples/mp_abx3_perovskites.csv.gz"
+    )
     base = table.structures[0]
     rows = []
     for scale in [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (4, 2, 2), (4, 4, 2), (5, 4, 2)]:
@@ -242,14 +261,24 @@ def size_scaling(rounds: int, names: list[str] = ("sagnn_mhsa8", "sagnn_no_mhsa"
             m = make_models()[name]().to(device)
             fwd_bwd(m, [batch])
             t = statistics.median(fwd_bwd(m, [batch]) for _ in range(rounds))
-            rows.append({"model": name, "atoms_per_cell": len(s), "edges_per_cell": batch.edge_index.shape[1] // 8,
-                         "ms_per_crystal": 1e3 * t / 8})
+            rows.append(
+                {
+                    "model": name,
+                    "atoms_per_cell": len(s),
+                    "edges_per_cell": batch.edge_index.shape[1] // 8,
+                    "ms_per_crystal": 1e3 * t / 8,
+                }
+            )
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/matbench/matbench_phonons.json.gz")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared/data/matbench/matbench_phonons.json.gz",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-batches", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
@@ -282,13 +311,18 @@ def main(argv: list[str] | None = None) -> None:
                 results[name][memory_key] = peak_memory_cuda(make_models()[name]().to(device), batches)
     ref_name = next((r for r in REFERENCES if r in results), names[0])
     ref = results[ref_name]["crystals_per_s"]
-    where = f"{torch.get_num_threads()} threads, device cpu" if device.type == "cpu" else \
-        f"device {device} ({torch.cuda.get_device_name(device)})"
+    where = (
+        f"{torch.get_num_threads()} threads, device cpu"
+        if device.type == "cpu"
+        else f"device {device} ({torch.cuda.get_device_name(device)})"
+    )
     print(f"{len(batches)} batches × {args.batch_size} crystals from {args.data.name}, {args.rounds} rounds, {where}")
     print(f"{'model':16s} {'params':>9s} {'crystals/s':>11s} {'vs ' + ref_name:>20s} {'spread':>7s} {'peak MiB':>9s}")
     for name, r in results.items():
-        print(f"{name:16s} {r['params']:9d} {r['crystals_per_s']:11.1f} {r['crystals_per_s'] / ref:19.2f}x "
-              f"{r['spread']:6.0%} {r.get(memory_key, float('nan')):9.1f}")
+        print(
+            f"{name:16s} {r['params']:9d} {r['crystals_per_s']:11.1f} {r['crystals_per_s'] / ref:19.2f}x "
+            f"{r['spread']:6.0%} {r.get(memory_key, float('nan')):9.1f}"
+        )
     for name in missing:
         print(f"{name:16s} unavailable")
     rows = [{"model": k, **v, "status": "ok"} for k, v in results.items()]

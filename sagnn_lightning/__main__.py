@@ -13,7 +13,7 @@ and gives 1 (2 for a bad option), without a traceback (``SAGNN_DEBUG=1`` shows i
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:

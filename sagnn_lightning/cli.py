@@ -23,8 +23,9 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import yaml
@@ -98,8 +99,7 @@ class SAGNNLightningCLI(LightningCLI):
         run: run the subcommand (``False``: only build the objects).
     """
 
-    def __init__(self, name: str = "sagnn", args: Sequence[str] | None = None, run: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(self, name: str = "sagnn", args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         self.recipe_name = name
         trainer_defaults = {
             "default_root_dir": str(Path(DEFAULT_RUNS_ROOT) / name),
@@ -129,8 +129,11 @@ class SAGNNLightningCLI(LightningCLI):
         parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_lightning_class_args(RunSummary, "summary")
         parser.add_lightning_class_args(PredictionsCSV, "predictions")
-        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
-                              compute_fn=lambda root: str(Path(root or ".") / "checkpoints"))
+        parser.link_arguments(
+            "trainer.default_root_dir",
+            "checkpoint.dirpath",
+            compute_fn=lambda root: str(Path(root or ".") / "checkpoints"),
+        )
         for source, target in (
             ("data.task_type", "model.task_type"),
             ("data.target_mean", "model.target_mean"),
@@ -139,8 +142,9 @@ class SAGNNLightningCLI(LightningCLI):
             ("data.num_targets", "model.model.init_args.num_targets"),
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
-        parser.link_arguments("data", "model.model.init_args.cutoff", compute_fn=_datamodule_cutoff,
-                              apply_on="instantiate")
+        parser.link_arguments(
+            "data", "model.model.init_args.cutoff", compute_fn=_datamodule_cutoff, apply_on="instantiate"
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -317,8 +321,7 @@ def instantiation_error(err: BaseException) -> SAGNNError | None:
         if isinstance(item, SAGNNError):
             return item
     for item in chain:
-        if isinstance(item, MisconfigurationException) or (
-                type(item) is ValueError and _raised_in_package(item)):
+        if isinstance(item, MisconfigurationException) or (type(item) is ValueError and _raised_in_package(item)):
             usage = UsageError(str(item))
             usage.__cause__ = err
             return usage
@@ -360,8 +363,13 @@ def exit_status(func: Callable[[], Any]) -> int:
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
-def cli_main(args: Sequence[str] | None = None, *, name: str = "sagnn",
-             configs: Iterable[str | os.PathLike] = (), run: bool = True) -> SAGNNLightningCLI:
+def cli_main(
+    args: Sequence[str] | None = None,
+    *,
+    name: str = "sagnn",
+    configs: Iterable[str | os.PathLike] = (),
+    run: bool = True,
+) -> SAGNNLightningCLI:
     """Run the CLI (``args`` like ``["fit", "--config", "x.yaml"]``; default ``sys.argv[1:]``).
 
     ``configs`` are YAML files read before everything in ``args`` (a recipe's defaults). With no
@@ -384,7 +392,9 @@ def cli_main(args: Sequence[str] | None = None, *, name: str = "sagnn",
     return cli
 
 
-def recipe_main(name: str, configs: Iterable[str | os.PathLike], args: Sequence[str] | None = None) -> SAGNNLightningCLI:
+def recipe_main(
+    name: str, configs: Iterable[str | os.PathLike], args: Sequence[str] | None = None
+) -> SAGNNLightningCLI:
     """Entry point of a recipe script: the ``configs`` (the task's YAMLs, in order) are read first, then
     ``--config`` files and overrides from ``args`` (default ``sys.argv[1:]``).
 

@@ -21,8 +21,9 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 __all__ = ["atomic_write", "file_lock"]
 
@@ -80,8 +81,12 @@ def atomic_write(
         if keep_mode is not None:
             os.chmod(tmp, keep_mode)  # before any data is written: never more open than the file it replaces
         # reopened by name, so that ``fh.name`` is the temporary path (writers that need a name use it)
-        fh = open(str(tmp), mode, encoding=None if "b" in mode else (encoding or "utf-8"),
-                  newline=None if "b" in mode else newline)
+        fh = open(
+            str(tmp),
+            mode,
+            encoding=None if "b" in mode else (encoding or "utf-8"),
+            newline=None if "b" in mode else newline,
+        )
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

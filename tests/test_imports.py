@@ -50,8 +50,11 @@ def upward_imports(imports: dict) -> list[str]:
 
 
 def data_import_cycle(imports: dict) -> list[str] | None:
-    graph = {m: {t for t, _ in edges if t.startswith("sagnn_lightning.data.") and t != m}
-             for m, edges in imports.items() if m.startswith("sagnn_lightning.data.")}
+    graph = {
+        m: {t for t, _ in edges if t.startswith("sagnn_lightning.data.") and t != m}
+        for m, edges in imports.items()
+        if m.startswith("sagnn_lightning.data.")
+    }
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
     def visit(node: str, path: list[str]) -> list[str] | None:
@@ -75,9 +78,13 @@ def data_import_cycle(imports: dict) -> list[str] | None:
 
 
 def private_imports(imports: dict) -> list[str]:
-    return [f"{module} imports {target}.{name}" for module, edges in imports.items()
-            for target, names in edges for name in names
-            if name.startswith("_") and not name.startswith("__") and target != module]
+    return [
+        f"{module} imports {target}.{name}"
+        for module, edges in imports.items()
+        for target, names in edges
+        for name in names
+        if name.startswith("_") and not name.startswith("__") and target != module
+    ]
 
 
 def test_layers_import_only_downwards():

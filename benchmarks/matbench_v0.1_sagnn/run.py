@@ -141,10 +141,22 @@ def parse_max_time(text: str | None) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- configuration
-def fold_cli_args(task: str, fold: int, run_dir: Path, *, variant: str, max_epochs: int, seed: int,
-                  data_home: Path | None = None, cache_dir: Path | None = None, graph_workers: int = 0,
-                  model_overrides: dict[str, Any] | None = None, cli_args: Sequence[str] = (),
-                  val_folds: int | None = None, member: int | None = None) -> list[str]:
+def fold_cli_args(
+    task: str,
+    fold: int,
+    run_dir: Path,
+    *,
+    variant: str,
+    max_epochs: int,
+    seed: int,
+    data_home: Path | None = None,
+    cache_dir: Path | None = None,
+    graph_workers: int = 0,
+    model_overrides: dict[str, Any] | None = None,
+    cli_args: Sequence[str] = (),
+    val_folds: int | None = None,
+    member: int | None = None,
+) -> list[str]:
     """The CLI options of one fold, after the recipe's YAML files.
 
     Order (later wins): runner defaults (no W&B logger, no DataLoader workers), the user's ``cli_args``
@@ -157,13 +169,20 @@ def fold_cli_args(task: str, fold: int, run_dir: Path, *, variant: str, max_epoc
     if max_epochs < 1:
         raise ValueError(f"--max-epochs must be >= 1, got {max_epochs}")
     model = {**VARIANTS[variant], **(model_overrides or {})}
-    args = ["--trainer.logger=false", "--data.init_args.num_workers=0", "--data.init_args.progress=false",
-            *cli_args,
-            *(f"--model.model.init_args.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in model.items()),
-            f"--trainer.max_epochs={int(max_epochs)}", f"--data.init_args.task={task}",
-            f"--data.init_args.fold={int(fold)}", f"--data.init_args.split_seed={int(seed)}",
-            f"--seed_everything={int(seed) + int(fold)}", f"--trainer.default_root_dir={run_dir}",
-            f"--data.init_args.graph_workers={int(graph_workers)}"]
+    args = [
+        "--trainer.logger=false",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.progress=false",
+        *cli_args,
+        *(f"--model.model.init_args.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in model.items()),
+        f"--trainer.max_epochs={int(max_epochs)}",
+        f"--data.init_args.task={task}",
+        f"--data.init_args.fold={int(fold)}",
+        f"--data.init_args.split_seed={int(seed)}",
+        f"--seed_everything={int(seed) + int(fold)}",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--data.init_args.graph_workers={int(graph_workers)}",
+    ]
     if val_folds is not None:
         args += [f"--data.init_args.val_folds={int(val_folds)}", f"--data.init_args.val_fold={int(member or 0)}"]
     if data_home is not None:
@@ -210,20 +229,33 @@ def config_summary(cli: Any, spec: dict[str, Any]) -> dict[str, Any]:
     data = _plain(config.data.init_args)
     trainer = _plain(config.trainer)
     training = {
-        "model_class": config.model.model.class_path, "data_class": config.data.class_path,
-        "loss": config.model.loss, "optimizer": _plain(config.model.optimizer),
+        "model_class": config.model.model.class_path,
+        "data_class": config.data.class_path,
+        "loss": config.model.loss,
+        "optimizer": _plain(config.model.optimizer),
         "scheduler": _plain(config.model.scheduler),
-        **{k: trainer.get(k) for k in ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches",
-                                       "precision")},
-        **{k: data.get(k) for k in ("batch_size", "val_fraction", "cutoff", "max_neighbors", "max_isolated_radius",
-                                    "on_error")},
+        **{
+            k: trainer.get(k)
+            for k in ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches", "precision")
+        },
+        **{
+            k: data.get(k)
+            for k in ("batch_size", "val_fraction", "cutoff", "max_neighbors", "max_isolated_radius", "on_error")
+        },
         "checkpoint": {k: _plain(config.checkpoint.get(k)) for k in ("monitor", "mode")},
     }
     if data.get("val_folds") is not None:  # only when set: configs recorded before the option stay comparable
         training["val_folds"] = data["val_folds"]
-    return {"task": spec["task"], "variant": spec["variant"], "model": model, "training": training,
-            "max_epochs": int(trainer["max_epochs"]), "seed": int(data["split_seed"]),
-            "config_files": [Path(c).name for c in spec["configs"]], "cli_args": list(spec["user_cli_args"])}
+    return {
+        "task": spec["task"],
+        "variant": spec["variant"],
+        "model": model,
+        "training": training,
+        "max_epochs": int(trainer["max_epochs"]),
+        "seed": int(data["split_seed"]),
+        "config_files": [Path(c).name for c in spec["configs"]],
+        "cli_args": list(spec["user_cli_args"]),
+    }
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +302,8 @@ class Deadline(Callback):
         if checkpoint is None or not getattr(checkpoint, "dirpath", None):
             raise DeadlineReached("--max-time reached (no checkpoint callback: nothing saved)")
         last = checkpoint.last_model_path or str(
-            Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}")
+            Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        )
         trainer.save_checkpoint(last)
         raise DeadlineReached(f"--max-time reached; state saved at step {trainer.global_step} in {last}")
 
@@ -306,16 +339,23 @@ class EpochHistory(Callback):
             return
         metrics = trainer.callback_metrics
         lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
-        self.rows.append({
-            "epoch": trainer.current_epoch + 1, "global_step": trainer.global_step,
-            "val_mae": _float(metrics.get("val/mae")), "val_loss": _float(metrics.get("val/loss")),
-            "lr": lrs[0] if lrs else None, "train_seconds": round(self.train_seconds, 3), "sitting": self.sittings,
-            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "global_step": trainer.global_step,
+                "val_mae": _float(metrics.get("val/mae")),
+                "val_loss": _float(metrics.get("val/loss")),
+                "lr": lrs[0] if lrs else None,
+                "train_seconds": round(self.train_seconds, 3),
+                "sitting": self.sittings,
+                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
         from sagnn_lightning.files import atomic_write
 
-        lines = [",".join(self.columns)] + [",".join("" if row.get(c) is None else str(row[c]) for c in self.columns)
-                                            for row in self.rows]
+        lines = [",".join(self.columns)] + [
+            ",".join("" if row.get(c) is None else str(row[c]) for c in self.columns) for row in self.rows
+        ]
         with atomic_write(self.path, "w") as fh:
             fh.write("\n".join(lines) + "\n")
 
@@ -339,9 +379,11 @@ def check_fold_dir(run_dir: Path, config: dict[str, Any]) -> None:
         stored = json.loads(path.read_text())
         diff = _difference(stored, config)
         if diff:
-            raise ValueError(f"{run_dir} holds a fold started with another configuration (stored vs requested: "
-                             f"{diff}); rerun with the stored settings, or delete {run_dir} (or pass another "
-                             "--work-dir) to train this fold from the start.")
+            raise ValueError(
+                f"{run_dir} holds a fold started with another configuration (stored vs requested: "
+                f"{diff}); rerun with the stored settings, or delete {run_dir} (or pass another "
+                "--work-dir) to train this fold from the start."
+            )
         return
     from sagnn_lightning.files import atomic_write
 
@@ -366,7 +408,7 @@ def _best_checkpoint(callback: Any, run_dir: Path) -> Path:
     """The best checkpoint recorded by the checkpoint callback (or, if the work dir was moved, the same name in
     this run dir's ``checkpoints``)."""
     recorded = Path(callback.best_model_path) if callback.best_model_path else None
-    for candidate in ([recorded, run_dir / "checkpoints" / recorded.name] if recorded else []):
+    for candidate in [recorded, run_dir / "checkpoints" / recorded.name] if recorded else []:
         if candidate.is_file():
             return candidate
     raise RuntimeError(f"{run_dir}: no best checkpoint recorded (best_model_path={callback.best_model_path!r})")
@@ -408,14 +450,21 @@ def _train_fold(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         trainer.callbacks.append(deadline)
     if last is not None:
         state = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-        print(f"{prefix}resuming from {last} (saved at step {state.get('global_step')}, epoch "
-              f"{state.get('epoch', 0) + 1} of {trainer.max_epochs})", flush=True)
+        print(
+            f"{prefix}resuming from {last} (saved at step {state.get('global_step')}, epoch "
+            f"{state.get('epoch', 0) + 1} of {trainer.max_epochs})",
+            flush=True,
+        )
         del state
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
     except DeadlineReached as stop:
-        return {"status": "stopped", "epoch": int(trainer.current_epoch) + 1, "global_step": int(trainer.global_step),
-                "reason": str(stop)}
+        return {
+            "status": "stopped",
+            "epoch": int(trainer.current_epoch) + 1,
+            "global_step": int(trainer.global_step),
+            "reason": str(stop),
+        }
     epochs, max_epochs = int(trainer.current_epoch), int(trainer.max_epochs)
     # read before predict: predicting from a checkpoint restores the callbacks' states saved in that file
     checkpoint = trainer.checkpoint_callback
@@ -428,16 +477,25 @@ def _train_fold(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     key = "probability" if module.task_type == "classification" else "prediction"
     predictions = torch.cat([out[key] for out in outputs]).reshape(-1).double().numpy()
     if not np.all(np.isfinite(predictions)):
-        raise RuntimeError(f"{spec['task']} fold {spec['fold']}: {int((~np.isfinite(predictions)).sum())} non-finite "
-                           "predictions; training diverged (lower the learning rate).")
+        raise RuntimeError(
+            f"{spec['task']} fold {spec['fold']}: {int((~np.isfinite(predictions)).sum())} non-finite "
+            "predictions; training diverged (lower the learning rate)."
+        )
     best_state = torch.load(best, map_location="cpu", weights_only=False, mmap=True)
     params = {
-        "epochs_run": epochs, "max_epochs": max_epochs, "best_epoch": int(best_state.get("epoch", -1)) + 1,
+        "epochs_run": epochs,
+        "max_epochs": max_epochs,
+        "best_epoch": int(best_state.get("epoch", -1)) + 1,
         "best_val_" + monitor.split("/")[-1]: float(score) if score is not None else float("nan"),
-        "n_train": len(datamodule.train_dataset), "n_val": len(datamodule.val_dataset), "n_test": len(ids),
-        "train_seconds": round(train_seconds, 2), "sittings": int(sittings),
-        "predict_seconds": round(t_predict, 2), "seconds_per_epoch": round(train_seconds / max(epochs, 1), 3),
-        "torch_threads": int(torch.get_num_threads()), "seed": int(spec["config"]["seed"]) + int(spec["fold"]),
+        "n_train": len(datamodule.train_dataset),
+        "n_val": len(datamodule.val_dataset),
+        "n_test": len(ids),
+        "train_seconds": round(train_seconds, 2),
+        "sittings": int(sittings),
+        "predict_seconds": round(t_predict, 2),
+        "seconds_per_epoch": round(train_seconds / max(epochs, 1), 3),
+        "torch_threads": int(torch.get_num_threads()),
+        "seed": int(spec["config"]["seed"]) + int(spec["fold"]),
     }
     del best_state
     if spec.get("checkpoint_dir"):
@@ -446,8 +504,13 @@ def _train_fold(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, kept)
     params["fold_seconds_this_sitting"] = round(time.perf_counter() - t0, 2)
-    return {"status": "done", "ids": ids, "predictions": predictions.tolist(), "params": params,
-            "checkpoint": str(best)}
+    return {
+        "status": "done",
+        "ids": ids,
+        "predictions": predictions.tolist(),
+        "params": params,
+        "checkpoint": str(best),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- several folds
@@ -510,11 +573,14 @@ def run_folds(specs: list[dict[str, Any]], jobs: int) -> Iterator[tuple[dict[str
                 spec_path.write_text(json.dumps({**spec, "result_path": str(result_path), "parent_pid": os.getpid()}))
                 proc = subprocess.Popen(
                     [sys.executable, str(Path(__file__).resolve()), "--fold-worker", str(spec_path)],
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                    env=_worker_env(int(spec.get("threads") or 1)))
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    bufsize=1,
+                    env=_worker_env(int(spec.get("threads") or 1)),
+                )
                 running[key] = (spec, proc, result_path)
-                threading.Thread(target=relay, args=(key, proc, _spec_tag(spec)),
-                                 daemon=True).start()
+                threading.Thread(target=relay, args=(key, proc, _spec_tag(spec)), daemon=True).start()
                 key += 1
             if not running:
                 continue
@@ -526,10 +592,10 @@ def run_folds(specs: list[dict[str, Any]], jobs: int) -> Iterator[tuple[dict[str
                 how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
                 yield spec, None, how
     finally:
-        for spec, proc, _ in running.values():  # this process is stopping: stop the folds it started
+        for _spec, proc, _ in running.values():  # this process is stopping: stop the folds it started
             if proc.poll() is None:
                 proc.terminate()
-        for spec, proc, _ in running.values():
+        for _spec, proc, _ in running.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
 
@@ -568,8 +634,11 @@ def classification_extras(truth: Sequence[bool], probabilities: np.ndarray) -> d
     """
     from sklearn.metrics import roc_auc_score
 
-    return {"rocauc_from_probabilities": float(roc_auc_score(np.asarray(truth, dtype=bool),
-                                                             np.asarray(probabilities, dtype=float)))}
+    return {
+        "rocauc_from_probabilities": float(
+            roc_auc_score(np.asarray(truth, dtype=bool), np.asarray(probabilities, dtype=float))
+        )
+    }
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -584,8 +653,10 @@ def matbench_frame(datamodule: Any, meta: Any, task_name: str) -> Any:
     n = int(meta.n_samples)
     expected = set(matbench_ids(task_name, range(n), n))
     if set(table.ids) != expected:
-        raise ValueError(f"{table.source}: {len(table.ids)} usable rows, but {task_name} has {n}; the runner needs the "
-                         "whole task (every fold's test rows). Give the full matbench file (--data-home).")
+        raise ValueError(
+            f"{table.source}: {len(table.ids)} usable rows, but {task_name} has {n}; the runner needs the "
+            "whole task (every fold's test rows). Give the full matbench file (--data-home)."
+        )
     targets = table.targets[:, 0]
     if meta.task_type == "classification":
         targets = targets.astype(bool)
@@ -637,8 +708,9 @@ def load_results(path: Path, tasks: Sequence[str]) -> Any:
         d = json.loads(path.read_text())
         stored = d.pop("hash", None)
         if stored != hash_dictionary(d):
-            raise ValueError(f"{path}: hash mismatch, the file was modified after matbench wrote it; "
-                             "delete it to start over.") from err
+            raise ValueError(
+                f"{path}: hash mismatch, the file was modified after matbench wrote it; delete it to start over."
+            ) from err
         mb = MatbenchBenchmark(autoload=False, subset=list(d["tasks"]))
         for name, task_dict in d["tasks"].items():
             mb.tasks_map[name].results = RecursiveDotDict(task_dict["results"])
@@ -654,8 +726,19 @@ def load_results(path: Path, tasks: Sequence[str]) -> Any:
 
 def requirements() -> dict[str, list[str]]:
     """Exact versions of what produced the results (``info.json``'s ``requirements``)."""
-    pkgs = ["torch", "pytorch-lightning", "torch_geometric", "torchmetrics", "pymatgen", "matminer", "matbench",
-            "scikit-learn", "numpy", "pandas", "sagnn-lightning"]
+    pkgs = [
+        "torch",
+        "pytorch-lightning",
+        "torch_geometric",
+        "torchmetrics",
+        "pymatgen",
+        "matminer",
+        "matbench",
+        "scikit-learn",
+        "numpy",
+        "pandas",
+        "sagnn-lightning",
+    ]
     out = [f"python=={platform.python_version()}"]
     for name in pkgs:
         try:
@@ -671,9 +754,14 @@ def requirements() -> dict[str, list[str]]:
 def machine(threads: int | None, jobs: int) -> dict[str, Any]:
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": threads or torch.get_num_threads(), "jobs": jobs,
-            "accelerator": "cpu"}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads or torch.get_num_threads(),
+        "jobs": jobs,
+        "accelerator": "cpu",
+    }
 
 
 def _class_name(spec: Any) -> str:
@@ -684,9 +772,11 @@ def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[st
     """matbench's submission ``info.json`` (keys checked by matbench's ``scripts/test_submission.py``)."""
     any_cfg = next(iter(configs.values()))
     model, training = any_cfg["model"], any_cfg["training"]
-    attention = {"last": f"{model.get('heads')}-head self-attention over the atoms of each crystal after the last "
-                         "MEGNet block", "each": f"{model.get('heads')}-head self-attention after every block",
-                 "none": "no self-attention (the paper's w/o-MHSA ablation, i.e. MEGNet)"}[model["attention"]]
+    attention = {
+        "last": f"{model.get('heads')}-head self-attention over the atoms of each crystal after the last MEGNet block",
+        "each": f"{model.get('heads')}-head self-attention after every block",
+        "none": "no self-attention (the paper's w/o-MHSA ablation, i.e. MEGNet)",
+    }[model["attention"]]
     budget = ", ".join(f"{name}: {c['max_epochs']} epochs" for name, c in sorted(configs.items()))
     optimizer = training.get("optimizer") or {}
     lr = (optimizer.get("init_args") or {}).get("lr") if isinstance(optimizer, dict) else None
@@ -733,14 +823,22 @@ def summarize(mb: Any) -> dict[str, Any]:
             if task.is_recorded[k]:
                 res = task.results[fkey]
                 params = dict(res["parameters"])
-                folds[fkey] = {key: float(res["scores"][key]), "train_seconds": params.get("train_seconds"),
-                               "epochs_run": params.get("epochs_run"), "best_epoch": params.get("best_epoch")}
+                folds[fkey] = {
+                    key: float(res["scores"][key]),
+                    "train_seconds": params.get("train_seconds"),
+                    "epochs_run": params.get("epochs_run"),
+                    "best_epoch": params.get("best_epoch"),
+                }
                 if "rocauc_from_probabilities" in params:
                     folds[fkey]["rocauc_from_probabilities"] = params["rocauc_from_probabilities"]
         values = [f[key] for f in folds.values()]
-        out[name] = {"metric": key, "folds": folds, "n_folds": len(values),
-                     "mean": float(np.mean(values)) if values else None,
-                     "std": float(np.std(values)) if values else None}
+        out[name] = {
+            "metric": key,
+            "folds": folds,
+            "n_folds": len(values),
+            "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values)) if values else None,
+        }
     return out
 
 
@@ -748,45 +846,98 @@ def save(mb: Any, out: Path, variant: str, configs: dict[str, dict[str, Any]], m
     """Metadata + atomic writes of ``results.json.gz`` (matbench's ``to_file``) and ``info.json``."""
     summary = summarize(mb)
     mb.user_metadata = {}  # rebuilt whole from the recorded folds (avoids matbench's "overwriting" warning)
-    mb.add_metadata({"algorithm": ALGORITHM_NAMES[variant], "variant": variant,
-                     "configs": json.loads(json.dumps(configs)), "machine": machine_info,
-                     "summary": json.loads(json.dumps(summary))})
+    mb.add_metadata(
+        {
+            "algorithm": ALGORITHM_NAMES[variant],
+            "variant": variant,
+            "configs": json.loads(json.dumps(configs)),
+            "machine": machine_info,
+            "summary": json.loads(json.dumps(summary)),
+        }
+    )
     _atomic_write(out / RESULTS_FILE, lambda tmp: mb.to_file(tmp))
-    info = info_json(variant, configs, {t: {"mean": s["mean"], "std": s["std"], "n_folds": s["n_folds"]}
-                                        for t, s in summary.items()})
+    info = info_json(
+        variant, configs, {t: {"mean": s["mean"], "std": s["std"], "n_folds": s["n_folds"]} for t, s in summary.items()}
+    )
     _atomic_write(out / INFO_FILE, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
 
 
 # ---------------------------------------------------------------------------------------------- main
-def fold_spec(task: str, fold: int, *, variant: str, max_epochs: int, seed: int, work_dir: Path,
-              config_dir: Path, data_home: Path | None, cache_dir: Path | None, graph_workers: int,
-              model_overrides: dict[str, Any] | None, cli_args: Sequence[str], threads: int | None,
-              deadline: float | None, checkpoint_dir: Path | None, val_folds: int | None = None,
-              member: int | None = None) -> dict[str, Any]:
+def fold_spec(
+    task: str,
+    fold: int,
+    *,
+    variant: str,
+    max_epochs: int,
+    seed: int,
+    work_dir: Path,
+    config_dir: Path,
+    data_home: Path | None,
+    cache_dir: Path | None,
+    graph_workers: int,
+    model_overrides: dict[str, Any] | None,
+    cli_args: Sequence[str],
+    threads: int | None,
+    deadline: float | None,
+    checkpoint_dir: Path | None,
+    val_folds: int | None = None,
+    member: int | None = None,
+) -> dict[str, Any]:
     """Everything a fold (or, with ``val_folds``, one inner-fold member of it) needs, as JSON-ready values (also
     what a ``--fold-worker`` process reads)."""
     run_dir = (Path(work_dir) / task / f"fold_{fold}").resolve()
     if val_folds is not None:
         run_dir = run_dir / f"inner_{member}"
     return {
-        "task": task, "fold": int(fold), "variant": variant, "run_dir": str(run_dir),
-        "val_folds": val_folds, "member": member,
+        "task": task,
+        "fold": int(fold),
+        "variant": variant,
+        "run_dir": str(run_dir),
+        "val_folds": val_folds,
+        "member": member,
         "configs": [str(c) for c in recipe_configs(task, config_dir)],
-        "cli_args": fold_cli_args(task, fold, run_dir, variant=variant, max_epochs=max_epochs, seed=seed,
-                                  data_home=data_home, cache_dir=cache_dir, graph_workers=graph_workers,
-                                  model_overrides=model_overrides, cli_args=cli_args, val_folds=val_folds,
-                                  member=member),
-        "user_cli_args": list(cli_args), "threads": threads, "deadline": deadline,
+        "cli_args": fold_cli_args(
+            task,
+            fold,
+            run_dir,
+            variant=variant,
+            max_epochs=max_epochs,
+            seed=seed,
+            data_home=data_home,
+            cache_dir=cache_dir,
+            graph_workers=graph_workers,
+            model_overrides=model_overrides,
+            cli_args=cli_args,
+            val_folds=val_folds,
+            member=member,
+        ),
+        "user_cli_args": list(cli_args),
+        "threads": threads,
+        "deadline": deadline,
         "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
     }
 
 
-def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: int, out: Path,
-        data_home: Path | None = None, config_dir: Path = DEFAULT_CONFIG_DIR, threads: int | None = None,
-        model_overrides: dict[str, Any] | None = None, seed: int = 0, cache_dir: Path | None = None,
-        graph_workers: int = 0, checkpoint_dir: Path | None = None, work_dir: Path | None = None, jobs: int = 1,
-        max_time: float | None = None, cli_args: Sequence[str] = (),
-        val_folds: int | None = None) -> tuple[Any, dict[str, int]]:
+def run(
+    tasks: Sequence[str],
+    folds: Sequence[int],
+    variant: str,
+    max_epochs: int,
+    out: Path,
+    data_home: Path | None = None,
+    config_dir: Path = DEFAULT_CONFIG_DIR,
+    threads: int | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    graph_workers: int = 0,
+    checkpoint_dir: Path | None = None,
+    work_dir: Path | None = None,
+    jobs: int = 1,
+    max_time: float | None = None,
+    cli_args: Sequence[str] = (),
+    val_folds: int | None = None,
+) -> tuple[Any, dict[str, int]]:
     """Train/predict/record the requested folds (skipping recorded ones); returns ``(MatbenchBenchmark,
     {"failed": n, "stopped": n})``: folds that failed (``jobs > 1``) or were stopped / not started by ``max_time``.
 
@@ -825,23 +976,46 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
         if not todo:
             continue
         members = range(val_folds) if val_folds is not None else [None]
-        task_specs = [fold_spec(name, f, variant=variant, max_epochs=max_epochs, seed=seed, work_dir=work_dir,
-                                config_dir=config_dir, data_home=data_home, cache_dir=cache_dir,
-                                graph_workers=graph_workers, model_overrides=model_overrides, cli_args=cli_args,
-                                threads=threads, deadline=deadline, checkpoint_dir=checkpoint_dir,
-                                val_folds=val_folds, member=j) for f in todo for j in members]
+        task_specs = [
+            fold_spec(
+                name,
+                f,
+                variant=variant,
+                max_epochs=max_epochs,
+                seed=seed,
+                work_dir=work_dir,
+                config_dir=config_dir,
+                data_home=data_home,
+                cache_dir=cache_dir,
+                graph_workers=graph_workers,
+                model_overrides=model_overrides,
+                cli_args=cli_args,
+                threads=threads,
+                deadline=deadline,
+                checkpoint_dir=checkpoint_dir,
+                val_folds=val_folds,
+                member=j,
+            )
+            for f in todo
+            for j in members
+        ]
         cli = build_cli(task_specs[0])  # the objects of the first fold: configuration, rows and graphs
         config = config_summary(cli, task_specs[0])
         recorded = [k for k, v in task.is_recorded.items() if v]
         if recorded and name in configs and _difference(configs[name], config):
-            raise ValueError(f"{out / RESULTS_FILE} holds {name} folds {recorded} recorded with another "
-                             f"configuration (stored vs requested: {_difference(configs[name], config)}); rerun with "
-                             "the stored settings, use another --out, or delete the file to start over.")
+            raise ValueError(
+                f"{out / RESULTS_FILE} holds {name} folds {recorded} recorded with another "
+                f"configuration (stored vs requested: {_difference(configs[name], config)}); rerun with "
+                "the stored settings, use another --out, or delete the file to start over."
+            )
         configs[name] = config
         graphs, built, seconds = prepare_task_data(cli)
         how = "graphs built into" if built else "graphs read from"
-        print(f"[{variant}] {name}: {len(graphs)} crystals loaded in {seconds:.1f} s ({how} the graph cache "
-              f"{graphs.path})", flush=True)
+        print(
+            f"[{variant}] {name}: {len(graphs)} crystals loaded in {seconds:.1f} s ({how} the graph cache "
+            f"{graphs.path})",
+            flush=True,
+        )
         task.df = matbench_frame(cli.datamodule, task.metadata, name)
         del cli, graphs
         for spec in task_specs:
@@ -855,22 +1029,31 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
         name, fold, tag = spec["task"], spec["fold"], _spec_tag(spec)
         if result is None:
             failed += 1
-            print(f"{tag}failed ({error}); not recorded. Run the same command again to continue it from "
-                  f"{Path(spec['run_dir']) / 'checkpoints' / 'last.ckpt'}", flush=True)
+            print(
+                f"{tag}failed ({error}); not recorded. Run the same command again to continue it from "
+                f"{Path(spec['run_dir']) / 'checkpoints' / 'last.ckpt'}",
+                flush=True,
+            )
             continue
         if result["status"] != "done":
             stopped += 1
-            where = (f"stopped in epoch {result['epoch']} of {max_epochs} (step {result['global_step']})"
-                     if result["status"] == "stopped" else "not started")
-            print(f"{tag}{where}: {result['reason']}; not recorded. Run the same command again to continue.",
-                  flush=True)
+            where = (
+                f"stopped in epoch {result['epoch']} of {max_epochs} (step {result['global_step']})"
+                if result["status"] == "stopped"
+                else "not started"
+            )
+            print(
+                f"{tag}{where}: {result['reason']}; not recorded. Run the same command again to continue.", flush=True
+            )
             continue
         task = mb.tasks_map[name]
         meta = task.metadata
         test_ids = list(task.validation[task.folds_map[fold]].test)
         if result["ids"] != test_ids:
-            raise RuntimeError(f"{name} fold {fold}: predicted ids differ from matbench's test ids "
-                               f"({len(result['ids'])} vs {len(test_ids)}); refusing to record misaligned predictions.")
+            raise RuntimeError(
+                f"{name} fold {fold}: predicted ids differ from matbench's test ids "
+                f"({len(result['ids'])} vs {len(test_ids)}); refusing to record misaligned predictions."
+            )
         predictions = np.asarray(result["predictions"], dtype=float)
         params = dict(result["params"])
         if val_folds is not None:
@@ -881,8 +1064,7 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
                 print(f"{tag}member test MAE {np.mean(np.abs(predictions - truth)):.4g} {meta.unit}", flush=True)
             if len(done) < val_folds:
                 continue
-            predictions, params = ensemble_of_members([done[j] for j in range(val_folds)], truth,
-                                                      meta.task_type)
+            predictions, params = ensemble_of_members([done[j] for j in range(val_folds)], truth, meta.task_type)
             tag = _tag(variant, name, fold)
         if meta.task_type == "classification":
             truth = task.get_test_data(fold, as_type="tuple", include_target=True)[1]  # scoring only
@@ -890,18 +1072,25 @@ def run(tasks: Sequence[str], folds: Sequence[int], variant: str, max_epochs: in
         task.record(fold, predictions, params=params)
         save(mb, out, variant, configs, machine_info)
         scores = task.results[task.folds_map[fold]]["scores"]
-        shown = (f"MAE {scores['mae']:.4g} {meta.unit}" if meta.task_type == "regression" else
-                 f"rocauc(matbench, rounded) {scores['rocauc']:.4f}, "
-                 f"rocauc(probabilities) {params['rocauc_from_probabilities']:.4f}")
-        print(f"{tag}{shown}; {params['epochs_run']} epochs (best {params['best_epoch']}), train "
-              f"{params['train_seconds']:.0f} s in {params['sittings']} sitting(s) -> {out / RESULTS_FILE}", flush=True)
+        shown = (
+            f"MAE {scores['mae']:.4g} {meta.unit}"
+            if meta.task_type == "regression"
+            else f"rocauc(matbench, rounded) {scores['rocauc']:.4f}, "
+            f"rocauc(probabilities) {params['rocauc_from_probabilities']:.4f}"
+        )
+        print(
+            f"{tag}{shown}; {params['epochs_run']} epochs (best {params['best_epoch']}), train "
+            f"{params['train_seconds']:.0f} s in {params['sittings']} sitting(s) -> {out / RESULTS_FILE}",
+            flush=True,
+        )
     for task in mb.tasks_map.values():
         task.df = None
     return mb, {"failed": failed, "stopped": stopped}
 
 
-def ensemble_of_members(results: Sequence[dict[str, Any]], truth: np.ndarray, task_type: str
-                        ) -> tuple[np.ndarray, dict[str, Any]]:
+def ensemble_of_members(
+    results: Sequence[dict[str, Any]], truth: np.ndarray, task_type: str
+) -> tuple[np.ndarray, dict[str, Any]]:
     """The fold's record from its inner-fold members: the mean of their test predictions (probabilities for
     classification) and parameters summing up the members (``truth``: the fold's test targets, used for the
     members' reported MAE only, never for a choice)."""
@@ -909,11 +1098,14 @@ def ensemble_of_members(results: Sequence[dict[str, Any]], truth: np.ndarray, ta
     mean = stacked.mean(axis=0)
     members = [dict(r["params"]) for r in results]
     params: dict[str, Any] = {
-        "val_folds": len(results), "ensemble": "mean of the inner-fold members' test predictions",
-        "epochs_run": [m["epochs_run"] for m in members], "max_epochs": members[0]["max_epochs"],
+        "val_folds": len(results),
+        "ensemble": "mean of the inner-fold members' test predictions",
+        "epochs_run": [m["epochs_run"] for m in members],
+        "max_epochs": members[0]["max_epochs"],
         "best_epoch": [m["best_epoch"] for m in members],
         "train_seconds": round(sum(m["train_seconds"] for m in members), 2),
-        "sittings": max(m["sittings"] for m in members), "members": members,
+        "sittings": max(m["sittings"] for m in members),
+        "members": members,
     }
     if task_type == "regression":
         params["member_test_mae"] = [float(np.mean(np.abs(p - truth))) for p in stacked]
@@ -955,52 +1147,105 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_main(Path(argv[1]))
     cli_args: list[str] = []
     if "--" in argv:
-        cli_args = argv[argv.index("--") + 1:]
-        argv = argv[:argv.index("--")]
+        cli_args = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         usage="%(prog)s [options] [-- <recipe CLI options: --config my.yaml --model.* --trainer.* ...>]",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["matbench_jdft2d", "matbench_phonons"],
-                        help="matbench structure tasks (the matbench_ prefix may be left out)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["matbench_jdft2d", "matbench_phonons"],
+        help="matbench structure tasks (the matbench_ prefix may be left out)",
+    )
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], choices=range(5))
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="sagnn",
-                        help="sagnn: 8-head MHSA after the last block; no_mhsa: the w/o-MHSA ablation")
+    parser.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        default="sagnn",
+        help="sagnn: 8-head MHSA after the last block; no_mhsa: the w/o-MHSA ablation",
+    )
     parser.add_argument("--max-epochs", type=int, default=500, help="training budget per fold (epochs)")
-    parser.add_argument("--max-time", type=parse_max_time, default=None, metavar="DD:HH:MM:SS",
-                        help="wall-clock budget of this run: training stops when it is spent (mid-epoch included) "
-                             "and no fold starts after it; unfinished folds are not recorded and continue from "
-                             "their last checkpoint when the command is run again")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="folds trained at once, each in its own process with --threads threads (default 1 "
-                             "fold, in this process)")
-    parser.add_argument("--data-home", type=Path, default=None,
-                        help="folder with <task>.json.gz in matbench layout (default $MATMINER_DATA if it holds "
-                             "the file, else download through matminer)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="submission folder for results.json.gz + info.json (default: results/<variant>/ "
-                             "beside this script)")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="folder of the folds' run dirs <work dir>/<task>/fold_<k>/ (checkpoints, history; "
-                             "default <out>/work)")
-    parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR,
-                        help="folder with sagnn.yaml and <task>.yaml (the recipes' configuration)")
-    parser.add_argument("--model-overrides", type=_parse_overrides, default=None,
-                        help="JSON object of SAGNN arguments overriding the config (e.g. tiny test models)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per fold (default: torch's with --jobs 1, else 1)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="graph cache folder (default $SAGNN_CACHE_DIR, else the user cache dir, e.g. "
-                             "~/.cache/sagnn_lightning/graphs); graphs are built once per task and cutoff")
-    parser.add_argument("--graph-workers", type=int, default=0,
-                        help="processes building graphs on a cache miss (default 0: this process)")
-    parser.add_argument("--checkpoint-dir", type=Path, default=None,
-                        help="also copy the checkpoint that predicted each fold to <dir>/<task>/fold_<k>.ckpt "
-                             "(fold_<k>_inner_<j>.ckpt with --val-folds)")
+    parser.add_argument(
+        "--max-time",
+        type=parse_max_time,
+        default=None,
+        metavar="DD:HH:MM:SS",
+        help="wall-clock budget of this run: training stops when it is spent (mid-epoch included) "
+        "and no fold starts after it; unfinished folds are not recorded and continue from "
+        "their last checkpoint when the command is run again",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="folds trained at once, each in its own process with --threads threads (default 1 fold, in this process)",
+    )
+    parser.add_argument(
+        "--data-home",
+        type=Path,
+        default=None,
+        help="folder with <task>.json.gz in matbench layout (default $MATMINER_DATA if it holds "
+        "the file, else download through matminer)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="submission folder for results.json.gz + info.json (default: results/<variant>/ beside this script)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="folder of the folds' run dirs <work dir>/<task>/fold_<k>/ (checkpoints, history; default <out>/work)",
+    )
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        default=DEFAULT_CONFIG_DIR,
+        help="folder with sagnn.yaml and <task>.yaml (the recipes' configuration)",
+    )
+    parser.add_argument(
+        "--model-overrides",
+        type=_parse_overrides,
+        default=None,
+        help="JSON object of SAGNN arguments overriding the config (e.g. tiny test models)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per fold (default: torch's with --jobs 1, else 1)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="graph cache folder (default $SAGNN_CACHE_DIR, else the user cache dir, e.g. "
+        "~/.cache/sagnn_lightning/graphs); graphs are built once per task and cutoff",
+    )
+    parser.add_argument(
+        "--graph-workers",
+        type=int,
+        default=0,
+        help="processes building graphs on a cache miss (default 0: this process)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="also copy the checkpoint that predicted each fold to <dir>/<task>/fold_<k>.ckpt "
+        "(fold_<k>_inner_<j>.ckpt with --val-folds)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-folds", type=int, default=None, metavar="K",
-                        help="select on K inner folds instead of one validation carve: K members per fold, each "
-                             "validating on one inner fold; the fold records the mean of their test predictions")
+    parser.add_argument(
+        "--val-folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="select on K inner folds instead of one validation carve: K members per fold, each "
+        "validating on one inner fold; the fold records the mean of their test predictions",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -1009,17 +1254,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = args.out or HERE / "results" / args.variant
     _quiet()
-    mb, left_over = run(args.tasks, args.folds, args.variant, args.max_epochs, out, args.data_home, args.config_dir,
-                   args.threads, args.model_overrides, args.seed, args.cache_dir, args.graph_workers,
-                   args.checkpoint_dir, args.work_dir, args.jobs, args.max_time, cli_args, args.val_folds)
+    mb, left_over = run(
+        args.tasks,
+        args.folds,
+        args.variant,
+        args.max_epochs,
+        out,
+        args.data_home,
+        args.config_dir,
+        args.threads,
+        args.model_overrides,
+        args.seed,
+        args.cache_dir,
+        args.graph_workers,
+        args.checkpoint_dir,
+        args.work_dir,
+        args.jobs,
+        args.max_time,
+        cli_args,
+        args.val_folds,
+    )
     for name, s in summarize(mb).items():
         if s["n_folds"]:
-            print(f"[{args.variant}] {name}: {s['metric']} {s['mean']:.4g} ± {s['std']:.3g} over {s['n_folds']} "
-                  "folds", flush=True)
+            print(
+                f"[{args.variant}] {name}: {s['metric']} {s['mean']:.4g} ± {s['std']:.3g} over {s['n_folds']} folds",
+                flush=True,
+            )
     left = left_over["failed"] + left_over["stopped"]
     if left:
-        print(f"[{args.variant}] {left} requested fold(s) not recorded yet; run the same command again to continue",
-              flush=True)
+        print(
+            f"[{args.variant}] {left} requested fold(s) not recorded yet; run the same command again to continue",
+            flush=True,
+        )
     return 1 if left_over["failed"] else EXIT_UNFINISHED if left else 0
 
 

@@ -20,9 +20,10 @@ import os
 import sys
 import warnings
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Any, Literal
 
 import numpy as np
 from pymatgen.core import Structure
@@ -45,13 +46,18 @@ from sagnn_lightning.data.parsers import describe_cif_problem, parse_simple_cif,
 from sagnn_lightning.files import file_lock
 
 __all__ = [
-    "CACHE_FORMAT_VERSION", "CacheError", "GraphDataset", "SkippedItem", "cache_key", "default_cache_dir",
+    "CACHE_FORMAT_VERSION",
+    "CacheError",
+    "GraphDataset",
+    "SkippedItem",
+    "cache_key",
+    "default_cache_dir",
     "load_or_build_graphs",
 ]
 
 log = logging.getLogger(__name__)
 
-StructureLike = Union[Structure, dict, str]
+StructureLike = Structure | dict | str
 ENV_CACHE_DIR = "SAGNN_CACHE_DIR"
 SUFFIX = ".graphs"
 
@@ -69,8 +75,12 @@ def default_cache_dir() -> Path:
 def cache_key(fingerprint: str, settings: GraphSettings) -> str:
     """sha256 hex of the data fingerprint, the graph settings and the code/format version."""
     payload = json.dumps(
-        {"fingerprint": fingerprint, "settings": settings.as_dict(), "format": CACHE_FORMAT_VERSION,
-         "package": sagnn_lightning.__version__},
+        {
+            "fingerprint": fingerprint,
+            "settings": settings.as_dict(),
+            "format": CACHE_FORMAT_VERSION,
+            "package": sagnn_lightning.__version__,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
@@ -105,7 +115,9 @@ def _item_to_arrays(item: StructureLike, settings: GraphSettings, name: str):
             elif isinstance(item, str):
                 structure = Structure.from_str(item, fmt="cif")
             else:
-                raise TypeError(f"expected a pymatgen Structure, a Structure.as_dict() or CIF text, got {type(item).__name__}")
+                raise TypeError(
+                    f"expected a pymatgen Structure, a Structure.as_dict() or CIF text, got {type(item).__name__}"
+                )
     except StructureError:
         raise
     except Exception as exc:  # any parser failure is a bad entry, reported with its id
@@ -115,7 +127,8 @@ def _item_to_arrays(item: StructureLike, settings: GraphSettings, name: str):
         elif isinstance(item, str):
             problem = describe_cif_problem(item)  # pymatgen's own exception is often internal
         raise StructureError(
-            f"{name}: could not parse the structure: {problem or f'{type(exc).__name__}: {exc}'}{hint}") from exc
+            f"{name}: could not parse the structure: {problem or f'{type(exc).__name__}: {exc}'}{hint}"
+        ) from exc
     return structure_graph_arrays(structure, settings, name)
 
 
@@ -271,8 +284,20 @@ def load_or_build_graphs(
             return dataset
         if problem:
             log.warning("rebuilding graph cache: %s", problem)
-        return _build_graphs(path, key, digest, fingerprint, sample_ids, structures, targets, settings,
-                             num_workers=num_workers, on_error=on_error, progress=progress, chunk_size=chunk_size)
+        return _build_graphs(
+            path,
+            key,
+            digest,
+            fingerprint,
+            sample_ids,
+            structures,
+            targets,
+            settings,
+            num_workers=num_workers,
+            on_error=on_error,
+            progress=progress,
+            chunk_size=chunk_size,
+        )
 
 
 def _open_cached(path: Path, key: str, digest: str) -> tuple[GraphDataset | None, str | None]:
@@ -290,9 +315,19 @@ def _open_cached(path: Path, key: str, digest: str) -> tuple[GraphDataset | None
 
 
 def _build_graphs(
-    path: Path, key: str, digest: str, fingerprint: str, sample_ids: list[str],
-    structures: Sequence[StructureLike] | Callable[[], Sequence[StructureLike]], targets: np.ndarray,
-    settings: GraphSettings, *, num_workers: int, on_error: str, progress: bool, chunk_size: int | None,
+    path: Path,
+    key: str,
+    digest: str,
+    fingerprint: str,
+    sample_ids: list[str],
+    structures: Sequence[StructureLike] | Callable[[], Sequence[StructureLike]],
+    targets: np.ndarray,
+    settings: GraphSettings,
+    *,
+    num_workers: int,
+    on_error: str,
+    progress: bool,
+    chunk_size: int | None,
 ) -> GraphDataset:
     """Build the graphs and write the cache file ``path`` (called with the cache lock held)."""
     items = structures() if callable(structures) else structures
@@ -335,25 +370,32 @@ def _build_graphs(
                 n_edges.append(res["n_edges"])
                 bar.update(min(chunk_size, n - start))
         if skipped:
-            log.warning("skipped %d of %d structures: %s", len(skipped), n,
-                        "; ".join(s.reason for s in skipped))
+            log.warning("skipped %d of %d structures: %s", len(skipped), n, "; ".join(s.reason for s in skipped))
         if not keep.any():
             raise StructureError(f"all {n} structures were skipped; first: {skipped[0].reason}")
         kept_ids = [s for s, k in zip(sample_ids, keep) if k]
         encoded = [s.encode("utf-8") for s in kept_ids]
         width = max(1, max(len(e) for e in encoded))
         header = {
-            "format": CACHE_FORMAT_VERSION, "package": sagnn_lightning.__version__, "key": key,
-            "fingerprint": fingerprint, "settings": settings.as_dict(), "inputs_sha256": digest,
-            "num_graphs": int(keep.sum()), "num_targets": int(targets.shape[1]),
+            "format": CACHE_FORMAT_VERSION,
+            "package": sagnn_lightning.__version__,
+            "key": key,
+            "fingerprint": fingerprint,
+            "settings": settings.as_dict(),
+            "inputs_sha256": digest,
+            "num_graphs": int(keep.sum()),
+            "num_targets": int(targets.shape[1]),
             "skipped": [[s.sample_id, s.reason] for s in skipped],
         }
-        writer.finish(header, {
-            "atom_ptr": np.concatenate([[0], np.cumsum(np.concatenate(n_atoms))]).astype(np.int64),
-            "edge_ptr": np.concatenate([[0], np.cumsum(np.concatenate(n_edges))]).astype(np.int64),
-            "targets": targets[keep],
-            "sample_ids": np.array(encoded, dtype=f"S{width}"),
-        })
+        writer.finish(
+            header,
+            {
+                "atom_ptr": np.concatenate([[0], np.cumsum(np.concatenate(n_atoms))]).astype(np.int64),
+                "edge_ptr": np.concatenate([[0], np.cumsum(np.concatenate(n_edges))]).astype(np.int64),
+                "targets": targets[keep],
+                "sample_ids": np.array(encoded, dtype=f"S{width}"),
+            },
+        )
     finally:
         chunks.close()
         writer.close()

@@ -41,7 +41,15 @@ DATA_START = 64
 ALIGN = 64
 FOOTER = struct.Struct("<Q32s8s")  # header length, sha256(header), end magic
 ARRAY_NAMES = (
-    "atomic_numbers", "pos", "lattice", "edge_index", "image_offsets", "atom_ptr", "edge_ptr", "targets", "sample_ids",
+    "atomic_numbers",
+    "pos",
+    "lattice",
+    "edge_index",
+    "image_offsets",
+    "atom_ptr",
+    "edge_ptr",
+    "targets",
+    "sample_ids",
 )
 
 
@@ -114,7 +122,9 @@ class CacheWriter:
         self.path = path
         self.dir = path.parent
         self.tmp_paths: list[Path] = []
-        self.spill = {name: self._tmp(name) for name in ("atomic_numbers", "pos", "lattice", "edge_index", "image_offsets")}
+        self.spill = {
+            name: self._tmp(name) for name in ("atomic_numbers", "pos", "lattice", "edge_index", "image_offsets")
+        }
         self.crc = dict.fromkeys(self.spill, 0)
         self.count = dict.fromkeys(self.spill, 0)
         self.img_min, self.img_max = 0, 0

@@ -14,23 +14,25 @@ from typing import Any
 import numpy as np
 
 from sagnn_lightning.data.datamodule import GraphDataModule
-from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.data.samples import get_sample, is_sample_ref, resolve_preset, sample_path
 from sagnn_lightning.data.sources import InputNotFoundError, Table, fingerprint, read_data
+from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.errors import UsageError
 
 
 def random_split_ids(ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
     """Seeded train/val/test split of ``ids`` (see module docstring); each split keeps file order."""
     if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise UsageError(f"need 0 <= val_fraction, test_fraction and val_fraction + test_fraction < 1 "
-                         f"(--data.val_fraction, --data.test_fraction), got {val_fraction}, {test_fraction}")
+        raise UsageError(
+            f"need 0 <= val_fraction, test_fraction and val_fraction + test_fraction < 1 "
+            f"(--data.val_fraction, --data.test_fraction), got {val_fraction}, {test_fraction}"
+        )
     n = len(ids)
     n_test, n_val = int(round(test_fraction * n)), int(round(val_fraction * n))
     label = np.zeros(n, dtype=np.int8)  # 0 train, 1 val, 2 test
     perm = np.random.default_rng(seed).permutation(n)
     label[perm[:n_test]] = 2
-    label[perm[n_test:n_test + n_val]] = 1
+    label[perm[n_test : n_test + n_val]] = 1
     return {name: [i for i, lab in zip(ids, label) if lab == k] for k, name in enumerate(("train", "val", "test"))}
 
 
@@ -83,13 +85,23 @@ class CrystalDataModule(GraphDataModule):
         on_error: str = "raise",
         progress: bool = True,
     ) -> None:
-        super().__init__(cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius,
-                         batch_size=batch_size, split_seed=split_seed, num_workers=num_workers,
-                         graph_workers=graph_workers, cache_dir=cache_dir, on_error=on_error, progress=progress)
+        super().__init__(
+            cutoff=cutoff,
+            max_neighbors=max_neighbors,
+            max_isolated_radius=max_isolated_radius,
+            batch_size=batch_size,
+            split_seed=split_seed,
+            num_workers=num_workers,
+            graph_workers=graph_workers,
+            cache_dir=cache_dir,
+            on_error=on_error,
+            progress=progress,
+        )
         self.save_hyperparameters()
         if task_type not in ("regression", "classification"):
-            raise UsageError(f"task_type must be 'regression' or 'classification' (--data.task_type), "
-                             f"got {task_type!r}")
+            raise UsageError(
+                f"task_type must be 'regression' or 'classification' (--data.task_type), got {task_type!r}"
+            )
         random_split_ids([], val_fraction, test_fraction, split_seed)  # validates the fractions
         self._task_type: TaskType = task_type
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
@@ -117,7 +129,7 @@ class CrystalDataModule(GraphDataModule):
         self.data_file = data_file
 
     @classmethod
-    def from_sample(cls, name: str = "mp_abx3_band_gap", **kwargs: Any) -> "CrystalDataModule":
+    def from_sample(cls, name: str = "mp_abx3_band_gap", **kwargs: Any) -> CrystalDataModule:
         """A bundled sample by preset (``"mp_abx3_band_gap"``, ``"mp_abx3_formation_energy"``, ...) or
         sample name (``"mp_abx3_perovskites"``, default targets); ``kwargs`` go to ``__init__``."""
         data_file, targets = resolve_preset(name)
@@ -140,22 +152,31 @@ class CrystalDataModule(GraphDataModule):
         names = self.target_names
         if self._target_units is not None:
             if len(self._target_units) != len(names):
-                raise UsageError(f"--data.target_units has {len(self._target_units)} entries for the "
-                                 f"{len(names)} targets {names}")
+                raise UsageError(
+                    f"--data.target_units has {len(self._target_units)} entries for the {len(names)} targets {names}"
+                )
             return list(self._target_units)
         return [self._sample_units.get(name) for name in names]
 
     def _read_table(self) -> Table:
-        return read_data(self.path, self.target_columns, id_column=self.id_column,
-                         structure_column=self.structure_column)
+        return read_data(
+            self.path, self.target_columns, id_column=self.id_column, structure_column=self.structure_column
+        )
 
     def _fingerprint(self) -> str:
-        return fingerprint(self.path, kind="table", targets=self.target_columns, id_column=self.id_column,
-                           structure_column=self.structure_column)
+        return fingerprint(
+            self.path,
+            kind="table",
+            targets=self.target_columns,
+            id_column=self.id_column,
+            structure_column=self.structure_column,
+        )
 
     def _split_size_hint(self) -> str:
-        return (f"Add rows, or change --data.val_fraction / --data.test_fraction (now {self.val_fraction} / "
-                f"{self.test_fraction} of {len(self.file_ids)} rows).")
+        return (
+            f"Add rows, or change --data.val_fraction / --data.test_fraction (now {self.val_fraction} / "
+            f"{self.test_fraction} of {len(self.file_ids)} rows)."
+        )
 
     def _split_fraction(self, split: str) -> float | None:
         return {"val": self.val_fraction, "test": self.test_fraction}.get(split)

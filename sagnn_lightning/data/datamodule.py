@@ -11,12 +11,12 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sagnn_lightning.data.batch import collate_graphs
@@ -111,8 +111,9 @@ class GraphDataModule(pl.LightningDataModule):
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1 (--data.batch_size), got {batch_size}")
         # every graph option is part of the graph cache key (GraphSettings)
-        self.settings = GraphSettings(cutoff=cutoff, max_neighbors=max_neighbors,
-                                      max_isolated_radius=max_isolated_radius)
+        self.settings = GraphSettings(
+            cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius
+        )
         self.cutoff, self.max_neighbors, self.max_isolated_radius = cutoff, max_neighbors, max_isolated_radius
         self.batch_size = batch_size
         self.split_seed = split_seed
@@ -206,8 +207,9 @@ class GraphDataModule(pl.LightningDataModule):
             try:
                 meta = {"target_names": table.target_names, "source": str(table.source), "extra": table.extra}
                 with atomic_write(path, "wb") as fh:  # umask respected; a rewritten index keeps its mode
-                    np.savez(fh, ids=np.array(table.ids, dtype=str), targets=table.targets,
-                             meta=np.array(json.dumps(meta)))
+                    np.savez(
+                        fh, ids=np.array(table.ids, dtype=str), targets=table.targets, meta=np.array(json.dumps(meta))
+                    )
             except OSError as err:  # a read-only cache dir only costs a re-parse next time
                 log.warning("could not write row index %s (%s)", path, err)
         return table
@@ -242,8 +244,10 @@ class GraphDataModule(pl.LightningDataModule):
         if self._ids is None:
             ids = self._split_ids(self.table)
             if not ids["train"]:
-                raise DataFormatError(f"{self.table.source}: the training split is empty; add rows or lower "
-                                      "--data.val_fraction / --data.test_fraction.")
+                raise DataFormatError(
+                    f"{self.table.source}: the training split is empty; add rows or lower "
+                    "--data.val_fraction / --data.test_fraction."
+                )
             self._ids = ids
         return self._ids
 
@@ -292,9 +296,15 @@ class GraphDataModule(pl.LightningDataModule):
             table = self.table
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             graphs = load_or_build_graphs(
-                self.cache_dir, self.fingerprint, table.ids, lambda: self._structures_for(table),
-                table.targets.astype(np.float64), self.settings, num_workers=self.graph_workers,
-                on_error=self.on_error, progress=self.progress,
+                self.cache_dir,
+                self.fingerprint,
+                table.ids,
+                lambda: self._structures_for(table),
+                table.targets.astype(np.float64),
+                self.settings,
+                num_workers=self.graph_workers,
+                on_error=self.on_error,
+                progress=self.progress,
             )
             cache_skipped = list(getattr(graphs, "skipped", []) or [])
             if cache_skipped and self.on_error != "skip":
@@ -307,7 +317,8 @@ class GraphDataModule(pl.LightningDataModule):
                 self.skipped = self.skipped + cache_skipped
             if len(graphs) == 0:
                 raise DataFormatError(
-                    f"{table.source}: no usable structures; {format_skipped(self.skipped, len(table))}.")
+                    f"{table.source}: no usable structures; {format_skipped(self.skipped, len(table))}."
+                )
             table.structures = None  # graphs are on disk now; free the raw inputs
             self._graphs = graphs
         return self._graphs
@@ -335,7 +346,8 @@ class GraphDataModule(pl.LightningDataModule):
         ``fit`` → train + val; ``validate`` → val; ``test``/``predict`` → test; ``None`` → all.
         """
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
-            stage or "", SPLITS)
+            stage or "", SPLITS
+        )
         for split in wanted:
             if split == "test" and self.split_ids["test"] is None:
                 if stage in ("test", "predict"):
@@ -343,20 +355,28 @@ class GraphDataModule(pl.LightningDataModule):
                 continue
             subset = self._subset(split)
             if split == "train" and subset is not None and len(subset) == 0:
-                raise DataFormatError(f"{self.table.source}: no training structures left; "
-                                      f"{format_skipped(self.skipped, len(self.table))}.")
+                raise DataFormatError(
+                    f"{self.table.source}: no training structures left; "
+                    f"{format_skipped(self.skipped, len(self.table))}."
+                )
             explicitly_empty = subset is not None and len(subset) == 0 and self._split_fraction(split) == 0.0
-            if stage in ("fit", "validate", "test") and subset is not None and len(subset) < MIN_SPLIT_SIZE \
-                    and not explicitly_empty:
+            if (
+                stage in ("fit", "validate", "test")
+                and subset is not None
+                and len(subset) < MIN_SPLIT_SIZE
+                and not explicitly_empty
+            ):
                 raise DataFormatError(self._split_too_small_message(split, len(subset)))
             setattr(self, f"{split}_dataset", subset)
 
     def _split_too_small_message(self, split: str, size: int) -> str:
         """Why a split of ``size`` crystals cannot be trained / evaluated on, and which flags change it."""
         skipped = f" ({len(self.skipped)} rows skipped)" if self.skipped else ""
-        return (f"{self.table.source}: the {split} split has {size} crystal(s) of {len(self.table)} usable rows"
-                f"{skipped}; training and evaluation need at least {MIN_SPLIT_SIZE} in every split (R², the "
-                f"target statistics and the best checkpoint are undefined otherwise). {self._split_size_hint()}")
+        return (
+            f"{self.table.source}: the {split} split has {size} crystal(s) of {len(self.table)} usable rows"
+            f"{skipped}; training and evaluation need at least {MIN_SPLIT_SIZE} in every split (R², the "
+            f"target statistics and the best checkpoint are undefined otherwise). {self._split_size_hint()}"
+        )
 
     def _split_size_hint(self) -> str:
         return "Add rows."
@@ -377,12 +397,19 @@ class GraphDataModule(pl.LightningDataModule):
             from sagnn_lightning.data.loader import EpochRandomSampler, ResumableDataLoader
 
             return ResumableDataLoader(
-                dataset, batch_size=self.batch_size, sampler=EpochRandomSampler(dataset, seed=self.split_seed),
-                collate_fn=collate_graphs, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                dataset,
+                batch_size=self.batch_size,
+                sampler=EpochRandomSampler(dataset, seed=self.split_seed),
+                collate_fn=collate_graphs,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
             )
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=False,
-            collate_fn=collate_graphs, num_workers=self.num_workers,
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            collate_fn=collate_graphs,
+            num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -145,6 +145,7 @@ class GraphDataset(Dataset):
         return np.diff(self._map()["edge_ptr"])
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({len(self)} graphs, {int(self.header['num_targets'])} targets, "
-                f"cutoff={self.settings.cutoff} Å, skipped={len(self.skipped)}, path='{self.path}')")
-
+        return (
+            f"{type(self).__name__}({len(self)} graphs, {int(self.header['num_targets'])} targets, "
+            f"cutoff={self.settings.cutoff} Å, skipped={len(self.skipped)}, path='{self.path}')"
+        )

@@ -18,8 +18,9 @@ Changing what a graph contains for given settings? Bump ``CACHE_FORMAT_VERSION``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -69,8 +70,9 @@ class GraphSettings:
         if self.max_neighbors is not None and self.max_neighbors < 1:
             raise UsageError(f"max_neighbors must be >= 1 or null (--data.max_neighbors), got {self.max_neighbors}")
         if not self.max_isolated_radius > 0:
-            raise UsageError(f"max_isolated_radius must be > 0 Å (--data.max_isolated_radius), "
-                             f"got {self.max_isolated_radius}")
+            raise UsageError(
+                f"max_isolated_radius must be > 0 Å (--data.max_isolated_radius), got {self.max_isolated_radius}"
+            )
         object.__setattr__(self, "cutoff", float(self.cutoff))
         object.__setattr__(self, "max_isolated_radius", float(self.max_isolated_radius))
         if self.max_neighbors is not None:
@@ -119,7 +121,12 @@ def _search(cart: np.ndarray, centres: np.ndarray, lattice: np.ndarray, pbc: np.
     """pymatgen's compiled sphere search with ``Structure.get_neighbor_list``'s self exclusion."""
     c, p, img, d = find_points_in_spheres(cart, centres, r=float(r), pbc=pbc, lattice=lattice, tol=_NUMERICAL_TOL)
     keep = ~((c == p) & (d <= _NUMERICAL_TOL)) if centres is cart else np.ones(len(d), dtype=bool)
-    return c[keep].astype(np.int64), p[keep].astype(np.int64), np.rint(img[keep]).astype(np.int64).reshape(-1, 3), d[keep]
+    return (
+        c[keep].astype(np.int64),
+        p[keep].astype(np.int64),
+        np.rint(img[keep]).astype(np.int64).reshape(-1, 3),
+        d[keep],
+    )
 
 
 def neighbor_list_arrays(
@@ -172,7 +179,10 @@ def neighbor_list_arrays(
 
 
 def neighbor_list(
-    structure: Structure, cutoff: float, max_neighbors: int | None = None, max_isolated_radius: float = 20.0,
+    structure: Structure,
+    cutoff: float,
+    max_neighbors: int | None = None,
+    max_isolated_radius: float = 20.0,
     name: str = "structure",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Periodic neighbour list of a pymatgen ``Structure``; see :func:`neighbor_list_arrays`.
@@ -181,8 +191,13 @@ def neighbor_list(
     ``(i, j, image)`` with the same distances.
     """
     return neighbor_list_arrays(
-        structure.cart_coords, structure.lattice.matrix, cutoff, max_neighbors, max_isolated_radius,
-        pbc=structure.pbc, name=name,
+        structure.cart_coords,
+        structure.lattice.matrix,
+        cutoff,
+        max_neighbors,
+        max_isolated_radius,
+        pbc=structure.pbc,
+        name=name,
     )
 
 
@@ -205,8 +220,12 @@ def _nearest_shell(cart, lat, pbc, atom: int, cutoff: float, max_radius: float, 
 
 
 def graph_arrays(
-    atomic_numbers: np.ndarray, cart_coords: np.ndarray, lattice: np.ndarray, settings: GraphSettings,
-    pbc: Sequence[bool] = (True, True, True), name: str = "structure",
+    atomic_numbers: np.ndarray,
+    cart_coords: np.ndarray,
+    lattice: np.ndarray,
+    settings: GraphSettings,
+    pbc: Sequence[bool] = (True, True, True),
+    name: str = "structure",
 ) -> GraphArrays:
     """Graph of an ordered crystal given as arrays (Z ``[N]``, Cartesian ``[N, 3]`` Å, lattice ``[3, 3]`` Å)."""
     cart = np.array(cart_coords, dtype=np.float64).reshape(-1, 3)  # copies: pymatgen's arrays are read-only
@@ -221,8 +240,12 @@ def structure_graph_arrays(structure: Structure, settings: GraphSettings, name: 
     """:func:`graph_arrays` of a pymatgen ``Structure`` (checks it is non-empty and ordered)."""
     check_structure(structure, name)
     return graph_arrays(
-        np.array(structure.atomic_numbers), structure.cart_coords, structure.lattice.matrix, settings,
-        pbc=structure.pbc, name=name,
+        np.array(structure.atomic_numbers),
+        structure.cart_coords,
+        structure.lattice.matrix,
+        settings,
+        pbc=structure.pbc,
+        name=name,
     )
 
 
@@ -267,7 +290,9 @@ def structure_to_graph(
             neighbour within ``max_isolated_radius``.
     """
     settings = GraphSettings(
-        cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius,
+        cutoff=cutoff,
+        max_neighbors=max_neighbors,
+        max_isolated_radius=max_isolated_radius,
         state=DEFAULT_STATE if state is None else tuple(state),
     )
     return graph_from_settings(structure, settings, name=name)

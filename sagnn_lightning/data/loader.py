@@ -14,10 +14,12 @@ ends), so the batches yielded in the current epoch are the batches trained on.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sized
+from collections.abc import Iterator, Sized
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler
+
 
 class EpochRandomSampler(RandomSampler):
     """Random permutation of ``range(len(data_source))`` seeded by ``seed + epoch``."""

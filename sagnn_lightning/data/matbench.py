@@ -33,10 +33,22 @@ import numpy as np
 
 from sagnn_lightning.data.datamodule import GraphDataModule
 from sagnn_lightning.data.sources import (
-    DataFormatError, InputNotFoundError, Table, base_suffix, fingerprint, read_matbench_json, read_table,
+    DataFormatError,
+    InputNotFoundError,
+    Table,
+    base_suffix,
+    fingerprint,
+    read_matbench_json,
+    read_table,
 )
 from sagnn_lightning.data.tasks import (  # noqa: F401  (re-exported: the matbench API of this module)
-    MATBENCH_COMPOSITION_TASKS, MATBENCH_TASKS, NUM_FOLDS, MatbenchTask, TaskType, UnsupportedTaskError, get_task,
+    MATBENCH_COMPOSITION_TASKS,
+    MATBENCH_TASKS,
+    NUM_FOLDS,
+    MatbenchTask,
+    TaskType,
+    UnsupportedTaskError,
+    get_task,
 )
 from sagnn_lightning.errors import SAGNNError, UsageError
 from sagnn_lightning.files import atomic_write, file_lock
@@ -143,8 +155,9 @@ def download_matbench_file(task: str, data_home: Path, *, progress: bool = True)
     except Exception as err:  # network, HTTP, disk or checksum: one message with what to do offline
         detail = f"{type(err).__name__}: {err}"
         detail = detail if len(detail) <= 300 else detail[:297] + "..."
-        raise DatasetUnavailableError(missing_data_message(
-            task, path, f"could not download it from {url} ({detail})")) from err
+        raise DatasetUnavailableError(
+            missing_data_message(task, path, f"could not download it from {url} ({detail})")
+        ) from err
     return path
 
 
@@ -158,15 +171,18 @@ def _download(url: str, path: Path, sha256: str, *, progress: bool) -> None:
     with requests.get(url, stream=True, timeout=60) as response:
         response.raise_for_status()
         total = int(response.headers.get("content-length") or 0) or None
-        with atomic_write(path, "wb") as fh, tqdm(total=total, unit="B", unit_scale=True, desc=path.name,
-                                                  disable=not progress) as bar:
+        with (
+            atomic_write(path, "wb") as fh,
+            tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress) as bar,
+        ):
             for chunk in response.iter_content(chunk_size=1 << 20):
                 fh.write(chunk)
                 digest.update(chunk)
                 bar.update(len(chunk))
             if digest.hexdigest() != sha256:
-                raise ValueError(f"the file's sha256 {digest.hexdigest()} is not matminer's {sha256} "
-                                 "(corrupted or changed download)")
+                raise ValueError(
+                    f"the file's sha256 {digest.hexdigest()} is not matminer's {sha256} (corrupted or changed download)"
+                )
 
 
 class MatbenchDataModule(GraphDataModule):
@@ -220,9 +236,18 @@ class MatbenchDataModule(GraphDataModule):
         download: bool = True,
         progress: bool = True,
     ) -> None:
-        super().__init__(cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius,
-                         batch_size=batch_size, split_seed=split_seed, num_workers=num_workers,
-                         graph_workers=graph_workers, cache_dir=cache_dir, on_error=on_error, progress=progress)
+        super().__init__(
+            cutoff=cutoff,
+            max_neighbors=max_neighbors,
+            max_isolated_radius=max_isolated_radius,
+            batch_size=batch_size,
+            split_seed=split_seed,
+            num_workers=num_workers,
+            graph_workers=graph_workers,
+            cache_dir=cache_dir,
+            on_error=on_error,
+            progress=progress,
+        )
         self.save_hyperparameters()
         self.task = get_task(task)
         if not 0 <= fold < NUM_FOLDS:
@@ -275,8 +300,11 @@ class MatbenchDataModule(GraphDataModule):
         if path.is_file():  # $MATMINER_DATA (or matminer's own folder) already holds it
             return path
         if not self.download:
-            raise DatasetUnavailableError(missing_data_message(
-                self.task.name, path, "the file is missing and the download is off (--data.download=false)"))
+            raise DatasetUnavailableError(
+                missing_data_message(
+                    self.task.name, path, "the file is missing and the download is off (--data.download=false)"
+                )
+            )
         return None  # downloaded when first needed (prepare_data, or the statistics), once, under a lock
 
     def _source_file(self) -> Path:
@@ -343,4 +371,3 @@ class MatbenchDataModule(GraphDataModule):
             f"(e.g. {missing[:3]}): only training/validation (setup('fit')) is possible with this file. "
             f"For testing, use the full {self.task.name}.json.gz (data_home / data_file / download)."
         )
-

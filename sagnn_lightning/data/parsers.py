@@ -36,7 +36,14 @@ _TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|\S+")
 _SYMBOL = re.compile(r"^([A-Z][a-z]?)(\d*[+-])?$")
 _ESD = re.compile(r"\(.+\)*")  # pymatgen's str2float strips uncertainties this way
 _SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz")
-_CELL = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+_CELL = (
+    "_cell_length_a",
+    "_cell_length_b",
+    "_cell_length_c",
+    "_cell_angle_alpha",
+    "_cell_angle_beta",
+    "_cell_angle_gamma",
+)
 _FRAC_TOL = 1e-4  # pymatgen CifParser frac_tolerance and site_tolerance
 _MAX_SITES = 300
 
@@ -118,7 +125,11 @@ def parse_simple_cif(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | N
             site = cols
     if not ops or any(re.sub(r"\s", "", _unquote(op)).lower() != "x,y,z" for op in ops):
         return None
-    if site is None or "_atom_site_type_symbol" not in site or not {"_atom_site_fract_y", "_atom_site_fract_z"} <= set(site):
+    if (
+        site is None
+        or "_atom_site_type_symbol" not in site
+        or not {"_atom_site_fract_y", "_atom_site_fract_z"} <= set(site)
+    ):
         return None
     n = len(site["_atom_site_fract_x"])
     if not 0 < n <= _MAX_SITES:
@@ -153,6 +164,7 @@ def parse_simple_cif(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | N
 
 def _min_thickness(m: list[list[float]]) -> float:
     """Smallest interplanar spacing d_100, d_010, d_001 (Å) of a 3×3 lattice (plain floats: fast)."""
+
     def cross(u, v):
         return (u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0])
 
@@ -230,6 +242,8 @@ def describe_cif_problem(text: str) -> str | None:
             if count == 0:
                 return "the atom-site loop has no rows (truncated file?)"
             if count % len(loop_tags):
-                return (f"the atom-site loop has {count} values for {len(loop_tags)} columns, a row is incomplete "
-                        "(truncated file?)")
+                return (
+                    f"the atom-site loop has {count} values for {len(loop_tags)} columns, a row is incomplete "
+                    "(truncated file?)"
+                )
     return None

@@ -61,10 +61,11 @@ def is_sample_ref(data_file: str | Path | None) -> bool:
 def get_sample(name: str) -> Sample:
     """The :class:`Sample` called ``name`` (with or without the ``sample:`` prefix)."""
     if name.startswith(SAMPLE_PREFIX):
-        name = name[len(SAMPLE_PREFIX):]
+        name = name[len(SAMPLE_PREFIX) :]
     if name not in SAMPLES:
-        raise KeyError(f"unknown sample {name!r}; bundled samples: {sorted(SAMPLES)} "
-                       f"(presets for from_sample: {sorted(PRESETS)}).")
+        raise KeyError(
+            f"unknown sample {name!r}; bundled samples: {sorted(SAMPLES)} (presets for from_sample: {sorted(PRESETS)})."
+        )
     return SAMPLES[name]
 
 
@@ -84,5 +85,5 @@ def resolve_preset(name: str) -> tuple[str, list[str]]:
         sample, targets = PRESETS[name]
         return SAMPLE_PREFIX + sample, list(targets)
     sample = get_sample(name)
-    key = name[len(SAMPLE_PREFIX):] if name.startswith(SAMPLE_PREFIX) else name
+    key = name[len(SAMPLE_PREFIX) :] if name.startswith(SAMPLE_PREFIX) else name
     return SAMPLE_PREFIX + key, list(sample.target_columns)

@@ -23,9 +23,10 @@ import hashlib
 import json
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -85,12 +86,14 @@ class Table:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, rows: np.ndarray | Sequence[int]) -> "Table":
+    def subset(self, rows: np.ndarray | Sequence[int]) -> Table:
         rows = np.asarray(rows, dtype=np.int64)
         return Table(
             ids=[self.ids[r] for r in rows],
             structures=None if self.structures is None else [self.structures[r] for r in rows],
-            targets=self.targets[rows], target_names=list(self.target_names), source=self.source,
+            targets=self.targets[rows],
+            target_names=list(self.target_names),
+            source=self.source,
             extra=dict(self.extra),
         )
 
@@ -101,7 +104,7 @@ class Table:
 def _open_text(path: Path):
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, "r", encoding="utf-8")
+    return open(path, encoding="utf-8")
 
 
 def base_suffix(path: Path) -> str:
@@ -176,17 +179,20 @@ def parse_structure(value: Any, name: str = "structure") -> Structure:
     return structure
 
 
-def _check_columns(path: Path, columns: Sequence[str], wanted: Sequence[str], role: str,
-                   fix: str | None = None) -> None:
+def _check_columns(
+    path: Path, columns: Sequence[str], wanted: Sequence[str], role: str, fix: str | None = None
+) -> None:
     missing = [c for c in wanted if c not in columns]
     if missing:
         fix = fix if fix is not None else f"Choose the column with {COLUMN_FLAGS[role]}."
         raise DataFormatError(
-            f"{path}: {role} column(s) {missing} not found; available columns: {list(columns)}. {fix}")
+            f"{path}: {role} column(s) {missing} not found; available columns: {list(columns)}. {fix}"
+        )
 
 
-def _pick_column(path: Path, columns: Sequence[str], given: str | None, candidates: Sequence[str],
-                 role: str, required: bool) -> str | None:
+def _pick_column(
+    path: Path, columns: Sequence[str], given: str | None, candidates: Sequence[str], role: str, required: bool
+) -> str | None:
     if given is not None:
         _check_columns(path, columns, [given], role)
         return given
@@ -227,8 +233,10 @@ def _check_unique(path: Path, ids: Sequence[str]) -> None:
             dups.append(i)
         seen.add(i)
     if dups:
-        raise DataFormatError(f"{path}: duplicate sample ids {dups[:5]} ({len(dups)} in all); ids must be unique "
-                              "(choose the id column with --data.id_column).")
+        raise DataFormatError(
+            f"{path}: duplicate sample ids {dups[:5]} ({len(dups)} in all); ids must be unique "
+            "(choose the id column with --data.id_column)."
+        )
 
 
 def _check_not_empty(path: Path, n: int) -> None:
@@ -261,8 +269,9 @@ def _read_split_json(path: Path) -> dict:
     return doc
 
 
-def read_matbench_json(path: str | Path, task: str, n_samples: int, target: str,
-                       input_column: str = "structure") -> Table:
+def read_matbench_json(
+    path: str | Path, task: str, n_samples: int, target: str, input_column: str = "structure"
+) -> Table:
     """Read a matbench-layout ``*.json(.gz)`` (pandas ``orient="split"``).
 
     Args:
@@ -345,8 +354,12 @@ def _read_frame(path: Path) -> pd.DataFrame:
     )
 
 
-def read_table(path: str | Path, target_columns: Sequence[str] | None, id_column: str | None = None,
-               structure_column: str | None = None) -> Table:
+def read_table(
+    path: str | Path,
+    target_columns: Sequence[str] | None,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+) -> Table:
     """Read a CSV/JSON table with one crystal per row.
 
     Args:
@@ -361,8 +374,9 @@ def read_table(path: str | Path, target_columns: Sequence[str] | None, id_column
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if not target_columns:
-        raise DataFormatError(f"{path}: no target columns given; available columns: {columns}. "
-                              f"Choose them with {COLUMN_FLAGS['target']}.")
+        raise DataFormatError(
+            f"{path}: no target columns given; available columns: {columns}. Choose them with {COLUMN_FLAGS['target']}."
+        )
     _check_columns(path, columns, target_columns, "target")
     s_col = _pick_column(path, columns, structure_column, STRUCTURE_COLUMN_CANDIDATES, "structure", True)
     i_col = _pick_column(path, columns, id_column, ID_COLUMN_CANDIDATES, "id", False)
@@ -371,8 +385,14 @@ def read_table(path: str | Path, target_columns: Sequence[str] | None, id_column
     _check_unique(path, ids)
     structures = [_as_structure_input(v) for v in frame[s_col]]
     targets = _targets_array(path, frame, list(target_columns))
-    return Table(ids=ids, structures=structures, targets=targets, target_names=list(target_columns), source=path,
-                 extra={"id_column": i_col, "structure_column": s_col})
+    return Table(
+        ids=ids,
+        structures=structures,
+        targets=targets,
+        target_names=list(target_columns),
+        source=path,
+        extra={"id_column": i_col, "structure_column": s_col},
+    )
 
 
 # --------------------------------------------------------------------------- CIF folders
@@ -431,14 +451,20 @@ def read_cif_folder(folder: str | Path, target_columns: Sequence[str] | None = N
     return Table(ids=ids, structures=structures, targets=targets, target_names=list(target_columns), source=folder)
 
 
-def read_data(path: str | Path, target_columns: Sequence[str] | None = None, id_column: str | None = None,
-              structure_column: str | None = None) -> Table:
+def read_data(
+    path: str | Path,
+    target_columns: Sequence[str] | None = None,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+) -> Table:
     """Dispatch on the path: a folder → :func:`read_cif_folder`, else :func:`read_table`."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise InputNotFoundError(f"data file {path} does not exist; check --data.data_file (a CSV/JSON table, a "
-                                 "folder of CIFs with id_prop.csv, or a bundled sample such as "
-                                 "sample:mp_abx3_perovskites).")
+        raise InputNotFoundError(
+            f"data file {path} does not exist; check --data.data_file (a CSV/JSON table, a "
+            "folder of CIFs with id_prop.csv, or a bundled sample such as "
+            "sample:mp_abx3_perovskites)."
+        )
     if path.is_dir():
         return read_cif_folder(path, target_columns)
     return read_table(path, target_columns, id_column=id_column, structure_column=structure_column)
@@ -466,8 +492,9 @@ def _cif_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CIF_SUFFIXES)
 
 
-def read_structures(path: str | Path, on_error: OnError = "raise", structure_column: str | None = None,
-                    id_column: str | None = None) -> StructureInputs:
+def read_structures(
+    path: str | Path, on_error: OnError = "raise", structure_column: str | None = None, id_column: str | None = None
+) -> StructureInputs:
     """Read structures for prediction (no targets needed).
 
     Args:
@@ -482,16 +509,19 @@ def read_structures(path: str | Path, on_error: OnError = "raise", structure_col
         raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(path).expanduser()
     if not path.exists():
-        raise InputNotFoundError(f"{path} does not exist; give --input a .cif file, a folder of CIFs or a "
-                                 "CSV/JSON table.")
+        raise InputNotFoundError(
+            f"{path} does not exist; give --input a .cif file, a folder of CIFs or a CSV/JSON table."
+        )
 
     items: list[tuple[str, Callable[[], Any]]] = []
     suffix = base_suffix(path)
     if path.is_dir():
         files = _cif_files(path)
         if not files:
-            raise DataFormatError(f"{path}: no *.cif files in this folder; give --input a folder of CIFs, a "
-                                  ".cif file or a CSV/JSON table.")
+            raise DataFormatError(
+                f"{path}: no *.cif files in this folder; give --input a folder of CIFs, a "
+                ".cif file or a CSV/JSON table."
+            )
         items = [(str(f), (lambda f=f: f.read_text(encoding="utf-8", errors="replace"))) for f in files]
         names = [f.stem for f in files]
     elif path.suffix.lower() in CIF_SUFFIXES:
@@ -511,6 +541,7 @@ def read_structures(path: str | Path, on_error: OnError = "raise", structure_col
             names = [str(v) for v in frame[i_col]] if i_col else _default_ids(path, frame)
             items = [(n, (lambda v=v: v)) for n, v in zip(names, frame[s_col])]
     else:  # POSCAR, *.vasp, *.xsf, ...: whatever pymatgen reads
+
         def load_any() -> Structure:
             try:
                 with warnings.catch_warnings():
@@ -521,6 +552,7 @@ def read_structures(path: str | Path, on_error: OnError = "raise", structure_col
                     f"{path}: could not read a structure ({type(err).__name__}: {err}); "
                     "use a .cif, a pymatgen-readable file, a folder of CIFs or a CSV/JSON table."
                 ) from err
+
         items, names = [(str(path), load_any)], [path.name]
 
     ids, structures, errors = [], [], []

@@ -35,21 +35,27 @@ class MatbenchTask:
 
 
 #: the 9 structure tasks of matbench v0.1 (8 regression, 1 classification)
-MATBENCH_TASKS: dict[str, MatbenchTask] = {t.name: t for t in (
-    MatbenchTask("matbench_dielectric", "n", "unitless", "regression", 4764),
-    MatbenchTask("matbench_jdft2d", "exfoliation_en", "meV/atom", "regression", 636),
-    MatbenchTask("matbench_log_gvrh", "log10(G_VRH)", "log10(GPa)", "regression", 10987),
-    MatbenchTask("matbench_log_kvrh", "log10(K_VRH)", "log10(GPa)", "regression", 10987),
-    MatbenchTask("matbench_mp_e_form", "e_form", "eV/atom", "regression", 132752),
-    MatbenchTask("matbench_mp_gap", "gap pbe", "eV", "regression", 106113),
-    MatbenchTask("matbench_mp_is_metal", "is_metal", None, "classification", 106113),
-    MatbenchTask("matbench_perovskites", "e_form", "eV/unit cell", "regression", 18928),
-    MatbenchTask("matbench_phonons", "last phdos peak", "cm^-1", "regression", 1265),
-)}
+MATBENCH_TASKS: dict[str, MatbenchTask] = {
+    t.name: t
+    for t in (
+        MatbenchTask("matbench_dielectric", "n", "unitless", "regression", 4764),
+        MatbenchTask("matbench_jdft2d", "exfoliation_en", "meV/atom", "regression", 636),
+        MatbenchTask("matbench_log_gvrh", "log10(G_VRH)", "log10(GPa)", "regression", 10987),
+        MatbenchTask("matbench_log_kvrh", "log10(K_VRH)", "log10(GPa)", "regression", 10987),
+        MatbenchTask("matbench_mp_e_form", "e_form", "eV/atom", "regression", 132752),
+        MatbenchTask("matbench_mp_gap", "gap pbe", "eV", "regression", 106113),
+        MatbenchTask("matbench_mp_is_metal", "is_metal", None, "classification", 106113),
+        MatbenchTask("matbench_perovskites", "e_form", "eV/unit cell", "regression", 18928),
+        MatbenchTask("matbench_phonons", "last phdos peak", "cm^-1", "regression", 1265),
+    )
+}
 
 #: composition-only tasks of matbench v0.1 (no crystal structure: not supported by a graph model yet)
 MATBENCH_COMPOSITION_TASKS: tuple[str, ...] = (
-    "matbench_expt_gap", "matbench_expt_is_metal", "matbench_glass", "matbench_steels",
+    "matbench_expt_gap",
+    "matbench_expt_is_metal",
+    "matbench_glass",
+    "matbench_steels",
 )
 
 
@@ -73,5 +79,6 @@ def get_task(name: str) -> MatbenchTask:
             "SA-GNN needs structures, "
             f"so it is not supported yet. Structure tasks: {', '.join(sorted(MATBENCH_TASKS))}."
         )
-    raise UsageError(f"unknown matbench task {name!r} (--data.task); valid structure tasks: "
-                     f"{', '.join(sorted(MATBENCH_TASKS))}.")
+    raise UsageError(
+        f"unknown matbench task {name!r} (--data.task); valid structure tasks: {', '.join(sorted(MATBENCH_TASKS))}."
+    )

@@ -47,8 +47,9 @@ def checked_triton_attention() -> KernelSelfCheck:
     """
     from sagnn_lightning.kernels.triton_attention import launch_variant, varlen_attention_triton
 
-    return KernelSelfCheck(varlen_attention_triton, varlen_attention_padded, variant=launch_variant,
-                           name="The Triton attention kernel")
+    return KernelSelfCheck(
+        varlen_attention_triton, varlen_attention_padded, variant=launch_variant, name="The Triton attention kernel"
+    )
 
 
 def resolve_backend(backend: Backend, device_type: str) -> str:
@@ -61,7 +62,9 @@ def resolve_backend(backend: Backend, device_type: str) -> str:
         return "torch"
     if backend == "triton":
         if not triton_available():
-            raise RuntimeError("backend='triton' requested but Triton is not installed: `pip install triton` or use backend='torch'.")
+            raise RuntimeError(
+                "backend='triton' requested but Triton is not installed: `pip install triton` or use backend='torch'."
+            )
         return "triton"
     if backend == "auto":
         return "triton" if device_type == "cuda" and triton_available() else "torch"
@@ -69,8 +72,16 @@ def resolve_backend(backend: Backend, device_type: str) -> str:
 
 
 def varlen_attention(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, *,
-    dropout_p: float = 0.0, scale: float | None = None, backend: Backend = "auto", validate: bool = True,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    *,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    backend: Backend = "auto",
+    validate: bool = True,
 ) -> Tensor:
     """Attention of every packed row over the rows of its own sequence.
 
@@ -96,11 +107,13 @@ def varlen_attention(
         )
 
         if backend == "triton":
-            return varlen_attention_triton(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale,
-                                           validate=validate)
+            return varlen_attention_triton(
+                q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, validate=validate
+            )
         # "auto": torch for what the kernel does not take (float64, head_dim > 128); the kernel once it passed
         # its self-check for this device, dtype and variant
         if supports(q):
-            return checked_triton_attention()(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale,
-                                              validate=validate)
+            return checked_triton_attention()(
+                q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, validate=validate
+            )
     return varlen_attention_padded(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def varlen_attention_reference(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: float | None = None) -> Tensor:
+def varlen_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: float | None = None
+) -> Tensor:
     """Naive per-sequence softmax attention, computed in float32 or better (the test oracle).
 
     Shapes: ``q, k, v`` ``(total, heads, head_dim)``; returns ``(total, heads, head_dim)`` in ``q.dtype``.
@@ -41,8 +43,13 @@ def seqlens_to_batch(cu_seqlens: Tensor, total: int) -> Tensor:
 
 
 def varlen_attention_padded(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int,
-    dropout_p: float = 0.0, scale: float | None = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
 ) -> Tensor:
     """Padded ``scaled_dot_product_attention`` with a key-padding mask (the PyTorch backend).
 
@@ -63,6 +70,11 @@ def varlen_attention_padded(
     valid[seq, slot] = True
     valid[:, 0] = True  # an empty sequence would give an all-masked row (NaN); its output is discarded anyway
     out = F.scaled_dot_product_attention(
-        to_dense(q), to_dense(k), to_dense(v), attn_mask=valid[:, None, None, :], dropout_p=dropout_p, scale=scale,
+        to_dense(q),
+        to_dense(k),
+        to_dense(v),
+        attn_mask=valid[:, None, None, :],
+        dropout_p=dropout_p,
+        scale=scale,
     )
     return out.transpose(1, 2)[seq, slot]

@@ -29,7 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["InconclusiveCheck", "KernelFallbackWarning", "KernelSelfCheck", "TOLERANCE", "compare_with_reference", "tolerance"]
+__all__ = [
+    "InconclusiveCheck",
+    "KernelFallbackWarning",
+    "KernelSelfCheck",
+    "TOLERANCE",
+    "compare_with_reference",
+    "tolerance",
+]
 
 AttentionFn = Callable[..., Tensor]
 
@@ -53,8 +60,9 @@ def tolerance(dtype: torch.dtype) -> float:
     return TOLERANCE.get(dtype, TOLERANCE[torch.float32])
 
 
-def _forward_backward(fn: AttentionFn, q: Tensor, k: Tensor, v: Tensor, do: Tensor, cu_seqlens: Tensor,
-                      max_seqlen: int, **kwargs: Any) -> list[Tensor]:
+def _forward_backward(
+    fn: AttentionFn, q: Tensor, k: Tensor, v: Tensor, do: Tensor, cu_seqlens: Tensor, max_seqlen: int, **kwargs: Any
+) -> list[Tensor]:
     """``[out, dq, dk, dv]`` of ``fn`` at fresh leaf copies of ``q, k, v`` with upstream gradient ``do``."""
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     out = fn(*leaves, cu_seqlens, max_seqlen, **kwargs)
@@ -67,8 +75,17 @@ class InconclusiveCheck(Exception):
 
 
 def compare_with_reference(
-    kernel: AttentionFn, reference: AttentionFn, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor,
-    max_seqlen: int, *, scale: float | None = None, dropout_p: float = 0.0, validate: bool = True,
+    kernel: AttentionFn,
+    reference: AttentionFn,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    *,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    validate: bool = True,
 ) -> str | None:
     """Run ``kernel`` and ``reference`` on this batch, forward and backward; ``None`` when they agree.
 
@@ -91,19 +108,24 @@ def compare_with_reference(
     gen = torch.Generator().manual_seed(0)
     do = torch.randn(q.shape, generator=gen, dtype=torch.float32).to(device=q.device, dtype=q.dtype)
     devices = [q.device] if q.device.type == "cuda" else []
-    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=devices), \
-            torch.autocast(q.device.type, enabled=False):
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.random.fork_rng(devices=devices),
+        torch.autocast(q.device.type, enabled=False),
+    ):
         q, k, v, do = (t.clone() for t in (q, k, v, do))  # normal tensors even when the caller is in inference mode
-        want = _forward_backward(reference, q, k, v, do, cu_seqlens, max_seqlen,
-                                 dropout_p=0.0, scale=scale)
+        want = _forward_backward(reference, q, k, v, do, cu_seqlens, max_seqlen, dropout_p=0.0, scale=scale)
         if not all(bool(torch.isfinite(t).all()) for t in want):
             raise InconclusiveCheck
         try:
-            got = _forward_backward(kernel, q, k, v, do, cu_seqlens, max_seqlen,
-                                    dropout_p=0.0, scale=scale, validate=validate)
+            got = _forward_backward(
+                kernel, q, k, v, do, cu_seqlens, max_seqlen, dropout_p=0.0, scale=scale, validate=validate
+            )
             if dropout_p > 0.0:
-                dropped = _forward_backward(kernel, q, k, v, do, cu_seqlens, max_seqlen,
-                                            dropout_p=dropout_p, scale=scale, validate=validate)
+                dropped = _forward_backward(
+                    kernel, q, k, v, do, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, validate=validate
+                )
         except Exception as err:  # noqa: BLE001 - any kernel failure (compile, launch, shape) means "do not use it"
             return f"the kernel raised {type(err).__name__}: {err}"
     tol = tolerance(q.dtype)
@@ -141,8 +163,13 @@ class KernelSelfCheck:
     raises after its variant passed are not caught.
     """
 
-    def __init__(self, kernel: AttentionFn, reference: AttentionFn,
-                 variant: Callable[[Tensor, int, float], Hashable] | None = None, name: str = "kernel") -> None:
+    def __init__(
+        self,
+        kernel: AttentionFn,
+        reference: AttentionFn,
+        variant: Callable[[Tensor, int, float], Hashable] | None = None,
+        name: str = "kernel",
+    ) -> None:
         self.kernel, self.reference, self.variant, self.name = kernel, reference, variant, name
         self._passed: set[tuple[str, torch.dtype, Hashable]] = set()
         self._failed: dict[tuple[str, torch.dtype], str] = {}
@@ -167,13 +194,33 @@ class KernelSelfCheck:
     def _key(self, q: Tensor, max_seqlen: int, dropout_p: float) -> tuple[str, torch.dtype, Hashable]:
         return str(q.device), q.dtype, None if self.variant is None else self.variant(q, max_seqlen, dropout_p)
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, *,
-                 dropout_p: float = 0.0, scale: float | None = None, validate: bool = True) -> Tensor:
+    def __call__(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cu_seqlens: Tensor,
+        max_seqlen: int,
+        *,
+        dropout_p: float = 0.0,
+        scale: float | None = None,
+        validate: bool = True,
+    ) -> Tensor:
         use = self.uses_kernel(q, max_seqlen, dropout_p)
         if use is None:
             try:
-                reason = compare_with_reference(self.kernel, self.reference, q, k, v, cu_seqlens, max_seqlen,
-                                                scale=scale, dropout_p=dropout_p, validate=validate)
+                reason = compare_with_reference(
+                    self.kernel,
+                    self.reference,
+                    q,
+                    k,
+                    v,
+                    cu_seqlens,
+                    max_seqlen,
+                    scale=scale,
+                    dropout_p=dropout_p,
+                    validate=validate,
+                )
             except InconclusiveCheck:
                 reason, use = None, False
             else:
@@ -195,10 +242,12 @@ class KernelSelfCheck:
             f"{str(dtype).removeprefix('torch.')} from now on (same results, more memory). Please report this with "
             "your GPU, torch and triton versions; attention_backend='torch' silences this warning, "
             "attention_backend='triton' forces the kernel.",
-            KernelFallbackWarning, stacklevel=3,
+            KernelFallbackWarning,
+            stacklevel=3,
         )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, passed={len(self._passed)}, "
-                f"failed={sorted((d, str(t)) for d, t in self._failed)})")
-
+        return (
+            f"{type(self).__name__}(name={self.name!r}, passed={len(self._passed)}, "
+            f"failed={sorted((d, str(t)) for d, t in self._failed)})"
+        )

@@ -96,10 +96,25 @@ def _cast_like(x, ref, INTERPRET_BF16: tl.constexpr):
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, O, LSE, CU_SEQLENS,
-    qk_scale, seed, dropout_p, total, stride_t, stride_h,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    CU_SEQLENS,
+    qk_scale,
+    seed,
+    dropout_p,
+    total,
+    stride_t,
+    stride_h,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     seq = tl.program_id(1)
@@ -149,8 +164,15 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_preprocess_kernel(
-    O, DO, DELTA, total, stride_t, stride_h,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    O,
+    DO,
+    DELTA,
+    total,
+    stride_t,
+    stride_h,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """``delta[h, t] = Σ_d dO[t, h, d] · O[t, h, d]`` in float32; grid ``(cdiv(total, BLOCK_M), heads)``."""
     pid = tl.program_id(0)
@@ -166,10 +188,29 @@ def _bwd_preprocess_kernel(
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS,
-    sm_scale, qk_scale, seed, dropout_p, total, stride_t, stride_h,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    DK,
+    DV,
+    LSE,
+    DELTA,
+    CU_SEQLENS,
+    sm_scale,
+    qk_scale,
+    seed,
+    dropout_p,
+    total,
+    stride_t,
+    stride_h,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
 ):
     """One key block per program; loops over the query blocks of its sequence (transposed scores)."""
     pid_n = tl.program_id(0)
@@ -223,10 +264,28 @@ def _bwd_dkdv_kernel(
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
-    sm_scale, qk_scale, seed, dropout_p, total, stride_t, stride_h,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    DQ,
+    LSE,
+    DELTA,
+    CU_SEQLENS,
+    sm_scale,
+    qk_scale,
+    seed,
+    dropout_p,
+    total,
+    stride_t,
+    stride_h,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
 ):
     """One query block per program; loops over the key blocks of its sequence."""
     pid_m = tl.program_id(0)
@@ -273,8 +332,13 @@ def _bwd_dq_kernel(
 
 @triton.jit
 def _dropout_mask_kernel(
-    MASK, CU_SEQLENS, seed, dropout_p, max_seqlen,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASK,
+    CU_SEQLENS,
+    seed,
+    dropout_p,
+    max_seqlen,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Writes the keep-mask the attention kernels use, dense ``[B, heads, max_seqlen, max_seqlen]`` (tests)."""
     pid_m = tl.program_id(0)
@@ -312,7 +376,9 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqle
         if t.shape != q.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but q has {tuple(q.shape)}: q, k, v must match")
         if t.dtype != q.dtype or t.device != q.device:
-            raise ValueError(f"{name} is {t.dtype} on {t.device} but q is {q.dtype} on {q.device}: use one dtype and device")
+            raise ValueError(
+                f"{name} is {t.dtype} on {t.device} but q is {q.dtype} on {q.device}: use one dtype and device"
+            )
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous: call .contiguous() first")
     if q.device.type != "cuda" and not interpreted():
@@ -321,14 +387,22 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqle
             "(or set TRITON_INTERPRET=1 before importing sagnn_lightning to test the kernels on CPU)"
         )
     if q.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"Triton attention supports float32, float16 and bfloat16, got {q.dtype}: cast the inputs or use backend='torch'")
+        raise TypeError(
+            f"Triton attention supports float32, float16 and bfloat16, got {q.dtype}: cast the inputs or use backend='torch'"
+        )
     head_dim = q.shape[-1]
     if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"Triton attention supports head_dim in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}: change dim/heads or use backend='torch'")
+        raise ValueError(
+            f"Triton attention supports head_dim in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}: change dim/heads or use backend='torch'"
+        )
     if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError(f"cu_seqlens must be a 1-D int32 tensor [B + 1] with B >= 1, got {cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}")
+        raise ValueError(
+            f"cu_seqlens must be a 1-D int32 tensor [B + 1] with B >= 1, got {cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}"
+        )
     if cu_seqlens.numel() - 1 > 65535:
-        raise ValueError(f"at most 65,535 sequences per call (CUDA grid y-limit), got {cu_seqlens.numel() - 1}: split the batch")
+        raise ValueError(
+            f"at most 65,535 sequences per call (CUDA grid y-limit), got {cu_seqlens.numel() - 1}: split the batch"
+        )
     if cu_seqlens.device != q.device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {q.device}: move it to q's device")
     if not isinstance(max_seqlen, int) or max_seqlen < 0:
@@ -340,9 +414,18 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqle
 def _check_values(cu_seqlens: Tensor, total: int, max_seqlen: int) -> None:
     """Value checks on ``cu_seqlens`` in one device→host read."""
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    bad = torch.stack([
-        cu_seqlens[0] != 0, cu_seqlens[-1] != total, (lengths < 0).any(), (lengths > max_seqlen).any(),
-    ]).cpu().tolist()
+    bad = (
+        torch.stack(
+            [
+                cu_seqlens[0] != 0,
+                cu_seqlens[-1] != total,
+                (lengths < 0).any(),
+                (lengths > max_seqlen).any(),
+            ]
+        )
+        .cpu()
+        .tolist()
+    )
     if any(bad):
         raise ValueError(
             f"invalid cu_seqlens for total={total}, max_seqlen={max_seqlen}: need cu_seqlens[0] == 0 ({not bad[0]}), "
@@ -390,13 +473,27 @@ def launch_variant(q: Tensor, max_seqlen: int, dropout_p: float = 0.0) -> tuple:
     """
     head_dim = int(q.shape[-1])
     block_d = _head_block(head_dim)
-    return (head_dim, block_d, _tiles(max_seqlen, block_d, q.dtype, backward=False),
-            _tiles(max_seqlen, block_d, q.dtype, backward=True), _dot_config(q.dtype)["PRECISION"], dropout_p > 0.0)
+    return (
+        head_dim,
+        block_d,
+        _tiles(max_seqlen, block_d, q.dtype, backward=False),
+        _tiles(max_seqlen, block_d, q.dtype, backward=True),
+        _dot_config(q.dtype)["PRECISION"],
+        dropout_p > 0.0,
+    )
 
 
 def attention_forward(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float,
-    dropout_p: float = 0.0, seed: int = 0, block_m: int | None = None, block_n: int | None = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    scale: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Launch the forward kernel. Returns ``out (total, heads, head_dim)`` and ``lse₂ [heads, total]`` (float32)."""
     total, heads, head_dim = q.shape
@@ -410,16 +507,44 @@ def attention_forward(
     bm, bn = block_m or block, block_n or block
     grid = (triton.cdiv(max_seqlen, bm), num_seqs, heads)
     _fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens, scale * _LOG2E, seed, dropout_p, total, q.stride(0), q.stride(1),
-        HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d,
-        HAS_DROPOUT=dropout_p > 0.0, **_dot_config(q.dtype), num_warps=num_warps, num_stages=2,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        cu_seqlens,
+        scale * _LOG2E,
+        seed,
+        dropout_p,
+        total,
+        q.stride(0),
+        q.stride(1),
+        HEAD_DIM=head_dim,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_D=block_d,
+        HAS_DROPOUT=dropout_p > 0.0,
+        **_dot_config(q.dtype),
+        num_warps=num_warps,
+        num_stages=2,
     )
     return out, lse
 
 
 def attention_backward(
-    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens: Tensor, max_seqlen: int,
-    scale: float, dropout_p: float = 0.0, seed: int = 0, block_m: int | None = None, block_n: int | None = None,
+    do: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    scale: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Launch the backward kernels. Returns ``dq, dk, dv``, each ``(total, heads, head_dim)``."""
     total, heads, head_dim = q.shape
@@ -432,17 +557,35 @@ def attention_backward(
     delta = torch.empty(heads, total, device=q.device, dtype=torch.float32)
     pre_block = 64
     _bwd_preprocess_kernel[(triton.cdiv(total, pre_block), heads)](
-        out, do, delta, total, q.stride(0), q.stride(1), HEAD_DIM=head_dim, BLOCK_M=pre_block, BLOCK_D=block_d,
+        out,
+        do,
+        delta,
+        total,
+        q.stride(0),
+        q.stride(1),
+        HEAD_DIM=head_dim,
+        BLOCK_M=pre_block,
+        BLOCK_D=block_d,
     )
     block, num_warps = _tiles(max_seqlen, block_d, q.dtype, backward=True)
     bm, bn = block_m or block, block_n or block
     common = dict(
-        HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, HAS_DROPOUT=dropout_p > 0.0,
-        **_dot_config(q.dtype), num_warps=num_warps, num_stages=2,
+        HEAD_DIM=head_dim,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_D=block_d,
+        HAS_DROPOUT=dropout_p > 0.0,
+        **_dot_config(q.dtype),
+        num_warps=num_warps,
+        num_stages=2,
     )
     args = (scale, scale * _LOG2E, seed, dropout_p, total, q.stride(0), q.stride(1))
-    _bwd_dkdv_kernel[(triton.cdiv(max_seqlen, bn), num_seqs, heads)](q, k, v, do, dk, dv, lse, delta, cu_seqlens, *args, **common)
-    _bwd_dq_kernel[(triton.cdiv(max_seqlen, bm), num_seqs, heads)](q, k, v, do, dq, lse, delta, cu_seqlens, *args, **common)
+    _bwd_dkdv_kernel[(triton.cdiv(max_seqlen, bn), num_seqs, heads)](
+        q, k, v, do, dk, dv, lse, delta, cu_seqlens, *args, **common
+    )
+    _bwd_dq_kernel[(triton.cdiv(max_seqlen, bm), num_seqs, heads)](
+        q, k, v, do, dq, lse, delta, cu_seqlens, *args, **common
+    )
     return dq, dk, dv
 
 
@@ -470,8 +613,17 @@ class VarlenAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float,
-        dropout_p: float, seed: int, block_m: int | None, block_n: int | None,
+        ctx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cu_seqlens: Tensor,
+        max_seqlen: int,
+        scale: float,
+        dropout_p: float,
+        seed: int,
+        block_m: int | None,
+        block_n: int | None,
     ) -> Tensor:
         out, lse = attention_forward(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, block_m, block_n)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
@@ -483,14 +635,25 @@ class VarlenAttentionFunction(torch.autograd.Function):
     def backward(ctx, do: Tensor):  # type: ignore[override]
         q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
         max_seqlen, scale, dropout_p, seed, block_m, block_n = ctx.config
-        dq, dk, dv = attention_backward(do, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed, block_m, block_n)
+        dq, dk, dv = attention_backward(
+            do, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed, block_m, block_n
+        )
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def varlen_attention_triton(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, *,
-    dropout_p: float = 0.0, scale: float | None = None, seed: int | None = None, validate: bool = True,
-    block_m: int | None = None, block_n: int | None = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    *,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    seed: int | None = None,
+    validate: bool = True,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> Tensor:
     """Packed variable-length attention with the fused Triton kernels (differentiable in q, k, v).
 
@@ -519,4 +682,6 @@ def varlen_attention_triton(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if dropout_p > 0.0 and seed is None:
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    return VarlenAttentionFunction.apply(q, k, v, cu_seqlens, max_seqlen, scale, float(dropout_p), seed or 0, block_m, block_n)
+    return VarlenAttentionFunction.apply(
+        q, k, v, cu_seqlens, max_seqlen, scale, float(dropout_p), seed or 0, block_m, block_n
+    )

@@ -4,5 +4,12 @@ from sagnn_lightning.lit.callbacks import BestAndLastCheckpoint, ParityPlot, Pre
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.lit.wandb import WandbLogger
 
-__all__ = ["BestAndLastCheckpoint", "ParityPlot", "PredictionsCSV", "RunSummary", "SAGNNModule", "Throughput",
-           "WandbLogger"]
+__all__ = [
+    "BestAndLastCheckpoint",
+    "ParityPlot",
+    "PredictionsCSV",
+    "RunSummary",
+    "SAGNNModule",
+    "Throughput",
+    "WandbLogger",
+]

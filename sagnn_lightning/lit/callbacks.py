@@ -54,9 +54,16 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             raise ValueError(f"last_every_n_train_steps must be >= 0, got {last_every_n_train_steps}")
         self.last_every_n_train_steps = last_every_n_train_steps
         self._auto_monitor, self._auto_mode = monitor == "auto", mode == "auto"
-        super().__init__(dirpath=dirpath, monitor=None if monitor == "auto" else monitor,
-                         mode="min" if mode == "auto" else mode, save_top_k=save_top_k, save_last=save_last,
-                         filename=filename, auto_insert_metric_name=False, **kwargs)
+        super().__init__(
+            dirpath=dirpath,
+            monitor=None if monitor == "auto" else monitor,
+            mode="min" if mode == "auto" else mode,
+            save_top_k=save_top_k,
+            save_last=save_last,
+            filename=filename,
+            auto_insert_metric_name=False,
+            **kwargs,
+        )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         task_type = getattr(pl_module, "task_type", "regression")
@@ -86,8 +93,12 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             if Path(moved(state_dict["best_model_path"])).is_file():
                 paths = ("best_model_path", "kth_best_model_path", "last_model_path")
                 best_k = {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}
-                state_dict = {**state_dict, "dirpath": self.dirpath, "best_k_models": best_k,
-                              **{k: moved(state_dict[k]) for k in paths if k in state_dict}}
+                state_dict = {
+                    **state_dict,
+                    "dirpath": self.dirpath,
+                    "best_k_models": best_k,
+                    **{k: moved(state_dict[k]) for k in paths if k in state_dict},
+                }
         super().load_state_dict(state_dict)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -212,16 +223,24 @@ class ParityPlot(Callback):
         units = getattr(trainer.datamodule, "target_units", None) if trainer.datamodule is not None else None
         classification = getattr(pl_module, "task_type", "regression") == "classification"
         label = self._labels.get(stage)
-        write_parity_png(path, rows, names, classification, f"{stage} ({label})" if label else stage,
-                         self.max_points, units=units)
+        write_parity_png(
+            path, rows, names, classification, f"{stage} ({label})" if label else stage, self.max_points, units=units
+        )
         self.paths[stage] = path
         for logger in trainer.loggers:
             if isinstance(logger, _LightningWandbLogger):
                 logger.log_image(key=f"{stage}/parity", images=[str(path)])
 
 
-def write_parity_png(path: Path, rows: list[tuple], names: list[str], classification: bool, stage: str,
-                     max_points: int = 20_000, units: list[str | None] | None = None) -> None:
+def write_parity_png(
+    path: Path,
+    rows: list[tuple],
+    names: list[str],
+    classification: bool,
+    stage: str,
+    max_points: int = 20_000,
+    units: list[str | None] | None = None,
+) -> None:
     """Draw ``rows`` = ``[(id, y [T], pred [T]), ...]`` as one parity panel per target into ``path``.
 
     ``stage`` heads each panel's title; ``units`` (one per target, ``None`` = unknown) label the axes.
@@ -290,8 +309,9 @@ class Throughput(Callback):
         per_rank = self._graphs / max(time.perf_counter() - self._start, 1e-9)
         self.last_value = per_rank * trainer.world_size  # this rank's estimate; the logged value is the exact sum
         # every rank logs its own rate; Lightning sums them across processes (a collective every rank joins)
-        pl_module.log("perf/train_crystals_per_s", per_rank, on_step=False, on_epoch=True, sync_dist=True,
-                      reduce_fx="sum")
+        pl_module.log(
+            "perf/train_crystals_per_s", per_rank, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="sum"
+        )
 
 
 class RunSummary(Callback):
@@ -320,8 +340,10 @@ class RunSummary(Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         shown = ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items()))
-        self._emit(f"sagnn test done: {shown} | run dir {run_dir(trainer)} | "
-                   f"W&B run dir {active_run_dir() or '(no W&B logger)'}")
+        self._emit(
+            f"sagnn test done: {shown} | run dir {run_dir(trainer)} | "
+            f"W&B run dir {active_run_dir() or '(no W&B logger)'}"
+        )
 
     def _emit(self, line: str) -> None:
         self.lines.append(line)
@@ -370,7 +392,8 @@ class PredictionsCSV(Callback):
             ids=[r[0] for r in ordered],
             prediction=torch.tensor([r[1] for r in ordered]),
             probability=torch.tensor([r[2] for r in ordered]) if classification else None,
-            target_names=list(getattr(pl_module, "target_names", ["target"])), errors=[],
+            target_names=list(getattr(pl_module, "target_names", ["target"])),
+            errors=[],
         )
         self.path = write_predictions_csv(self.output or run_dir(trainer) / "predictions.csv", result)
         print(f"sagnn predict done: wrote {len(ordered)} predictions to {self.path}", flush=True)

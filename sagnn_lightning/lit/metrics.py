@@ -115,7 +115,9 @@ def make_metrics(task_type: str, target_keys: list[str]) -> dict[str, Metric]:
                 metrics[kind] = TargetColumn(binary(ignore_index=MISSING_LABEL, validate_args=False), 0)
                 continue
             multi = MultilabelAUROC if kind == "auroc" else MultilabelAccuracy
-            metrics[kind] = multi(num_labels=num_targets, average="macro", ignore_index=MISSING_LABEL, validate_args=False)
+            metrics[kind] = multi(
+                num_labels=num_targets, average="macro", ignore_index=MISSING_LABEL, validate_args=False
+            )
             for t, key in enumerate(target_keys):
                 binary = BinaryAUROC if kind == "auroc" else BinaryAccuracy
                 metrics[f"{kind}_{key}"] = TargetColumn(binary(ignore_index=MISSING_LABEL, validate_args=False), t)

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+
 from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.lit.metrics import labels_with_missing, make_metrics
 from sagnn_lightning.lit.wandb import CHECKPOINT_RUN_ID_KEY, active_run_id
@@ -82,8 +84,11 @@ class SAGNNModule(pl.LightningModule):
         with warnings.catch_warnings():  # a first look at the arguments; objects are dropped just below
             warnings.filterwarnings("ignore", message=r"Attribute '\w+' is an instance of `nn.Module`")
             self.save_hyperparameters()
-        objects = [key for key in ("model", "optimizer", "scheduler")
-                   if key in self.hparams and not _plain_config(self.hparams[key])]
+        objects = [
+            key
+            for key in ("model", "optimizer", "scheduler")
+            if key in self.hparams and not _plain_config(self.hparams[key])
+        ]
         if objects:
             self.save_hyperparameters(ignore=objects)
         self.model = model if model is not None else SAGNN()
@@ -99,8 +104,10 @@ class SAGNNModule(pl.LightningModule):
         if task_type == "classification":  # logits are not standardised
             mean, std = torch.zeros(num_targets), torch.ones(num_targets)
         if not torch.all(std > 0):
-            raise ValueError(f"SAGNNModule: target_std must be > 0 for every target, got {std.tolist()}; "
-                             "a constant target cannot be learned, drop it")
+            raise ValueError(
+                f"SAGNNModule: target_std must be > 0 for every target, got {std.tolist()}; "
+                "a constant target cannot be learned, drop it"
+            )
         self.register_buffer("target_mean", mean.reshape(1, -1))
         self.register_buffer("target_std", std.reshape(1, -1))
         self.train_metrics = self._make_metrics()
@@ -156,8 +163,15 @@ class SAGNNModule(pl.LightningModule):
         y = batch.y.to(raw.dtype).reshape(raw.shape)
         loss = self._loss(raw, y)
         num_graphs = int(batch.num_graphs)  # a Python int kept by the collate: no device read
-        self.log(f"{stage}/loss", loss, batch_size=num_graphs, on_step=stage == "train", on_epoch=True,
-                 sync_dist=True, prog_bar=stage != "test")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            batch_size=num_graphs,
+            on_step=stage == "train",
+            on_epoch=True,
+            sync_dist=True,
+            prog_bar=stage != "test",
+        )
         with torch.no_grad():
             if self.task_type == "classification":
                 pred = torch.sigmoid(raw.detach())
@@ -169,8 +183,12 @@ class SAGNNModule(pl.LightningModule):
             for metric in metrics.values():
                 metric.update(pred, target)
         # logged as Metric objects: Lightning computes (and torchmetrics syncs) them at epoch end
-        self.log_dict({f"{stage}/{key}": metric for key, metric in metrics.items()}, on_step=False, on_epoch=True,
-                      batch_size=num_graphs)
+        self.log_dict(
+            {f"{stage}/{key}": metric for key, metric in metrics.items()},
+            on_step=False,
+            on_epoch=True,
+            batch_size=num_graphs,
+        )
         return {"loss": loss, "pred": pred, "y": y, "sample_id": list(getattr(batch, "sample_id", []))}
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
@@ -246,6 +264,8 @@ def _check_stat(values: Sequence[float] | None, num_targets: int, default: float
         return torch.full((num_targets,), default)
     tensor = torch.as_tensor(list(values), dtype=torch.float32).reshape(-1)
     if tensor.numel() != num_targets:
-        raise ValueError(f"SAGNNModule: {what} has {tensor.numel()} values for a model with num_targets={num_targets}; "
-                         "link it from the same DataModule that sets num_targets")
+        raise ValueError(
+            f"SAGNNModule: {what} has {tensor.numel()} values for a model with num_targets={num_targets}; "
+            "link it from the same DataModule that sets num_targets"
+        )
     return tensor

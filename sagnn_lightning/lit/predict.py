@@ -28,9 +28,10 @@ import os
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -72,8 +73,11 @@ def graph_settings_from_checkpoint(checkpoint: dict) -> dict[str, Any]:
     model_cfg = (checkpoint.get("hyper_parameters") or {}).get("model") or {}
     model_cutoff = (model_cfg.get("init_args") or {}).get("cutoff") if isinstance(model_cfg, dict) else None
     cutoff = data.get("cutoff", model_cutoff if model_cutoff is not None else 5.0)
-    return {"cutoff": float(cutoff), "max_neighbors": data.get("max_neighbors"),
-            "max_isolated_radius": float(data.get("max_isolated_radius") or 20.0)}
+    return {
+        "cutoff": float(cutoff),
+        "max_neighbors": data.get("max_neighbors"),
+        "max_isolated_radius": float(data.get("max_isolated_radius") or 20.0),
+    }
 
 
 # --------------------------------------------------------------------------- checkpoints and paths
@@ -90,15 +94,21 @@ def check_checkpoint_file(path: str | os.PathLike, option: str = "--ckpt") -> Pa
     """
     path = Path(path).expanduser()
     if not path.exists():
-        example = ("--ckpt best --run-dir runs/<recipe>" if option == "--ckpt" else
-                   f"{option} runs/<recipe>/checkpoints/last.ckpt, or {option} last to resume in the same run dir")
-        raise InputNotFoundError(f"checkpoint {path} does not exist ({option}); give a .ckpt written by training, "
-                                 f"e.g. {example}")
+        example = (
+            "--ckpt best --run-dir runs/<recipe>"
+            if option == "--ckpt"
+            else f"{option} runs/<recipe>/checkpoints/last.ckpt, or {option} last to resume in the same run dir"
+        )
+        raise InputNotFoundError(
+            f"checkpoint {path} does not exist ({option}); give a .ckpt written by training, e.g. {example}"
+        )
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder; give a .ckpt file")
     if not zipfile.is_zipfile(path):
-        raise SAGNNError(f"{option} {path} is not a PyTorch checkpoint (truncated, or another kind of file); "
-                         "give a .ckpt written by training")
+        raise SAGNNError(
+            f"{option} {path} is not a PyTorch checkpoint (truncated, or another kind of file); "
+            "give a .ckpt written by training"
+        )
     return path
 
 
@@ -149,15 +159,19 @@ def resolve_checkpoint(ckpt: str | os.PathLike, run_dir: str | os.PathLike | Non
     last = _newest(lasts)
     if kind == "last":
         if last is None:
-            raise SAGNNError(f"no last*.ckpt in {checkpoints} ({option}); was the run trained with "
-                             "--checkpoint.save_last=false? Give --ckpt <file>.ckpt")
+            raise SAGNNError(
+                f"no last*.ckpt in {checkpoints} ({option}); was the run trained with "
+                "--checkpoint.save_last=false? Give --ckpt <file>.ckpt"
+            )
         return check_checkpoint_file(last)
     best = _recorded_best(last, checkpoints) if last is not None else None
     if best is None:
         best = _newest([p for p in checkpoints.glob("*.ckpt") if p not in lasts])
     if best is None:
-        raise SAGNNError(f"no best checkpoint in {checkpoints} ({option}); has a run in this folder finished "
-                         "an epoch with validation? Give --ckpt <file>.ckpt")
+        raise SAGNNError(
+            f"no best checkpoint in {checkpoints} ({option}); has a run in this folder finished "
+            "an epoch with validation? Give --ckpt <file>.ckpt"
+        )
     return check_checkpoint_file(best)
 
 
@@ -188,8 +202,9 @@ def check_writable(path: str | os.PathLike, option: str, kind: str = "file", wha
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise SAGNNError(f"cannot write {label}: {err.strerror or err}"
-                         + (f" ({err.filename})" if err.filename else "")) from err
+        raise SAGNNError(
+            f"cannot write {label}: {err.strerror or err}" + (f" ({err.filename})" if err.filename else "")
+        ) from err
     return path
 
 
@@ -203,32 +218,49 @@ def load_module(ckpt: str | os.PathLike, device: str = "cpu") -> tuple[SAGNNModu
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged files
-        raise SAGNNError(f"--ckpt {path} cannot be read by PyTorch ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}); give a .ckpt written by training") from err
+        raise SAGNNError(
+            f"--ckpt {path} cannot be read by PyTorch ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); give a .ckpt written by training"
+        ) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise SAGNNError(f"--ckpt {path} is not a checkpoint of an SA-GNN training run (no state_dict / "
-                         "hyper_parameters); give a .ckpt written by a sagnn_lightning recipe")
+        raise SAGNNError(
+            f"--ckpt {path} is not a checkpoint of an SA-GNN training run (no state_dict / "
+            "hyper_parameters); give a .ckpt written by a sagnn_lightning recipe"
+        )
     try:
         module = SAGNNModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:  # another model's checkpoint: mismatched config or weights
-        raise SAGNNError(f"--ckpt {path} is not a checkpoint of an SA-GNN training run ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        raise SAGNNError(
+            f"--ckpt {path} is not a checkpoint of an SA-GNN training run ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
     module.eval().to(device)
     return module, graph_settings_from_checkpoint(checkpoint)
 
 
-def predict_structures(module: SAGNNModule, ids: Sequence[str], structures: Sequence[Any],
-                       cutoff: float, max_neighbors: int | None = None, batch_size: int = 64,
-                       errors: list[tuple[str, str]] | None = None,
-                       max_isolated_radius: float = 20.0) -> Predictions:
+def predict_structures(
+    module: SAGNNModule,
+    ids: Sequence[str],
+    structures: Sequence[Any],
+    cutoff: float,
+    max_neighbors: int | None = None,
+    batch_size: int = 64,
+    errors: list[tuple[str, str]] | None = None,
+    max_isolated_radius: float = 20.0,
+) -> Predictions:
     """Graphs → batched forward passes. Structures whose graph fails are added to ``errors``."""
     errors = list(errors or [])
     device = next(module.parameters()).device
     graphs, kept = [], []
     for sample_id, structure in zip(ids, structures):
         try:
-            graph = structure_to_graph(structure, cutoff=cutoff, max_neighbors=max_neighbors,
-                                       max_isolated_radius=max_isolated_radius, name=str(sample_id))
+            graph = structure_to_graph(
+                structure,
+                cutoff=cutoff,
+                max_neighbors=max_neighbors,
+                max_isolated_radius=max_isolated_radius,
+                name=str(sample_id),
+            )
         except StructureError as err:
             errors.append((str(sample_id), str(err)))
             continue
@@ -238,15 +270,16 @@ def predict_structures(module: SAGNNModule, ids: Sequence[str], structures: Sequ
     preds, probs = [], []
     with torch.inference_mode():
         for start in range(0, len(graphs), batch_size):
-            batch = collate_graphs(graphs[start:start + batch_size]).to(device)
+            batch = collate_graphs(graphs[start : start + batch_size]).to(device)
             out = module.predict_step(batch, start // batch_size)
             preds.append(out["prediction"].float().cpu())
             if "probability" in out:
                 probs.append(out["probability"].float().cpu())
     num_targets = module.num_targets
     prediction = torch.cat(preds) if preds else torch.empty(0, num_targets)
-    probability = (torch.cat(probs) if probs else torch.empty(0, num_targets)) \
-        if module.task_type == "classification" else None
+    probability = (
+        (torch.cat(probs) if probs else torch.empty(0, num_targets)) if module.task_type == "classification" else None
+    )
     return Predictions(kept, prediction, probability, list(module.target_names), errors)
 
 
@@ -258,8 +291,11 @@ def write_predictions_csv(path: str | os.PathLike, result: Predictions, id_heade
     path.parent.mkdir(parents=True, exist_ok=True)
     single = len(result.target_names) == 1
     pred_cols = ["prediction"] if single else [f"prediction_{n}" for n in result.target_names]
-    prob_cols = [] if result.probability is None else (
-        ["probability"] if single else [f"probability_{n}" for n in result.target_names])
+    prob_cols = (
+        []
+        if result.probability is None
+        else (["probability"] if single else [f"probability_{n}" for n in result.target_names])
+    )
     classification = result.probability is not None
     with atomic_write(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -278,24 +314,38 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m sagnn_lightning predict",
         description="Predict with a trained SA-GNN checkpoint on CIFs / tables; writes id,prediction[,probability].",
     )
-    parser.add_argument("--ckpt", required=True,
-                        help="checkpoint (.ckpt) written by training; or 'best' / 'last' with --run-dir; or a run "
-                             "folder (= its best checkpoint)")
-    parser.add_argument("--run-dir", default=None,
-                        help="run folder (trainer.default_root_dir, e.g. runs/quickstart) for --ckpt best|last: "
-                             "'best' is the best checkpoint of the latest run in that folder")
-    parser.add_argument("--input", required=True,
-                        help="a .cif file, a folder of *.cif, or a CSV/JSON table (matbench layout included)")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="checkpoint (.ckpt) written by training; or 'best' / 'last' with --run-dir; or a run "
+        "folder (= its best checkpoint)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        help="run folder (trainer.default_root_dir, e.g. runs/quickstart) for --ckpt best|last: "
+        "'best' is the best checkpoint of the latest run in that folder",
+    )
+    parser.add_argument(
+        "--input", required=True, help="a .cif file, a folder of *.cif, or a CSV/JSON table (matbench layout included)"
+    )
     parser.add_argument("--output", required=True, help="CSV file to write (atomically)")
     parser.add_argument("--structure-column", default=None, help="table column with CIF text / structure dicts")
     parser.add_argument("--id-column", default=None, help="table column with ids")
-    parser.add_argument("--id-header", default="id",
-                        help="name of the output's id column (default 'id'; e.g. 'mbid' for a matbench file)")
+    parser.add_argument(
+        "--id-header",
+        default="id",
+        help="name of the output's id column (default 'id'; e.g. 'mbid' for a matbench file)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument("--max-isolated-radius", type=float, default=None,
-                        help="Å; how far to look for the neighbours of an atom with none inside the cutoff "
-                             "(default: the training value, 20)")
+    parser.add_argument(
+        "--max-isolated-radius",
+        type=float,
+        default=None,
+        help="Å; how far to look for the neighbours of an atom with none inside the cutoff "
+        "(default: the training value, 20)",
+    )
     return parser
 
 
@@ -314,20 +364,33 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     module, settings = load_module(ckpt, device)
     if args.max_isolated_radius is not None:
         settings["max_isolated_radius"] = args.max_isolated_radius
-    inputs = read_structures(args.input, on_error="skip", structure_column=args.structure_column,
-                             id_column=args.id_column)
-    result = predict_structures(module, inputs.ids, inputs.structures, settings["cutoff"], settings["max_neighbors"],
-                                batch_size=args.batch_size, errors=inputs.errors,
-                                max_isolated_radius=settings["max_isolated_radius"])
+    inputs = read_structures(
+        args.input, on_error="skip", structure_column=args.structure_column, id_column=args.id_column
+    )
+    result = predict_structures(
+        module,
+        inputs.ids,
+        inputs.structures,
+        settings["cutoff"],
+        settings["max_neighbors"],
+        batch_size=args.batch_size,
+        errors=inputs.errors,
+        max_isolated_radius=settings["max_isolated_radius"],
+    )
     for name, reason in result.errors:
         print(f"skipped: {reason}" if reason.startswith(name) else f"skipped {name}: {reason}", file=sys.stderr)
     if not result.ids:
-        print(f"error: no structure of {args.input} could be predicted ({len(result.errors)} skipped); nothing written",
-              file=sys.stderr)
+        print(
+            f"error: no structure of {args.input} could be predicted ({len(result.errors)} skipped); nothing written",
+            file=sys.stderr,
+        )
         return 1
     if not args.id_header.strip() or args.id_header in ("prediction", "probability"):
-        raise UsageError(f"--id-header must be a non-empty name other than the prediction columns, got "
-                         f"{args.id_header!r}")
+        raise UsageError(
+            f"--id-header must be a non-empty name other than the prediction columns, got {args.id_header!r}"
+        )
     out = write_predictions_csv(args.output, result, id_header=args.id_header)
-    print(f"wrote {len(result.ids)} predictions to {out}" + (f" ({len(result.errors)} skipped)" if result.errors else ""))
+    print(
+        f"wrote {len(result.ids)} predictions to {out}" + (f" ({len(result.errors)} skipped)" if result.errors else "")
+    )
     return 0

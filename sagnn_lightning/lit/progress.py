@@ -89,5 +89,4 @@ class EpochLineProgressBar(ProgressBar):
         left = max_epochs - (trainer.current_epoch + 1) if max_epochs else 0
         if left > 0:
             timing += f", ETA {format_duration(left * sum(self._durations) / len(self._durations))}"
-        print(f"{self.prefix}epoch {trainer.current_epoch + 1}{total}: {items} ({timing})", file=sys.stdout,
-              flush=True)
+        print(f"{self.prefix}epoch {trainer.current_epoch + 1}{total}: {items} ({timing})", file=sys.stdout, flush=True)

@@ -24,11 +24,18 @@ class HoldThenLinearDecay(LambdaLR):
         last_epoch: as in ``torch.optim.lr_scheduler`` (-1 = start).
     """
 
-    def __init__(self, optimizer: Optimizer, hold_epochs: int = 100, decay_epochs: int = 900,
-                 end_factor: float = 0.01, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        hold_epochs: int = 100,
+        decay_epochs: int = 900,
+        end_factor: float = 0.01,
+        last_epoch: int = -1,
+    ) -> None:
         if hold_epochs < 0 or decay_epochs < 1:
-            raise ValueError(f"HoldThenLinearDecay: need hold_epochs >= 0 and decay_epochs >= 1, "
-                             f"got {hold_epochs}, {decay_epochs}")
+            raise ValueError(
+                f"HoldThenLinearDecay: need hold_epochs >= 0 and decay_epochs >= 1, got {hold_epochs}, {decay_epochs}"
+            )
         if not 0.0 < end_factor <= 1.0:
             raise ValueError(f"HoldThenLinearDecay: end_factor must be in (0, 1], got {end_factor}")
         self.hold_epochs, self.decay_epochs, self.end_factor = hold_epochs, decay_epochs, end_factor

@@ -61,8 +61,12 @@ class StopOnSigterm(Callback):
                 pass
         rank = trainer.global_rank if trainer is not None else 0
         if rank == 0:
-            print(f"sagnn: received signal {signum}, stopping all ranks; resume with the same command plus "
-                  "--ckpt_path last", file=sys.stderr, flush=True)
+            print(
+                f"sagnn: received signal {signum}, stopping all ranks; resume with the same command plus "
+                "--ckpt_path last",
+                file=sys.stderr,
+                flush=True,
+            )
         sys.stdout.flush()
         os._exit(128 + signum)  # no clean-up: it would enter collectives the other ranks never reach
 

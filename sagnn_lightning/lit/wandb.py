@@ -80,13 +80,16 @@ class WandbLogger(_LightningWandbLogger):
     ) -> None:
         offline = resolve_offline(offline)
         if offline and log_model:
-            rank_zero_info("W&B is offline (no API key): checkpoints are not uploaded as artifacts (log_model ignored).")
+            rank_zero_info(
+                "W&B is offline (no API key): checkpoints are not uploaded as artifacts (log_model ignored)."
+            )
             log_model = False
         if offline and os.environ.get("WANDB_MODE", "").strip().lower() == "disabled":
             kwargs.setdefault("mode", "disabled")
         project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
-        super().__init__(name=name, save_dir=save_dir or ".", project=project, offline=offline,
-                         log_model=log_model, id=id, **kwargs)
+        super().__init__(
+            name=name, save_dir=save_dir or ".", project=project, offline=offline, log_model=log_model, id=id, **kwargs
+        )
         # Lightning 2.6 always passes ``anonymous`` to ``wandb.init``, and wandb >= 0.19 warns about any value of
         # that deprecated setting; we never use it (Lightning range pinned in pyproject, tested without the warning)
         init = getattr(self, "_wandb_init", None)

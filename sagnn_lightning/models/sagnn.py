@@ -97,12 +97,15 @@ class SAGNN(nn.Module):
         if num_blocks < 1:
             raise ValueError(f"SAGNN: num_blocks must be >= 1, got {num_blocks}")
         if attention not in ("each", "last", "none"):
-            raise ValueError(f"SAGNN: attention must be 'each', 'last' or 'none' (--model.model.attention), "
-                             f"got {attention!r}")
+            raise ValueError(
+                f"SAGNN: attention must be 'each', 'last' or 'none' (--model.model.attention), got {attention!r}"
+            )
         if attention != "none" and (heads < 1 or hidden_dim % heads):
             divisors = [h for h in range(1, hidden_dim + 1) if hidden_dim % h == 0]
-            raise UsageError(f"SAGNN: heads={heads} must divide hidden_dim={hidden_dim} (--model.model.heads, "
-                             f"--model.model.hidden_dim); heads that fit: {divisors}")
+            raise UsageError(
+                f"SAGNN: heads={heads} must divide hidden_dim={hidden_dim} (--model.model.heads, "
+                f"--model.model.hidden_dim); heads that fit: {divisors}"
+            )
         self.num_targets, self.state_dim, self.attention = num_targets, state_dim, attention
         self.max_atomic_number = max_atomic_number
 
@@ -139,8 +142,10 @@ class SAGNN(nn.Module):
             state = torch.zeros(num_graphs, self.state_dim, device=edge_index.device)
         state = state.to(dtype)
         if state.shape[-1] != self.state_dim:
-            raise ValueError(f"SAGNN: data.state has width {state.shape[-1]} but the model was built with "
-                             f"state_dim={self.state_dim}; build graphs with a matching state or change state_dim")
+            raise ValueError(
+                f"SAGNN: data.state has width {state.shape[-1]} but the model was built with "
+                f"state_dim={self.state_dim}; build graphs with a matching state or change state_dim"
+            )
 
         distances = bond_lengths(data.pos.to(dtype), data.lattice.to(dtype), edge_index, data.image_offsets, batch)
         e = self.edge_encoder(self.bond_expansion(distances))

@@ -8,7 +8,19 @@ from sagnn_lightning.nn.readout import MEGNetReadout, Set2Set
 from sagnn_lightning.nn.scatter import scatter_max, scatter_mean, scatter_softmax, scatter_sum, torch_scatter_available
 
 __all__ = [
-    "AtomSelfAttention", "GaussianExpansion", "MEGNetBlock", "MEGNetReadout", "Set2Set", "ShiftedSoftplus",
-    "bond_lengths", "bond_vectors", "make_activation", "mlp", "scatter_max", "scatter_mean", "scatter_softmax",
-    "scatter_sum", "torch_scatter_available",
+    "AtomSelfAttention",
+    "GaussianExpansion",
+    "MEGNetBlock",
+    "MEGNetReadout",
+    "Set2Set",
+    "ShiftedSoftplus",
+    "bond_lengths",
+    "bond_vectors",
+    "make_activation",
+    "mlp",
+    "scatter_max",
+    "scatter_mean",
+    "scatter_softmax",
+    "scatter_sum",
+    "torch_scatter_available",
 ]

@@ -56,8 +56,10 @@ class AtomSelfAttention(nn.Module):
             raise ValueError(f"AtomSelfAttention: heads must be >= 1, got {heads}")
         if head_dim is None:
             if dim % heads != 0:
-                raise ValueError(f"AtomSelfAttention: dim={dim} is not divisible by heads={heads}; "
-                                 f"pick heads dividing {dim} or pass head_dim explicitly")
+                raise ValueError(
+                    f"AtomSelfAttention: dim={dim} is not divisible by heads={heads}; "
+                    f"pick heads dividing {dim} or pass head_dim explicitly"
+                )
             head_dim = dim // heads
         if backend not in ("auto", "torch", "triton"):
             raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'torch' or 'triton'")
@@ -83,9 +85,15 @@ class AtomSelfAttention(nn.Module):
         shape = (total, self.heads, self.head_dim)
         q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
         out = varlen_attention(
-            q, k, v, cu_seqlens=ptr.to(torch.int32), max_seqlen=int(max_num_atoms),
-            dropout_p=self.dropout if self.training else 0.0, scale=1.0 / math.sqrt(self.head_dim),
-            backend=self.backend, validate=False,  # ptr / max_num_atoms come from collate_graphs: no GPU read-back
+            q,
+            k,
+            v,
+            cu_seqlens=ptr.to(torch.int32),
+            max_seqlen=int(max_num_atoms),
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=1.0 / math.sqrt(self.head_dim),
+            backend=self.backend,
+            validate=False,  # ptr / max_num_atoms come from collate_graphs: no GPU read-back
         )
         out = self.out_proj(out.reshape(total, self.heads * self.head_dim))
         if self.residual:

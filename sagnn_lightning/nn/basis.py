@@ -29,7 +29,12 @@ class GaussianExpansion(nn.Module):
             raise ValueError(f"GaussianExpansion: width must be > 0 Å, got {width}")
         if not stop >= start:
             raise ValueError(f"GaussianExpansion: stop ({stop}) must be >= start ({start})")
-        self.start, self.stop, self.num_gaussians, self.width = float(start), float(stop), int(num_gaussians), float(width)
+        self.start, self.stop, self.num_gaussians, self.width = (
+            float(start),
+            float(stop),
+            int(num_gaussians),
+            float(width),
+        )
 
     def centers(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
         """``[K]`` Gaussian centres (Å), built in the requested dtype (exact in float64, no stored buffer)."""

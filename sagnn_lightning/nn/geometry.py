@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 
-def bond_vectors(pos: Tensor, lattice: Tensor, edge_index: Tensor, image_offsets: Tensor, batch: Tensor | None = None) -> Tensor:
+def bond_vectors(
+    pos: Tensor, lattice: Tensor, edge_index: Tensor, image_offsets: Tensor, batch: Tensor | None = None
+) -> Tensor:
     """Bond vectors ``r_ij = pos[j] + image_offsets @ lattice[graph] - pos[i]``.
 
     Args:
@@ -28,6 +30,8 @@ def bond_vectors(pos: Tensor, lattice: Tensor, edge_index: Tensor, image_offsets
     return pos[j] + shift - pos[i]
 
 
-def bond_lengths(pos: Tensor, lattice: Tensor, edge_index: Tensor, image_offsets: Tensor, batch: Tensor | None = None) -> Tensor:
+def bond_lengths(
+    pos: Tensor, lattice: Tensor, edge_index: Tensor, image_offsets: Tensor, batch: Tensor | None = None
+) -> Tensor:
     """``[E]`` bond lengths (Å); see :func:`bond_vectors`."""
     return bond_vectors(pos, lattice, edge_index, image_offsets, batch).norm(dim=-1)

@@ -15,7 +15,8 @@ every layer, as in matgl.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +125,9 @@ class MEGNetBlock(nn.Module):
 
         e = self._edge_update(v, e, u, i, j, edge_batch)
         v = self.atom_update(torch.cat([v, scatter_mean(e, i, num_atoms), u[batch]], dim=-1))
-        u = self.state_update(torch.cat([u, scatter_mean(e, edge_batch, num_graphs), scatter_mean(v, batch, num_graphs)], dim=-1))
+        u = self.state_update(
+            torch.cat([u, scatter_mean(e, edge_batch, num_graphs), scatter_mean(v, batch, num_graphs)], dim=-1)
+        )
 
         e, v, u = self.dropout(e), self.dropout(v), self.dropout(u)
         if self.residual:
@@ -140,8 +143,7 @@ class MEGNetBlock(nn.Module):
         """
         first = self.edge_update[0]
         w_i, w_j, w_e, w_u = first.weight.split(self.dim, dim=1)
-        hidden = (F.linear(v, w_i)[i] + F.linear(v, w_j)[j] + F.linear(e, w_e, first.bias)
-                  + F.linear(u, w_u)[edge_batch])
+        hidden = F.linear(v, w_i)[i] + F.linear(v, w_j)[j] + F.linear(e, w_e, first.bias) + F.linear(u, w_u)[edge_batch]
         return self.edge_update[1:](hidden)
 
     def extra_repr(self) -> str:

@@ -39,7 +39,10 @@ class Set2Set(nn.Module):
         self.lstm.reset_parameters()
 
     def forward(self, x: Tensor, index: Tensor, dim_size: int) -> Tensor:
-        h = (x.new_zeros(self.num_layers, dim_size, self.in_channels), x.new_zeros(self.num_layers, dim_size, self.in_channels))
+        h = (
+            x.new_zeros(self.num_layers, dim_size, self.in_channels),
+            x.new_zeros(self.num_layers, dim_size, self.in_channels),
+        )
         q_star = x.new_zeros(dim_size, self.out_channels)
         for _ in range(self.processing_steps):
             q, h = self.lstm(q_star.unsqueeze(0), h)
@@ -75,7 +78,13 @@ class MEGNetReadout(nn.Module):
         self.out_channels = 5 * dim
 
     def forward(
-        self, atom_feat: Tensor, edge_feat: Tensor, state_feat: Tensor, batch: Tensor, edge_batch: Tensor, num_graphs: int,
+        self,
+        atom_feat: Tensor,
+        edge_feat: Tensor,
+        state_feat: Tensor,
+        batch: Tensor,
+        edge_batch: Tensor,
+        num_graphs: int,
     ) -> Tensor:
         atoms = self.atom_set2set(atom_feat, batch, num_graphs)
         bonds = self.edge_set2set(edge_feat, edge_batch, num_graphs)

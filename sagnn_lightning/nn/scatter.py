@@ -42,8 +42,10 @@ def _use_torch_scatter(backend: ScatterBackend) -> bool:
         return False
     if backend == "torch_scatter":
         if not torch_scatter_available():
-            raise RuntimeError("backend='torch_scatter' requested but torch-scatter is not installed: "
-                               "`pip install torch-scatter` or use backend='torch'/'auto'.")
+            raise RuntimeError(
+                "backend='torch_scatter' requested but torch-scatter is not installed: "
+                "`pip install torch-scatter` or use backend='torch'/'auto'."
+            )
         return True
     if backend == "auto":
         return torch_scatter_available()
@@ -52,8 +54,10 @@ def _use_torch_scatter(backend: ScatterBackend) -> bool:
 
 def _check(src: Tensor, index: Tensor, dim_size: int) -> None:
     if index.dim() != 1 or index.numel() != src.shape[0]:
-        raise ValueError(f"scatter: index must be 1-D with one entry per row of src; got index {tuple(index.shape)} "
-                         f"for src {tuple(src.shape)}")
+        raise ValueError(
+            f"scatter: index must be 1-D with one entry per row of src; got index {tuple(index.shape)} "
+            f"for src {tuple(src.shape)}"
+        )
     if not isinstance(dim_size, int) or dim_size < 0:
         raise ValueError(f"scatter: dim_size must be a non-negative Python int (number of segments), got {dim_size!r}")
 

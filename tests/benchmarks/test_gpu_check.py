@@ -17,14 +17,15 @@ import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available() or shutil.which("nvidia-smi") is not None,
-                                reason="a CUDA machine: run `bash benchmarks/gpu_check.sh` itself")
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available() or shutil.which("nvidia-smi") is not None,
+    reason="a CUDA machine: run `bash benchmarks/gpu_check.sh` itself",
+)
 
 
 def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "results"), **env}
-    return subprocess.run(["bash", str(SCRIPT)], env=environ, capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+    return subprocess.run(["bash", str(SCRIPT)], env=environ, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
 def test_bash_syntax() -> None:

@@ -38,12 +38,23 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = (REPO / "../shared/data/matbench").resolve()
 RUNNER = REPO / "benchmarks" / "matbench_v0.1_sagnn" / "run.py"
 TASK = "matbench_jdft2d"
-TINY = {"atom_embedding_dim": 4, "num_gaussians": 10, "num_blocks": 1, "hidden_dim": 8, "dense_hidden": 8,
-        "conv_hidden": [8], "heads": 2, "readout_hidden": [8], "set2set_steps": 1}
+TINY = {
+    "atom_embedding_dim": 4,
+    "num_gaussians": 10,
+    "num_blocks": 1,
+    "hidden_dim": 8,
+    "dense_hidden": 8,
+    "conv_hidden": [8],
+    "heads": 2,
+    "readout_hidden": [8],
+    "set2set_steps": 1,
+}
 EPOCHS = 3  # of the resume / max-time / jobs tests
 
-pytestmark = pytest.mark.skipif(not (DATA / f"{TASK}.json.gz").is_file(),
-                                reason=f"shared matbench data not found at {DATA} (repo root/../shared/data)")
+pytestmark = pytest.mark.skipif(
+    not (DATA / f"{TASK}.json.gz").is_file(),
+    reason=f"shared matbench data not found at {DATA} (repo root/../shared/data)",
+)
 
 
 def _load_runner():
@@ -93,17 +104,39 @@ def _own_predictions(checkpoint: Path, model_config: dict, ids: list[str], struc
     model = SAGNN(num_targets=1, **model_config)  # the recorded configuration rebuilds the network
     module = SAGNNModule.load_from_checkpoint(checkpoint, model=model, map_location="cpu", weights_only=False)
     module.eval()
-    result = predict_structures(module, ids, [Structure.from_dict(structures[i]) for i in ids],
-                                cutoff=float(model_config["cutoff"]), batch_size=1)
+    result = predict_structures(
+        module,
+        ids,
+        [Structure.from_dict(structures[i]) for i in ids],
+        cutoff=float(model_config["cutoff"]),
+        batch_size=1,
+    )
     assert result.ids == ids and not result.errors
     return result.prediction.reshape(-1).double().numpy()
 
 
 def _argv(out: Path, folds: list[int], epochs: int = 1, cache: Path | None = None, *extra: str) -> list[str]:
-    return ["--tasks", TASK, "--folds", *map(str, folds), "--max-epochs", str(epochs), "--data-home", str(DATA),
-            "--out", str(out), "--threads", "1", "--model-overrides", json.dumps(TINY),
-            "--cache-dir", str(cache or out.parent / "graph_cache"),
-            "--checkpoint-dir", str(out.parent / "checkpoints"), *extra]
+    return [
+        "--tasks",
+        TASK,
+        "--folds",
+        *map(str, folds),
+        "--max-epochs",
+        str(epochs),
+        "--data-home",
+        str(DATA),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--model-overrides",
+        json.dumps(TINY),
+        "--cache-dir",
+        str(cache or out.parent / "graph_cache"),
+        "--checkpoint-dir",
+        str(out.parent / "checkpoints"),
+        *extra,
+    ]
 
 
 def test_two_folds_then_resume_to_a_valid_submission(runner, one_thread, tmp_path, capsys):
@@ -199,10 +232,23 @@ def test_resume_with_another_config_is_refused(runner, one_thread, tmp_path):
 def test_fold_configuration_is_the_recipes_cli(runner, tmp_path):
     """The model, optimizer and data settings come from the recipes' YAML through the CLI (no copy of them in the
     runner); ``--variant`` and CLI options after ``--`` change them; the runner's own flags win."""
-    spec = runner.fold_spec(TASK, 2, variant="no_mhsa", max_epochs=7, seed=3, work_dir=tmp_path,
-                            config_dir=runner.DEFAULT_CONFIG_DIR, data_home=DATA, cache_dir=tmp_path / "cache",
-                            graph_workers=0, model_overrides=None, threads=None, deadline=None, checkpoint_dir=None,
-                            cli_args=["--model.optimizer.lr=5e-4", "--trainer.max_epochs=99"])
+    spec = runner.fold_spec(
+        TASK,
+        2,
+        variant="no_mhsa",
+        max_epochs=7,
+        seed=3,
+        work_dir=tmp_path,
+        config_dir=runner.DEFAULT_CONFIG_DIR,
+        data_home=DATA,
+        cache_dir=tmp_path / "cache",
+        graph_workers=0,
+        model_overrides=None,
+        threads=None,
+        deadline=None,
+        checkpoint_dir=None,
+        cli_args=["--model.optimizer.lr=5e-4", "--trainer.max_epochs=99"],
+    )
     cli = runner.build_cli(spec)
     config = runner.config_summary(cli, spec)
     import yaml
@@ -233,9 +279,13 @@ def reference(runner, tmp_path_factory):
     torch.set_num_threads(before)
     assert status == 0, printed.getvalue()[-3000:]
     results = json.loads((root / "out" / "results.json.gz").read_text())["tasks"][TASK]["results"]
-    return {"out": root / "out", "results": results, "printed": printed.getvalue(),
-            "steps_per_epoch": math.ceil(results["fold_0"]["parameters"]["n_train"] / 32),
-            "cache": root.parent / "shared_graph_cache"}
+    return {
+        "out": root / "out",
+        "results": results,
+        "printed": printed.getvalue(),
+        "steps_per_epoch": math.ceil(results["fold_0"]["parameters"]["n_train"] / 32),
+        "cache": root.parent / "shared_graph_cache",
+    }
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -248,7 +298,7 @@ def _same_fold(run_dir: Path, results: dict, reference: dict, fold: int) -> None
     ours, theirs = _weights(run_dir), _weights(reference["out"] / "work" / TASK / f"fold_{fold}")
     assert ours.pop("global_step") == theirs.pop("global_step") == EPOCHS * reference["steps_per_epoch"]
     for key, value in theirs.items():
-        torch.testing.assert_close(ours[key], value, rtol=1e-6, atol=1e-7, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(ours[key], value, rtol=1e-6, atol=1e-7, msg=lambda m, key=key: f"{key}: {m}")
     a, b = results[f"fold_{fold}"], reference["results"][f"fold_{fold}"]
     assert list(a["data"]) == list(b["data"])
     np.testing.assert_allclose(list(a["data"].values()), list(b["data"].values()), rtol=1e-6)
@@ -272,13 +322,29 @@ def test_killed_fold_resumes_mid_fold_to_the_weights_of_an_uninterrupted_run(run
     steps = reference["steps_per_epoch"]
     assert reference["results"]["fold_0"]["parameters"]["best_epoch"] < EPOCHS, "the check needs an earlier best"
     kill = tmp_path / "kill.yaml"
-    kill.write_text("trainer:\n  callbacks:\n    - class_path: tests.lit.helpers.KillAtStep\n"
-                    f"      init_args:\n        step: {2 * steps + 4}\n")
+    kill.write_text(
+        "trainer:\n  callbacks:\n    - class_path: tests.lit.helpers.KillAtStep\n"
+        f"      init_args:\n        step: {2 * steps + 4}\n"
+    )
     out, work = tmp_path / "out", tmp_path / "machine_a"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, str(RUNNER), *_argv(out, [0], EPOCHS, reference["cache"]),
-                             "--work-dir", str(work), "--", "--config", str(kill)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            str(RUNNER),
+            *_argv(out, [0], EPOCHS, reference["cache"]),
+            "--work-dir",
+            str(work),
+            "--",
+            "--config",
+            str(kill),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-3000:]
     assert f"{TASK} fold 0: epoch 1/{EPOCHS}" in killed.stdout and not (out / "results.json.gz").exists()
     assert _weights(work / TASK / "fold_0")["global_step"] == 2 * steps  # last.ckpt: the end of epoch 2
@@ -298,15 +364,16 @@ def test_killed_fold_resumes_mid_fold_to_the_weights_of_an_uninterrupted_run(run
     assert [row.split(",")[0] for row in history[1:]] == [str(e) for e in range(1, EPOCHS + 1)]
 
 
-def test_max_time_cuts_a_fold_mid_epoch_and_a_rerun_continues_it(runner, reference, one_thread, tmp_path, capsys,
-                                                                  monkeypatch):
+def test_max_time_cuts_a_fold_mid_epoch_and_a_rerun_continues_it(
+    runner, reference, one_thread, tmp_path, capsys, monkeypatch
+):
     """``--max-time`` spent 5 batches into epoch 2 (a fake clock makes the cut exact): the fold is not recorded,
     exit status 3; the same command without the budget continues at the next batch, to the reference weights."""
     steps = reference["steps_per_epoch"]
     cut_step = steps + 5
     # clock reads: run start, fold start, train start (#0-#2), then one after each training step (#g+2 after step g)
     calls, start = itertools.count(), time.time()
-    monkeypatch.setattr(runner, "_clock", lambda: start + (0 if next(calls) < cut_step + 2 else 10 ** 6))
+    monkeypatch.setattr(runner, "_clock", lambda: start + (0 if next(calls) < cut_step + 2 else 10**6))
     out = tmp_path / "out"
     assert runner.main(_argv(out, [1], EPOCHS, reference["cache"], "--max-time", "00:01:00:00")) == 3
     printed = capsys.readouterr().out
@@ -317,8 +384,10 @@ def test_max_time_cuts_a_fold_mid_epoch_and_a_rerun_continues_it(runner, referen
     monkeypatch.setattr(runner, "_clock", time.time)
     assert runner.main(_argv(out, [1], EPOCHS, reference["cache"], "--max-time", "00:01:00:00")) == 0
     printed = capsys.readouterr().out
-    assert f"fold 1: resuming from {out / 'work' / TASK / 'fold_1' / 'checkpoints' / 'last.ckpt'} (saved at step " \
-           f"{cut_step}, epoch 2 of {EPOCHS})" in printed
+    assert (
+        f"fold 1: resuming from {out / 'work' / TASK / 'fold_1' / 'checkpoints' / 'last.ckpt'} (saved at step "
+        f"{cut_step}, epoch 2 of {EPOCHS})" in printed
+    )
     results = json.loads((out / "results.json.gz").read_text())["tasks"][TASK]["results"]
     _same_fold(out / "work" / TASK / "fold_1", results, reference, 1)
 
@@ -361,10 +430,23 @@ def test_classification_path_stores_true_rocauc(runner, one_thread, tmp_path):
     from matbench.data_ops import score_array
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    spec = runner.fold_spec(TASK, 0, variant="sagnn", max_epochs=1, seed=0, work_dir=tmp_path,
-                            config_dir=runner.DEFAULT_CONFIG_DIR, data_home=DATA, cache_dir=tmp_path / "cache",
-                            graph_workers=0, model_overrides=TINY, threads=1, deadline=None, checkpoint_dir=None,
-                            cli_args=[f"--data={__name__}.JdftAboveMedian"])
+    spec = runner.fold_spec(
+        TASK,
+        0,
+        variant="sagnn",
+        max_epochs=1,
+        seed=0,
+        work_dir=tmp_path,
+        config_dir=runner.DEFAULT_CONFIG_DIR,
+        data_home=DATA,
+        cache_dir=tmp_path / "cache",
+        graph_workers=0,
+        model_overrides=TINY,
+        threads=1,
+        deadline=None,
+        checkpoint_dir=None,
+        cli_args=[f"--data={__name__}.JdftAboveMedian"],
+    )
     spec["config"] = runner.config_summary(runner.build_cli(spec), spec)
     assert spec["config"]["training"]["data_class"].endswith("JdftAboveMedian")
     result = runner.train_fold(spec)
@@ -396,7 +478,10 @@ def test_inner_fold_members_are_averaged_into_the_fold_record(runner, one_thread
     test_ids = list(mbv01_validation.splits[TASK]["fold_0"]["test"])
     assert params["val_folds"] == 2 and len(params["members"]) == 2 and params["epochs_run"] == [1, 1]
     # the two members validated on the two halves of the fold's training rows
-    assert [m["n_val"] for m in params["members"]] == [len(official_train) // 2, len(official_train) - len(official_train) // 2]
+    assert [m["n_val"] for m in params["members"]] == [
+        len(official_train) // 2,
+        len(official_train) - len(official_train) // 2,
+    ]
     assert all(m["n_train"] + m["n_val"] == len(official_train) for m in params["members"])
     for j in range(2):
         run_dir = out / "work" / TASK / "fold_0" / f"inner_{j}"
@@ -405,8 +490,14 @@ def test_inner_fold_members_are_averaged_into_the_fold_record(runner, one_thread
     truth = _targets_from_file()
     structures = _column_from_file("structure")
     model_config = json.loads((out / "work" / TASK / "fold_0" / "inner_0" / "runner_config.json").read_text())["model"]
-    own = np.stack([_own_predictions(tmp_path / "study" / "checkpoints" / TASK / f"fold_0_inner_{j}.ckpt", model_config,
-                                     test_ids, structures) for j in range(2)])
+    own = np.stack(
+        [
+            _own_predictions(
+                tmp_path / "study" / "checkpoints" / TASK / f"fold_0_inner_{j}.ckpt", model_config, test_ids, structures
+            )
+            for j in range(2)
+        ]
+    )
     scale = float(np.std(list(truth.values())))
     assert np.abs(own[0] - own[1]).max() > 1e-2 * scale  # two different models: an average is not a copy
     stored = np.array([fold["data"][i] for i in test_ids])
@@ -419,21 +510,47 @@ def test_inner_fold_members_are_averaged_into_the_fold_record(runner, one_thread
     # --data.val_fold=k`, same seeds) give the same members, hence the same ensemble scored by the script itself
     for k in range(2):
         separate = tmp_path / "study" / "separate" / f"inner_{k}"
-        assert runner.main([*_argv(separate, [0], 1, tmp_path / "study" / "graph_cache"), "--", "--data.val_folds=2",
-                            f"--data.val_fold={k}"]) == 0
+        assert (
+            runner.main(
+                [
+                    *_argv(separate, [0], 1, tmp_path / "study" / "graph_cache"),
+                    "--",
+                    "--data.val_folds=2",
+                    f"--data.val_fold={k}",
+                ]
+            )
+            == 0
+        )
     spec = importlib.util.spec_from_file_location("inner_cv_study", REPO / "benchmarks" / "inner_cv_study.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
     prefix = tmp_path / "results" / "jdft2d"
-    assert study.main(["--study", str(tmp_path / "study"), "--configs", "runner", "separate", "--task", TASK,
-                       "--data-home", str(DATA), "--out", str(prefix)]) == 0
+    assert (
+        study.main(
+            [
+                "--study",
+                str(tmp_path / "study"),
+                "--configs",
+                "runner",
+                "separate",
+                "--task",
+                TASK,
+                "--data-home",
+                str(DATA),
+                "--out",
+                str(prefix),
+            ]
+        )
+        == 0
+    )
     with open(prefix.with_name("jdft2d_summary.csv"), newline="") as fh:
         rows = {(r["config"], r["inner_fold"]): r for r in csv.DictReader(fh)}
     for config in ("runner", "separate"):
         for j in range(2):
             assert float(rows[(config, str(j))]["test_mae"]) == pytest.approx(params["member_test_mae"][j], rel=1e-5)
             assert float(rows[(config, str(j))]["best_val_mae"]) == pytest.approx(
-                params["members"][j]["best_val_mae"], rel=1e-5)
+                params["members"][j]["best_val_mae"], rel=1e-5
+            )
         ensemble = float(rows[(config, "ensemble of 2")]["test_mae"])
         assert ensemble == pytest.approx(fold["scores"]["mae"], rel=1e-5)
     with open(prefix.with_name("jdft2d_curves.csv"), newline="") as fh:

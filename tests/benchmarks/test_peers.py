@@ -30,15 +30,36 @@ def test_missing_peer_is_recorded_not_fatal(peers, tmp_path: Path, monkeypatch: 
     def matgl_missing():
         raise ModuleNotFoundError("No module named 'matgl'")
 
-    monkeypatch.setattr(peers, "make_models", lambda: {
-        "sagnn_no_mhsa": lambda: peers.SAGNN(attention="none", hidden_dim=8, dense_hidden=8, conv_hidden=[8],
-                                             num_blocks=1, readout_hidden=[8]),
-        "matgl_megnet": matgl_missing,
-    })
+    monkeypatch.setattr(
+        peers,
+        "make_models",
+        lambda: {
+            "sagnn_no_mhsa": lambda: peers.SAGNN(
+                attention="none", hidden_dim=8, dense_hidden=8, conv_hidden=[8], num_blocks=1, readout_hidden=[8]
+            ),
+            "matgl_megnet": matgl_missing,
+        },
+    )
     threads = torch.get_num_threads()
     try:
-        peers.main(["--data", str(SAMPLE), "--batch-size", "4", "--num-batches", "1", "--rounds", "1", "--threads", "1",
-                    "--skip-memory", "--skip-scaling", "--out", str(tmp_path)])
+        peers.main(
+            [
+                "--data",
+                str(SAMPLE),
+                "--batch-size",
+                "4",
+                "--num-batches",
+                "1",
+                "--rounds",
+                "1",
+                "--threads",
+                "1",
+                "--skip-memory",
+                "--skip-scaling",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     rows = {r["model"]: r for r in csv.DictReader((tmp_path / "peers_speed.csv").open())}

@@ -51,8 +51,10 @@ def test_ablation_merge_write_new_file_and_replaced_file(tmp_path, umask_022):
 
 def test_peers_csv_and_plot_keep_modes(tmp_path, umask_022):
     peers = _load("peers")
-    rows = [{"model": "x", "atoms_per_cell": 5, "ms_per_crystal": 1.0},
-            {"model": "x", "atoms_per_cell": 10, "ms_per_crystal": 2.0}]
+    rows = [
+        {"model": "x", "atoms_per_cell": 5, "ms_per_crystal": 1.0},
+        {"model": "x", "atoms_per_cell": 10, "ms_per_crystal": 2.0},
+    ]
     csv_path, png_path = tmp_path / "peers.csv", tmp_path / "peers.png"
     peers._write_csv(csv_path, rows)
     peers._plot(rows, png_path)

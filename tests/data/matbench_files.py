@@ -13,8 +13,11 @@ def write_matbench_file(path: Path) -> bytes:
     """Write rows 0..7 of jdft2d to ``path`` in the layout of matbench's download (pandas orient="split",
     gzipped); returns the file's bytes."""
     records = json.loads((INPUTS / "jdft2d_8.json").read_text())
-    doc = {"index": list(range(len(records))), "columns": ["structure", "exfoliation_en"],
-           "data": [[r["structure"], r["exfoliation_en"]] for r in records]}
+    doc = {
+        "index": list(range(len(records))),
+        "columns": ["structure", "exfoliation_en"],
+        "data": [[r["structure"], r["exfoliation_en"]] for r in records],
+    }
     with gzip.open(path, "wt") as fh:
         json.dump(doc, fh)
     return path.read_bytes()

@@ -60,8 +60,11 @@ def test_skip_mode_counts_and_lists_bad_structures(tmp_path, caplog):
         dm.setup()
     assert sorted(s.sample_id for s in dm.skipped) == sorted(bad)
     assert "skipped 4 of 12" in caplog.text and all(b in caplog.text for b in bad)
-    used = {dataset[k].sample_id for dataset in (dm.train_dataset, dm.val_dataset, dm.test_dataset)
-            for k in range(len(dataset))}
+    used = {
+        dataset[k].sample_id
+        for dataset in (dm.train_dataset, dm.val_dataset, dm.test_dataset)
+        for k in range(len(dataset))
+    }
     assert used == {p.stem for p in (INPUTS / "cifs").glob("*.cif")}
     # a raise-mode run must not silently reuse the skip-mode cache
     with pytest.raises(DataFormatError, match="skipped 4 of 12"):
@@ -75,7 +78,7 @@ def test_nan_inf_target_names_the_row(tmp_path, value):
     frame.to_csv(tmp_path / "t.csv", index=False)
     bad_id = frame.loc[2, "material_id"]
     with pytest.raises(DataFormatError, match=rf"{bad_id}: target band_gap is .*on_error='skip'"):
-        module(tmp_path / "t.csv", tmp_path, target_columns=["band_gap"]).table
+        _ = module(tmp_path / "t.csv", tmp_path, target_columns=["band_gap"]).table
 
 
 def test_nan_target_skip_mode_counts(tmp_path, caplog):
@@ -102,7 +105,7 @@ def test_nan_target_in_matbench_file(tmp_path):
     with gzip.open(home / "matbench_jdft2d.json.gz", "wt") as fh:
         json.dump(doc, fh)
     with pytest.raises(DataFormatError, match=r"mb-jdft2d-010: target exfoliation_en is nan"):
-        MatbenchDataModule("jdft2d", data_home=str(home), cache_dir=str(tmp_path)).split_ids
+        _ = MatbenchDataModule("jdft2d", data_home=str(home), cache_dir=str(tmp_path)).split_ids
     dm = MatbenchDataModule("jdft2d", data_home=str(home), cache_dir=str(tmp_path), on_error="skip")
     ids = dm.split_ids
     assert "mb-jdft2d-010" not in ids["train"] + ids["val"] + ids["test"]
@@ -111,13 +114,16 @@ def test_nan_target_in_matbench_file(tmp_path):
 
 
 def test_missing_target_column_lists_available(tmp_path):
-    with pytest.raises(DataFormatError, match=r"\['gap'\] not found; available columns: \['material_id', 'formula', "
-                                              r"'cif', 'band_gap', 'formation_energy_per_atom'\]"):
-        module(INPUTS / "mp_abx3_8.csv", tmp_path, target_columns=["gap"]).table
+    with pytest.raises(
+        DataFormatError,
+        match=r"\['gap'\] not found; available columns: \['material_id', 'formula', "
+        r"'cif', 'band_gap', 'formation_energy_per_atom'\]",
+    ):
+        _ = module(INPUTS / "mp_abx3_8.csv", tmp_path, target_columns=["gap"]).table
     with pytest.raises(DataFormatError, match=r"no target columns given; available columns: .*--data\.target_columns="):
-        module(INPUTS / "mp_abx3_8.csv", tmp_path).table
+        _ = module(INPUTS / "mp_abx3_8.csv", tmp_path).table
     with pytest.raises(DataFormatError, match=r"structure column\(s\) \['xyz'\] not found; available"):
-        module(INPUTS / "mp_abx3_8.csv", tmp_path, target_columns=["band_gap"], structure_column="xyz").table
+        _ = module(INPUTS / "mp_abx3_8.csv", tmp_path, target_columns=["band_gap"], structure_column="xyz").table
 
 
 def test_unknown_task_lists_valid_ones(tmp_path):
@@ -136,41 +142,43 @@ def test_empty_dataset(tmp_path):
     frame = pd.read_csv(INPUTS / "mp_abx3_8.csv").iloc[:0]
     frame.to_csv(tmp_path / "empty.csv", index=False)
     with pytest.raises(DataFormatError, match="empty"):
-        module(tmp_path / "empty.csv", tmp_path, target_columns=["band_gap"]).table
+        _ = module(tmp_path / "empty.csv", tmp_path, target_columns=["band_gap"]).table
     (tmp_path / "blank.csv").write_text("")
     with pytest.raises(DataFormatError, match="empty"):
-        module(tmp_path / "blank.csv", tmp_path, target_columns=["band_gap"]).table
+        _ = module(tmp_path / "blank.csv", tmp_path, target_columns=["band_gap"]).table
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "id_prop.csv").write_text("")
     with pytest.raises(DataFormatError, match="empty"):
-        module(folder, tmp_path).table
+        _ = module(folder, tmp_path).table
     # everything skipped → empty too
     frame = pd.read_csv(INPUTS / "mp_abx3_8.csv")
     frame["band_gap"] = np.nan
     frame.to_csv(tmp_path / "allnan.csv", index=False)
     with pytest.raises(DataFormatError, match="no usable rows left; skipped 8 of 8"):
-        module(tmp_path / "allnan.csv", tmp_path, target_columns=["band_gap"], on_error="skip").table
+        _ = module(tmp_path / "allnan.csv", tmp_path, target_columns=["band_gap"], on_error="skip").table
 
 
 def test_classification_labels_must_be_binary(tmp_path):
     frame = pd.read_csv(INPUTS / "mp_abx3_8.csv")
     with pytest.raises(DataFormatError, match=rf"{frame.loc[0, 'material_id']}: classification target must be 0/1"):
-        module(INPUTS / "mp_abx3_8.csv", tmp_path, target_columns=["band_gap"], task_type="classification").table
+        _ = module(INPUTS / "mp_abx3_8.csv", tmp_path, target_columns=["band_gap"], task_type="classification").table
 
 
 def test_non_numeric_target_names_the_column(tmp_path):
     with pytest.raises(DataFormatError, match=r"target column 'formula' is not numeric"):
-        module(INPUTS / "mp_abx3_8.csv", tmp_path, target_columns=["formula"]).table
+        _ = module(INPUTS / "mp_abx3_8.csv", tmp_path, target_columns=["formula"]).table
 
 
 def test_thousand_atom_cell_with_max_neighbors(tmp_path):
     cif = (INPUTS / "cifs/mp-1016872.cif").read_text()
     big = Structure.from_str(cif, fmt="cif") * (6, 6, 6)  # 1,080 atoms
     pd.DataFrame({"id": ["big", "small"], "cif": [big.to(fmt="cif"), cif], "y": [1.0, 2.0]}).to_csv(
-        tmp_path / "big.csv", index=False)
-    dm = module(tmp_path / "big.csv", tmp_path, target_columns=["y"], val_fraction=0.0, test_fraction=0.0,
-                max_neighbors=12)
+        tmp_path / "big.csv", index=False
+    )
+    dm = module(
+        tmp_path / "big.csv", tmp_path, target_columns=["y"], val_fraction=0.0, test_fraction=0.0, max_neighbors=12
+    )
     dm.setup("fit")
     graph = next(dm.train_dataset[k] for k in range(2) if dm.train_dataset[k].sample_id == "big")
     assert graph.num_nodes == 1080

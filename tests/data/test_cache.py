@@ -138,8 +138,14 @@ def assert_same_up_to_atom_order(a, b, atol: float) -> None:
     assert len(left) == len(right)
     free = list(range(len(right)))
     for k, (z, d) in enumerate(left):
-        match = next((j for j in free if right[j][0] == z and right[j][1].shape == d.shape
-                      and np.allclose(right[j][1], d, rtol=0, atol=atol)), None)
+        match = next(
+            (
+                j
+                for j in free
+                if right[j][0] == z and right[j][1].shape == d.shape and np.allclose(right[j][1], d, rtol=0, atol=atol)
+            ),
+            None,
+        )
         assert match is not None, f"{a.sample_id}: atom {k} (Z={z}) has no counterpart"
         free.remove(match)
 

@@ -76,8 +76,14 @@ def _statistics_worker(barrier, queue, cache_dir: str, marker: str) -> None:
 
         CrystalDataModule._read_table = counted
         barrier.wait()
-        dm = CrystalDataModule(str(INPUTS / "mp_abx3_8.csv"), target_columns=["band_gap", "formation_energy_per_atom"],
-                               cache_dir=cache_dir, val_fraction=0.25, test_fraction=0.25, progress=False)
+        dm = CrystalDataModule(
+            str(INPUTS / "mp_abx3_8.csv"),
+            target_columns=["band_gap", "formation_energy_per_atom"],
+            cache_dir=cache_dir,
+            val_fraction=0.25,
+            test_fraction=0.25,
+            progress=False,
+        )
         # what LightningCLI links into the model at instantiation, before any prepare_data
         queue.put((dm.target_mean, dm.target_std, dm.num_targets, dm.split_ids))
     except BaseException as err:  # reported to the test instead of a silent exit code
@@ -106,8 +112,9 @@ def _graphs_worker(barrier, queue, cache_dir: str, marker: str) -> None:
             return dicts
 
         barrier.wait()
-        ds = load_or_build_graphs(cache_dir, "fp-two", ids, structures, np.zeros((6, 1)), GraphSettings(cutoff=4.0),
-                                  progress=False)
+        ds = load_or_build_graphs(
+            cache_dir, "fp-two", ids, structures, np.zeros((6, 1)), GraphSettings(cutoff=4.0), progress=False
+        )
         queue.put((str(ds.path), ds.header["_sha256"], ds.sample_ids))
     except BaseException as err:
         queue.put(f"{type(err).__name__}: {err}")

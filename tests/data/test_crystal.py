@@ -23,8 +23,9 @@ def all_ids(dm: CrystalDataModule) -> list[str]:
     return [i for split in ("train", "val", "test") for i in dm.split_ids[split]]
 
 
-def check_graphs_against_pymatgen(dataset, structures: dict[str, Structure], targets: dict[str, np.ndarray],
-                                  cutoff: float) -> None:
+def check_graphs_against_pymatgen(
+    dataset, structures: dict[str, Structure], targets: dict[str, np.ndarray], cutoff: float
+) -> None:
     for k in range(len(dataset)):
         g = dataset[k]
         ref = structure_to_graph(structures[g.sample_id], cutoff=cutoff)
@@ -52,8 +53,9 @@ def test_bundled_sample_loads_by_name(tmp_path):
 
 
 def test_sample_reference_string_and_attribution(tmp_path):
-    dm = CrystalDataModule(data_file="sample:mp_abx3_perovskites", target_columns=["formation_energy_per_atom"],
-                           cache_dir=str(tmp_path))
+    dm = CrystalDataModule(
+        data_file="sample:mp_abx3_perovskites", target_columns=["formation_energy_per_atom"], cache_dir=str(tmp_path)
+    )
     assert dm.id_column == "material_id" and dm.structure_column == "cif"
     assert dm.target_names == ["formation_energy_per_atom"]
     assert CrystalDataModule.from_sample("mp_abx3_perovskites", cache_dir=str(tmp_path)).target_names == ["band_gap"]
@@ -68,8 +70,15 @@ def test_sample_reference_string_and_attribution(tmp_path):
 
 def test_csv_with_cif_strings(tmp_path):
     frame = pd.read_csv(INPUTS / "mp_abx3_8.csv")
-    dm = CrystalDataModule(str(INPUTS / "mp_abx3_8.csv"), target_columns=["band_gap", "formation_energy_per_atom"],
-                           val_fraction=0.25, test_fraction=0.25, cache_dir=str(tmp_path), progress=False, cutoff=4.0)
+    dm = CrystalDataModule(
+        str(INPUTS / "mp_abx3_8.csv"),
+        target_columns=["band_gap", "formation_energy_per_atom"],
+        val_fraction=0.25,
+        test_fraction=0.25,
+        cache_dir=str(tmp_path),
+        progress=False,
+        cutoff=4.0,
+    )
     dm.setup()
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (4, 2, 2)
     assert dm.num_targets == 2
@@ -84,8 +93,15 @@ def test_csv_with_cif_strings(tmp_path):
 
 def test_json_with_structure_dicts(tmp_path):
     records = json.loads((INPUTS / "jdft2d_8.json").read_text())
-    dm = CrystalDataModule(str(INPUTS / "jdft2d_8.json"), target_columns=["exfoliation_en"], id_column="id",
-                           val_fraction=0.125, test_fraction=0.125, cache_dir=str(tmp_path), progress=False)
+    dm = CrystalDataModule(
+        str(INPUTS / "jdft2d_8.json"),
+        target_columns=["exfoliation_en"],
+        id_column="id",
+        val_fraction=0.125,
+        test_fraction=0.125,
+        cache_dir=str(tmp_path),
+        progress=False,
+    )
     dm.setup()
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (6, 1, 1)
     structures = {r["id"]: Structure.from_dict(r["structure"]) for r in records}
@@ -95,8 +111,14 @@ def test_json_with_structure_dicts(tmp_path):
 
 def test_cif_folder_with_id_prop(tmp_path):
     folder = INPUTS / "cifs"
-    dm = CrystalDataModule(str(folder), target_columns=["band_gap", "e_form"], val_fraction=0.25,
-                           test_fraction=0.25, cache_dir=str(tmp_path), progress=False)
+    dm = CrystalDataModule(
+        str(folder),
+        target_columns=["band_gap", "e_form"],
+        val_fraction=0.25,
+        test_fraction=0.25,
+        cache_dir=str(tmp_path),
+        progress=False,
+    )
     dm.setup()
     id_prop = pd.read_csv(folder / "id_prop.csv", header=None, names=["id", "band_gap", "e_form"])
     assert sorted(all_ids(dm)) == sorted(id_prop["id"])
@@ -137,8 +159,9 @@ def test_jsonargparse_can_configure_it():
 
     parser = ArgumentParser()
     parser.add_class_arguments(CrystalDataModule, "data")
-    cfg = parser.parse_args(["--data.data_file=sample:mp_abx3_perovskites", "--data.target_columns=[band_gap]",
-                             "--data.cutoff=4.5"])
+    cfg = parser.parse_args(
+        ["--data.data_file=sample:mp_abx3_perovskites", "--data.target_columns=[band_gap]", "--data.cutoff=4.5"]
+    )
     assert cfg.data.data_file == "sample:mp_abx3_perovskites" and cfg.data.target_columns == ["band_gap"]
     assert cfg.data.cutoff == 4.5
 
@@ -170,10 +193,23 @@ def test_lightning_trainer_drives_the_datamodule(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    dm = CrystalDataModule(str(INPUTS / "mp_abx3_8.csv"), target_columns=["band_gap"], val_fraction=0.25,
-                           test_fraction=0.25, batch_size=2, cache_dir=str(tmp_path), progress=False)
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         default_root_dir=str(tmp_path), accelerator="cpu")
+    dm = CrystalDataModule(
+        str(INPUTS / "mp_abx3_8.csv"),
+        target_columns=["band_gap"],
+        val_fraction=0.25,
+        test_fraction=0.25,
+        batch_size=2,
+        cache_dir=str(tmp_path),
+        progress=False,
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+    )
     trainer.fit(Mean(), datamodule=dm)
     trainer.test(Mean(), datamodule=dm, verbose=False)
     predicted = [i for batch in trainer.predict(Mean(), datamodule=dm) for i in batch]

@@ -125,9 +125,14 @@ def test_row_index_mode(tmp_path, umask) -> None:
     from sagnn_lightning.data.crystal import CrystalDataModule
 
     umask(0o027)
-    dm = CrystalDataModule(str(INPUTS / "mp_abx3_8.csv"), target_columns=["band_gap"], cache_dir=str(tmp_path),
-                           val_fraction=0.25, test_fraction=0.25)
-    dm.target_mean  # reads the rows, writes the index
+    dm = CrystalDataModule(
+        str(INPUTS / "mp_abx3_8.csv"),
+        target_columns=["band_gap"],
+        cache_dir=str(tmp_path),
+        val_fraction=0.25,
+        test_fraction=0.25,
+    )
+    _ = dm.target_mean  # reads the rows, writes the index
     (index,) = (tmp_path / "rows").glob("*.npz")
     assert mode(index) == 0o640 and leftovers(index.parent) == []
 

@@ -56,7 +56,9 @@ def shared_structures(per_task: int = 40) -> list[tuple[str, Structure]]:
 
 def pymatgen_edges(structure: Structure, cutoff: float) -> dict[tuple, float]:
     nbrs = structure.get_all_neighbors(cutoff)
-    return {(i, n.index, tuple(int(x) for x in np.rint(n.image))): n.nn_distance for i, ns in enumerate(nbrs) for n in ns}
+    return {
+        (i, n.index, tuple(int(x) for x in np.rint(n.image))): n.nn_distance for i, ns in enumerate(nbrs) for n in ns
+    }
 
 
 def our_edges(structure: Structure, cutoff: float, **kw) -> dict[tuple, float]:
@@ -132,7 +134,9 @@ def test_unwrapped_coordinates_give_same_bonds() -> None:
     ours = our_edges(moved, 5.0)
     assert_same_edges(ours, pymatgen_edges(moved, 5.0), name)
     # pos'_j = pos_j + shift_j @ L, so the image of the same bond is img' + shift_j - shift_i
-    shifted = {(i, j, tuple(int(x) for x in np.array(img) + shifts[j] - shifts[i])): d for (i, j, img), d in ours.items()}
+    shifted = {
+        (i, j, tuple(int(x) for x in np.array(img) + shifts[j] - shifts[i])): d for (i, j, img), d in ours.items()
+    }
     assert_same_edges(shifted, ref, name)
 
 
@@ -168,12 +172,16 @@ def test_isolated_atom_one_atom_cell() -> None:
     images = {tuple(x) for x in g.image_offsets.tolist()}
     assert images == {(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)}
     assert g.edge_index.tolist() == [[0] * 6, [0] * 6]
-    assert torch.allclose(bond_lengths(g.pos, g.lattice, g.edge_index, g.image_offsets), torch.full((6,), 8.0, dtype=torch.float64))
+    assert torch.allclose(
+        bond_lengths(g.pos, g.lattice, g.edge_index, g.image_offsets), torch.full((6,), 8.0, dtype=torch.float64)
+    )
 
 
 def test_isolated_atom_in_vacuum_gets_nearest_shell_both_ways() -> None:
     # two bonded atoms and a third 9 Å away from everything (20 Å box of vacuum)
-    s = Structure(Lattice.cubic(20.0), ["O", "H", "Ar"], [[0, 0, 0], [0.97, 0, 0], [9.97, 0, 0]], coords_are_cartesian=True)
+    s = Structure(
+        Lattice.cubic(20.0), ["O", "H", "Ar"], [[0, 0, 0], [0.97, 0, 0], [9.97, 0, 0]], coords_are_cartesian=True
+    )
     edges = our_edges(s, 5.0)
     assert {k for k in edges if k[0] == 2} and {k for k in edges if k[1] == 2}
     # the policy: Ar's nearest shell (H at 9.0 Å) in both directions; inside the cutoff unchanged

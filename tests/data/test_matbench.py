@@ -11,7 +11,11 @@ import pandas as pd
 import pytest
 
 from sagnn_lightning.data.matbench import (
-    MATBENCH_COMPOSITION_TASKS, MATBENCH_TASKS, MatbenchDataModule, carve_validation, get_task,
+    MATBENCH_COMPOSITION_TASKS,
+    MATBENCH_TASKS,
+    MatbenchDataModule,
+    carve_validation,
+    get_task,
     inner_fold_validation,
 )
 from sagnn_lightning.data.sources import DataFormatError
@@ -44,7 +48,11 @@ def test_task_table_matches_matbench_metadata():
     assert set(MATBENCH_COMPOSITION_TASKS) == {k for k, v in meta.items() if v["input_type"] == "composition"}
     for name, task in MATBENCH_TASKS.items():
         assert (task.target, task.unit, task.task_type, task.n_samples) == (
-            meta[name]["target"], meta[name]["unit"], meta[name]["task_type"], meta[name]["n_samples"])
+            meta[name]["target"],
+            meta[name]["unit"],
+            meta[name]["task_type"],
+            meta[name]["n_samples"],
+        )
     assert [t.task_type for t in MATBENCH_TASKS.values()].count("classification") == 1
     assert get_task("jdft2d") is MATBENCH_TASKS["matbench_jdft2d"]
 
@@ -63,7 +71,10 @@ def test_folds_equal_matbench_validation_file(task, validation, tmp_path):
         assert not (set(ids["train"]) | set(ids["val"])) & set(ids["test"])
         n_val = round(0.1 * len(official["train"]))
         assert (len(ids["train"]), len(ids["val"]), len(ids["test"])) == (
-            len(official["train"]) - n_val, n_val, len(official["test"]))
+            len(official["train"]) - n_val,
+            n_val,
+            len(official["test"]),
+        )
         all_test += ids["test"]
     assert sorted(all_test) == sorted(dm.table.ids)  # the 5 test folds partition the task
 
@@ -87,25 +98,32 @@ def test_validation_carve_is_seeded_and_from_train_only(tmp_path):
 def test_inner_folds_partition_the_official_training_rows(tmp_path, validation):
     home = str(data_home())
     official_train = validation["matbench_jdft2d"]["fold_3"]["train"]
-    splits = [MatbenchDataModule("jdft2d", fold=3, data_home=home, val_folds=5, val_fold=k, split_seed=4,
-                                 cache_dir=str(tmp_path)).split_ids for k in range(5)]
+    splits = [
+        MatbenchDataModule(
+            "jdft2d", fold=3, data_home=home, val_folds=5, val_fold=k, split_seed=4, cache_dir=str(tmp_path)
+        ).split_ids
+        for k in range(5)
+    ]
     vals = [s["val"] for s in splits]
     assert sorted(i for v in vals for i in v) == sorted(official_train)  # every training row validates once
     assert max(map(len, vals)) - min(map(len, vals)) <= 1
     for s in splits:
         assert sorted(s["train"] + s["val"]) == sorted(official_train)
         assert s["test"] == splits[0]["test"] and not set(s["test"]) & set(official_train)
-    again = MatbenchDataModule("jdft2d", fold=3, data_home=home, val_folds=5, val_fold=2, split_seed=4,
-                               cache_dir=str(tmp_path)).split_ids
-    other_seed = MatbenchDataModule("jdft2d", fold=3, data_home=home, val_folds=5, val_fold=2, split_seed=5,
-                                    cache_dir=str(tmp_path)).split_ids
+    again = MatbenchDataModule(
+        "jdft2d", fold=3, data_home=home, val_folds=5, val_fold=2, split_seed=4, cache_dir=str(tmp_path)
+    ).split_ids
+    other_seed = MatbenchDataModule(
+        "jdft2d", fold=3, data_home=home, val_folds=5, val_fold=2, split_seed=5, cache_dir=str(tmp_path)
+    ).split_ids
     assert again == splits[2] and other_seed["val"] != splits[2]["val"]
     ids = [f"x{i}" for i in range(11)]
     assert [len(inner_fold_validation(ids, 3, k, seed=0)[1]) for k in range(3)] == [4, 4, 3]
 
 
-@pytest.mark.parametrize("flags, message", [({"val_folds": 1}, "--data.val_folds"),
-                                            ({"val_folds": 5, "val_fold": 5}, "--data.val_fold")])
+@pytest.mark.parametrize(
+    "flags, message", [({"val_folds": 1}, "--data.val_folds"), ({"val_folds": 5, "val_fold": 5}, "--data.val_fold")]
+)
 def test_bad_inner_fold_settings_name_the_flag(flags, message, tmp_path):
     from sagnn_lightning.errors import UsageError
 
@@ -127,8 +145,9 @@ def test_target_statistics_over_training_split_only(tmp_path):
 
 def test_setup_builds_graphs_for_fold_rows(tmp_path):
     home = data_home()
-    dm = MatbenchDataModule("jdft2d", fold=0, data_home=str(home), cache_dir=str(tmp_path), batch_size=32,
-                            progress=False)
+    dm = MatbenchDataModule(
+        "jdft2d", fold=0, data_home=str(home), cache_dir=str(tmp_path), batch_size=32, progress=False
+    )
     dm.setup()
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (457, 51, 128)
     csv = pd.read_csv(home / "matbench_jdft2d.csv.gz").set_index("mbid")
@@ -167,7 +186,7 @@ def test_partial_file_fold0_train_only(tmp_path, validation):
     with pytest.raises(DataFormatError, match=r"lacks 3786 test rows .*fold 0"):
         dm.setup("test")
     with pytest.raises(DataFormatError, match=r"all training rows of folds \[0\]"):
-        MatbenchDataModule("perovskites", fold=1, data_file=str(path), cache_dir=str(tmp_path)).split_ids
+        _ = MatbenchDataModule("perovskites", fold=1, data_file=str(path), cache_dir=str(tmp_path)).split_ids
 
 
 def test_matminer_data_home_file_agrees_with_matbench_own_loader(tmp_path, monkeypatch):
@@ -199,8 +218,9 @@ def test_matminer_data_home_file_agrees_with_matbench_own_loader(tmp_path, monke
     assert list(test.index) == dm.split_ids["test"]
     row = {sid: k for k, sid in enumerate(dm.table.ids)}
     # matbench's values come from its own JSON decode (pandas/monty) of the same text: stated tolerance
-    np.testing.assert_allclose(dm.table.targets[[row[i] for i in test.index], 0], test["exfoliation_en"].to_numpy(),
-                               rtol=1e-12, atol=0)
+    np.testing.assert_allclose(
+        dm.table.targets[[row[i] for i in test.index], 0], test["exfoliation_en"].to_numpy(), rtol=1e-12, atol=0
+    )
 
 
 def test_matminer_data_env_is_honoured(tmp_path, monkeypatch):

@@ -15,7 +15,11 @@ import requests
 
 import sagnn_lightning.data.matbench as mb
 from sagnn_lightning.data.matbench import (
-    MATBENCH_TASKS, DatasetUnavailableError, MatbenchDataModule, download_matbench_file, matminer_data_home,
+    MATBENCH_TASKS,
+    DatasetUnavailableError,
+    MatbenchDataModule,
+    download_matbench_file,
+    matminer_data_home,
 )
 from sagnn_lightning.errors import SAGNNError
 from tests.data.matbench_files import write_matbench_file
@@ -43,7 +47,7 @@ class FakeResponse:
 
     def iter_content(self, chunk_size: int):
         for k in range(0, len(self.payload), chunk_size):
-            yield self.payload[k:k + chunk_size]
+            yield self.payload[k : k + chunk_size]
 
 
 def _assert_one_clear_message(err: BaseException, task: str, path: Path) -> str:
@@ -89,8 +93,9 @@ def test_download_off_names_the_real_path_and_flags(tmp_path, monkeypatch) -> No
     monkeypatch.setenv("MATMINER_DATA", str(tmp_path / "empty"))
     with pytest.raises(DatasetUnavailableError) as info:
         MatbenchDataModule("dielectric", download=False, cache_dir=str(tmp_path / "cache"))
-    message = _assert_one_clear_message(info.value, "matbench_dielectric",
-                                        tmp_path / "empty" / "matbench_dielectric.json.gz")
+    message = _assert_one_clear_message(
+        info.value, "matbench_dielectric", tmp_path / "empty" / "matbench_dielectric.json.gz"
+    )
     assert "--data.download=false" in message
     # without $MATMINER_DATA: matminer's own folder, as a real path
     monkeypatch.delenv("MATMINER_DATA")
@@ -111,7 +116,7 @@ def test_failed_download_is_one_error_and_leaves_nothing(tmp_path, monkeypatch) 
     monkeypatch.setattr(requests, "get", offline)
     dm = MatbenchDataModule("jdft2d", cache_dir=str(tmp_path / "cache"), progress=False)  # nothing read yet
     with pytest.raises(DatasetUnavailableError) as info:
-        dm.target_mean  # the statistics the CLI links at instantiation need the data
+        _ = dm.target_mean  # the statistics the CLI links at instantiation need the data
     message = _assert_one_clear_message(info.value, "matbench_jdft2d", home / "matbench_jdft2d.json.gz")
     assert "ConnectionError" in message and calls[0] in message and "could not download" in message
     assert len(calls) == 1  # no retry loop
@@ -135,8 +140,9 @@ def test_download_checks_sha256_and_renames_into_place(tmp_path, monkeypatch) ->
 
     real = matminer.datasets.get_dataset_attribute
     pinned = hashlib.sha256(payload).hexdigest()
-    monkeypatch.setattr(matminer.datasets, "get_dataset_attribute",
-                        lambda task, key: pinned if key == "hash" else real(task, key))
+    monkeypatch.setattr(
+        matminer.datasets, "get_dataset_attribute", lambda task, key: pinned if key == "hash" else real(task, key)
+    )
     old_umask = os.umask(0o022)
     try:
         path = download_matbench_file("matbench_jdft2d", home, progress=False)

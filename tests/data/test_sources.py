@@ -12,8 +12,15 @@ import pytest
 from pymatgen.core import Structure
 
 from sagnn_lightning.data.sources import (
-    DataFormatError, fingerprint, matbench_ids, parse_structure, read_cif_folder, read_data, read_matbench_json,
-    read_structures, read_table,
+    DataFormatError,
+    fingerprint,
+    matbench_ids,
+    parse_structure,
+    read_cif_folder,
+    read_data,
+    read_matbench_json,
+    read_structures,
+    read_table,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,8 +85,13 @@ def test_read_table_json_records_with_dicts():
 
 def test_read_table_structure_dicts_as_json_text_in_csv(tmp_path):
     records = json.loads((INPUTS / "jdft2d_8.json").read_text())
-    frame = pd.DataFrame({"id": [r["id"] for r in records], "structure": [json.dumps(r["structure"]) for r in records],
-                          "y": [r["exfoliation_en"] for r in records]})
+    frame = pd.DataFrame(
+        {
+            "id": [r["id"] for r in records],
+            "structure": [json.dumps(r["structure"]) for r in records],
+            "y": [r["exfoliation_en"] for r in records],
+        }
+    )
     frame.to_csv(tmp_path / "t.csv.gz", index=False)
     table = read_table(tmp_path / "t.csv.gz", ["y"])
     assert table.ids == list(frame["id"])

@@ -21,5 +21,7 @@ def triton_attention(device: torch.device) -> ModuleType:
     pytest.importorskip("triton", reason="Triton is not installed (pip install 'sagnn-lightning[triton]')")
     module = importlib.import_module("sagnn_lightning.kernels.triton_attention")
     if device.type == "cpu" and not module.interpreted():
-        pytest.skip("no GPU and Triton was imported without TRITON_INTERPRET=1 (set it before the first import of triton)")
+        pytest.skip(
+            "no GPU and Triton was imported without TRITON_INTERPRET=1 (set it before the first import of triton)"
+        )
     return module

@@ -42,10 +42,28 @@ def test_tiny_run_writes_csv(bench, tmp_path: Path) -> None:
     if not (SHARED_DATA / "matbench").is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA.resolve()} (needs ../shared/data beside the repo)")
     out = tmp_path / "attention.csv"
-    bench.main([
-        "--data-root", str(SHARED_DATA), "--device", "cpu", "--batch-sizes", "8", "--distributions", "matbench_phonons",
-        "--heads", "2", "--head-dim", "8", "--repeats", "1", "--warmup", "0", "--csv", str(out),
-    ])
+    bench.main(
+        [
+            "--data-root",
+            str(SHARED_DATA),
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "8",
+            "--distributions",
+            "matbench_phonons",
+            "--heads",
+            "2",
+            "--head-dim",
+            "8",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--csv",
+            str(out),
+        ]
+    )
     rows = list(csv.DictReader(out.open()))
     assert {r["method"] for r in rows} == {"padded", "loop"}
     assert all(float(r["fwd_bwd_ms"]) > 0 and int(r["batch_size"]) == 8 for r in rows)

@@ -26,7 +26,9 @@ def cu_seqlens_of(lengths: list[int]) -> torch.Tensor:
     return torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
 
 
-def dense_block_diagonal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], scale: float) -> torch.Tensor:
+def dense_block_diagonal(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], scale: float
+) -> torch.Tensor:
     """Independent formula: full ``(total × total)`` scores with ``-inf`` across sequences."""
     seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     same = seq[:, None] == seq[None, :]
@@ -47,7 +49,9 @@ def test_reference_and_padded_match_dense(name: str, heads: int, head_dim: int) 
     expected = dense_block_diagonal(q, k, v, lengths, scale)
     torch.testing.assert_close(varlen_attention_reference(q, k, v, cu), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(varlen_attention_padded(q, k, v, cu, max(lengths)), expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(varlen_attention(q, k, v, cu.long(), max(lengths), backend="torch"), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        varlen_attention(q, k, v, cu.long(), max(lengths), backend="torch"), expected, rtol=1e-12, atol=1e-12
+    )
 
 
 def test_custom_scale() -> None:
@@ -66,10 +70,12 @@ def test_gradcheck_float64(fn: str) -> None:
     cu = cu_seqlens_of(lengths)
     gen = torch.Generator().manual_seed(2)
     inputs = tuple(torch.randn(8, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    if fn == "reference":
-        func = lambda q, k, v: varlen_attention_reference(q, k, v, cu)
-    else:
-        func = lambda q, k, v: varlen_attention_padded(q, k, v, cu, max(lengths))
+
+    def func(q, k, v):
+        if fn == "reference":
+            return varlen_attention_reference(q, k, v, cu)
+        return varlen_attention_padded(q, k, v, cu, max(lengths))
+
     assert torch.autograd.gradcheck(func, inputs)
 
 
@@ -115,4 +121,6 @@ def test_works_without_triton(monkeypatch: pytest.MonkeyPatch, request: pytest.F
     lengths = [2, 3]
     q, k, v = (torch.randn(5, 2, 8, dtype=torch.float64) for _ in range(3))
     cu = cu_seqlens_of(lengths)
-    torch.testing.assert_close(varlen_attention(q, k, v, cu, 3), dense_block_diagonal(q, k, v, lengths, 1 / math.sqrt(8)))
+    torch.testing.assert_close(
+        varlen_attention(q, k, v, cu, 3), dense_block_diagonal(q, k, v, lengths, 1 / math.sqrt(8))
+    )

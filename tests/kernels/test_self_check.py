@@ -20,11 +20,11 @@ from sagnn_lightning.kernels import (
     KernelFallbackWarning,
     KernelSelfCheck,
     checked_triton_attention,
+    dispatch,
     varlen_attention,
     varlen_attention_padded,
     varlen_attention_reference,
 )
-from sagnn_lightning.kernels import dispatch
 from sagnn_lightning.kernels.self_check import compare_with_reference, tolerance
 
 LENGTHS, HEADS, HEAD_DIM = [1, 5, 17, 3], 2, 8
@@ -82,8 +82,14 @@ BROKEN = {
 }
 
 
-def batch(device: torch.device, seed: int = 0, lengths: list[int] = LENGTHS, dtype: torch.dtype = torch.float32,
-          heads: int = HEADS, head_dim: int = HEAD_DIM):
+def batch(
+    device: torch.device,
+    seed: int = 0,
+    lengths: list[int] = LENGTHS,
+    dtype: torch.dtype = torch.float32,
+    heads: int = HEADS,
+    head_dim: int = HEAD_DIM,
+):
     gen = torch.Generator().manual_seed(seed)
     total = sum(lengths)
     q, k, v, do = (torch.randn(total, heads, head_dim, generator=gen).to(device, dtype) for _ in range(4))
@@ -100,8 +106,15 @@ def run(fn, q, k, v, do, cu, max_seqlen, **kwargs):
 
 def expected(q, k, v, do, cu, max_seqlen):
     """The oracle in float64."""
-    return run(lambda q, k, v, cu, m: varlen_attention_reference(q, k, v, cu), q.double(), k.double(), v.double(),
-               do.double(), cu, max_seqlen)
+    return run(
+        lambda q, k, v, cu, m: varlen_attention_reference(q, k, v, cu),
+        q.double(),
+        k.double(),
+        v.double(),
+        do.double(),
+        cu,
+        max_seqlen,
+    )
 
 
 def assert_correct(got, want) -> None:
@@ -150,18 +163,24 @@ def test_correct_kernel_passes_and_is_used_afterwards(triton_attention: ModuleTy
         q, k, v, do, cu, max_seqlen = batch(device, 1)  # same variant: no new check
         assert_correct(run(check, q, k, v, do, cu, max_seqlen), expected(q, k, v, do, cu, max_seqlen))
         assert (kernel.calls, reference.calls) == (3, 1)
-        q, k, v, do, cu, max_seqlen = batch(device, 2, [33, 4])  # 64-row tiles instead of 32: a new variant, checked once
+        q, k, v, do, cu, max_seqlen = batch(
+            device, 2, [33, 4]
+        )  # 64-row tiles instead of 32: a new variant, checked once
         assert triton_attention.launch_variant(q, 33) != triton_attention.launch_variant(q, 17)
         assert_correct(run(check, q, k, v, do, cu, max_seqlen), expected(q, k, v, do, cu, max_seqlen))
         assert (kernel.calls, reference.calls) == (5, 2)
     assert not check.failures
 
 
-def test_check_works_in_inference_mode_and_leaves_the_rng_alone(triton_attention: ModuleType, device: torch.device) -> None:
+def test_check_works_in_inference_mode_and_leaves_the_rng_alone(
+    triton_attention: ModuleType, device: torch.device
+) -> None:
     """First call inside ``predict``/``validate`` (inference mode): the check still runs its backward. The
     check (here with dropout, which it runs once more) does not consume the global RNG."""
     q, k, v, _, cu, max_seqlen = batch(device, 0)
-    check = KernelSelfCheck(triton_attention.varlen_attention_triton, torch_path, variant=triton_attention.launch_variant)
+    check = KernelSelfCheck(
+        triton_attention.varlen_attention_triton, torch_path, variant=triton_attention.launch_variant
+    )
     with torch.inference_mode():
         out = check(q, k, v, cu, max_seqlen)
     assert check.uses_kernel(q, max_seqlen) is True
@@ -210,15 +229,19 @@ def test_compare_with_reference_and_tolerance(device: torch.device) -> None:
 def auto_resolves_to_triton(triton_attention: ModuleType, monkeypatch: pytest.MonkeyPatch):
     """Pretend the inputs are on CUDA: ``resolve_backend`` sends "auto" to Triton, with fresh verdicts."""
     real = dispatch.resolve_backend
-    monkeypatch.setattr(dispatch, "resolve_backend",
-                        lambda backend, device_type: "triton" if backend == "auto" else real(backend, device_type))
+    monkeypatch.setattr(
+        dispatch,
+        "resolve_backend",
+        lambda backend, device_type: "triton" if backend == "auto" else real(backend, device_type),
+    )
     checked_triton_attention.cache_clear()
     yield triton_attention
     checked_triton_attention.cache_clear()
 
 
-def test_auto_dispatch_falls_back_and_triton_never_does(auto_resolves_to_triton: ModuleType, device: torch.device,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_dispatch_falls_back_and_triton_never_does(
+    auto_resolves_to_triton: ModuleType, device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
     triton_attention = auto_resolves_to_triton
     wrong = Counted(BROKEN["output_x1.01"])
     monkeypatch.setattr(triton_attention, "varlen_attention_triton", wrong)
@@ -238,8 +261,9 @@ def test_auto_dispatch_falls_back_and_triton_never_does(auto_resolves_to_triton:
             varlen_attention(q, k, v, cu, max_seqlen, backend="triton")
 
 
-def test_auto_dispatch_uses_a_passing_kernel(auto_resolves_to_triton: ModuleType, device: torch.device,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_dispatch_uses_a_passing_kernel(
+    auto_resolves_to_triton: ModuleType, device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
     triton_attention = auto_resolves_to_triton
     kernel = Counted(triton_attention.varlen_attention_triton)
     monkeypatch.setattr(triton_attention, "varlen_attention_triton", kernel)
@@ -247,8 +271,10 @@ def test_auto_dispatch_uses_a_passing_kernel(auto_resolves_to_triton: ModuleType
     with warnings.catch_warnings():
         warnings.simplefilter("error", KernelFallbackWarning)
         for _ in range(2):
-            assert_correct(run(lambda *a: varlen_attention(*a, backend="auto"), q, k, v, do, cu, max_seqlen),
-                           expected(q, k, v, do, cu, max_seqlen))
+            assert_correct(
+                run(lambda *a: varlen_attention(*a, backend="auto"), q, k, v, do, cu, max_seqlen),
+                expected(q, k, v, do, cu, max_seqlen),
+            )
     assert kernel.calls == 3  # the check, then once per call
     # float64 is not the kernel's: "auto" sends it to torch without a check
     varlen_attention(q.double(), k.double(), v.double(), cu, max_seqlen, backend="auto")
@@ -258,8 +284,9 @@ def test_auto_dispatch_uses_a_passing_kernel(auto_resolves_to_triton: ModuleType
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel's own verdict needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [4, 16, 64])
-def test_compiled_kernel_passes_its_self_check_on_cuda(dtype: torch.dtype, head_dim: int,
-                                                       triton_attention: ModuleType, device: torch.device) -> None:
+def test_compiled_kernel_passes_its_self_check_on_cuda(
+    dtype: torch.dtype, head_dim: int, triton_attention: ModuleType, device: torch.device
+) -> None:
     """What "auto" decides on this GPU: the compiled kernel agrees with the PyTorch path (no fallback), for
     SA-GNN's head width (4) and wider ones, on every tile size (crystals of 1-16, 17-32 and 33-200 atoms)."""
     checked_triton_attention.cache_clear()
@@ -269,8 +296,12 @@ def test_compiled_kernel_passes_its_self_check_on_cuda(dtype: torch.dtype, head_
             for lengths in ([1, 5, 16, 3], [17, 32, 2], [1, 40, 200, 7, 64]):
                 q, k, v, do, cu, max_seqlen = batch(device, 0, lengths, dtype, heads=8, head_dim=head_dim)
                 out = varlen_attention(q, k, v, cu, max_seqlen, backend="auto")
-                assert checked_triton_attention().uses_kernel(q, max_seqlen) is True, checked_triton_attention().failures
+                assert checked_triton_attention().uses_kernel(q, max_seqlen) is True, (
+                    checked_triton_attention().failures
+                )
                 want = varlen_attention_reference(q.float(), k.float(), v.float(), cu)
-                torch.testing.assert_close(out.float(), want, rtol=0, atol=5 * tolerance(dtype) * float(want.abs().max()))
+                torch.testing.assert_close(
+                    out.float(), want, rtol=0, atol=5 * tolerance(dtype) * float(want.abs().max())
+                )
     finally:
         checked_triton_attention.cache_clear()

@@ -29,7 +29,9 @@ def cu_seqlens_of(lengths: list[int], device: torch.device) -> torch.Tensor:
 def random_qkv(lengths: list[int], heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     total = sum(lengths)
-    return [torch.randn(total, heads, head_dim, generator=gen).to(device=device, dtype=dtype) for _ in range(4)]  # q, k, v, dO
+    return [
+        torch.randn(total, heads, head_dim, generator=gen).to(device=device, dtype=dtype) for _ in range(4)
+    ]  # q, k, v, dO
 
 
 def forward_backward(fn, q, k, v, do):
@@ -65,28 +67,47 @@ def test_values_and_gradients_float32(name: str, triton_attention: ModuleType, d
     q, k, v, do = random_qkv(lengths, heads, head_dim, torch.float32, device)
     cu = cu_seqlens_of(lengths, device)
     kernel = forward_backward(
-        lambda q, k, v: triton_attention.varlen_attention_triton(q, k, v, cu, max(lengths), block_m=block_m, block_n=block_n),
-        q, k, v, do,
+        lambda q, k, v: triton_attention.varlen_attention_triton(
+            q, k, v, cu, max(lengths), block_m=block_m, block_n=block_n
+        ),
+        q,
+        k,
+        v,
+        do,
     )
-    reference = forward_backward(lambda q, k, v: varlen_attention_reference(q, k, v, cu), q.double(), k.double(), v.double(), do.double())
+    reference = forward_backward(
+        lambda q, k, v: varlen_attention_reference(q, k, v, cu), q.double(), k.double(), v.double(), do.double()
+    )
     for label, got, want in zip(("out", "dq", "dk", "dv"), kernel, reference):
-        torch.testing.assert_close(got.double(), want, rtol=2e-4, atol=2e-5, msg=lambda m, label=label: f"{name} {label}: {m}")
+        torch.testing.assert_close(
+            got.double(), want, rtol=2e-4, atol=2e-5, msg=lambda m, label=label: f"{name} {label}: {m}"
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_low_precision_error_at_most_twice_torch_path(dtype: torch.dtype, seed: int, triton_attention: ModuleType, device: torch.device) -> None:
+def test_low_precision_error_at_most_twice_torch_path(
+    dtype: torch.dtype, seed: int, triton_attention: ModuleType, device: torch.device
+) -> None:
     """In fp16/bf16 the kernel's error vs an fp32 reference is ≤ 2× the padded-SDPA path's in the same dtype."""
     lengths, heads, head_dim = [1, 17, 40, 6], 4, 24
     q, k, v, do = random_qkv(lengths, heads, head_dim, dtype, device, seed)
     cu = cu_seqlens_of(lengths, device)
-    reference = forward_backward(lambda q, k, v: varlen_attention_reference(q, k, v, cu), q.float(), k.float(), v.float(), do.float())
-    kernel = forward_backward(lambda q, k, v: triton_attention.varlen_attention_triton(q, k, v, cu, max(lengths)), q, k, v, do)
+    reference = forward_backward(
+        lambda q, k, v: varlen_attention_reference(q, k, v, cu), q.float(), k.float(), v.float(), do.float()
+    )
+    kernel = forward_backward(
+        lambda q, k, v: triton_attention.varlen_attention_triton(q, k, v, cu, max(lengths)), q, k, v, do
+    )
     torch_path = forward_backward(lambda q, k, v: varlen_attention_padded(q, k, v, cu, max(lengths)), q, k, v, do)
     assert all(t.dtype == dtype for t in kernel)
     atol = {torch.float16: 5e-3, torch.bfloat16: 4e-2}[dtype]
-    for label, err_kernel, err_torch in zip(("out", "dq", "dk", "dv"), max_errors(kernel, reference), max_errors(torch_path, reference)):
-        assert err_kernel <= 2 * err_torch + 1e-6, f"{dtype} {label}: kernel error {err_kernel:.3g} > 2 × torch error {err_torch:.3g}"
+    for label, err_kernel, err_torch in zip(
+        ("out", "dq", "dk", "dv"), max_errors(kernel, reference), max_errors(torch_path, reference)
+    ):
+        assert err_kernel <= 2 * err_torch + 1e-6, (
+            f"{dtype} {label}: kernel error {err_kernel:.3g} > 2 × torch error {err_torch:.3g}"
+        )
         assert err_kernel <= atol, f"{dtype} {label}: kernel error {err_kernel:.3g} > {atol}"
 
 
@@ -110,12 +131,21 @@ def test_dropout_matches_masked_reference(triton_attention: ModuleType, device: 
     cu = cu_seqlens_of(lengths, device)
     keep = triton_attention.dropout_keep_mask(cu, heads, max(lengths), p, seed)
     kernel = forward_backward(
-        lambda q, k, v: triton_attention.varlen_attention_triton(q, k, v, cu, max(lengths), dropout_p=p, seed=seed, block_m=16, block_n=16),
-        q, k, v, do,
+        lambda q, k, v: triton_attention.varlen_attention_triton(
+            q, k, v, cu, max(lengths), dropout_p=p, seed=seed, block_m=16, block_n=16
+        ),
+        q,
+        k,
+        v,
+        do,
     )
-    reference = forward_backward(lambda q, k, v: masked_dropout_reference(q, k, v, cu, keep, p), q.double(), k.double(), v.double(), do.double())
+    reference = forward_backward(
+        lambda q, k, v: masked_dropout_reference(q, k, v, cu, keep, p), q.double(), k.double(), v.double(), do.double()
+    )
     for label, got, want in zip(("out", "dq", "dk", "dv"), kernel, reference):
-        torch.testing.assert_close(got.double(), want, rtol=2e-4, atol=2e-5, msg=lambda m, label=label: f"dropout {label}: {m}")
+        torch.testing.assert_close(
+            got.double(), want, rtol=2e-4, atol=2e-5, msg=lambda m, label=label: f"dropout {label}: {m}"
+        )
     # the mask is a deterministic function of the seed, is not all-keep, and differs across seeds and heads
     rerun = triton_attention.varlen_attention_triton(q, k, v, cu, max(lengths), dropout_p=p, seed=seed)
     torch.testing.assert_close(rerun, kernel[0])
@@ -135,8 +165,12 @@ def test_dispatch_and_int64_cu_seqlens(triton_attention: ModuleType, device: tor
     q, k, v, _ = random_qkv(lengths, 4, 8, torch.float32, device)
     cu = cu_seqlens_of(lengths, device)
     expected = varlen_attention_reference(q, k, v, cu)
-    torch.testing.assert_close(varlen_attention(q, k, v, cu.long(), max(lengths), backend="triton"), expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(triton_attention.varlen_attention_triton(q, k, v, cu.long(), max(lengths)), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        varlen_attention(q, k, v, cu.long(), max(lengths), backend="triton"), expected, rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(
+        triton_attention.varlen_attention_triton(q, k, v, cu.long(), max(lengths)), expected, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_empty_sequence_and_custom_scale(triton_attention: ModuleType, device: torch.device) -> None:
@@ -208,7 +242,9 @@ def test_atom_self_attention_backends_agree(triton_attention: ModuleType, device
     torch.testing.assert_close(out_k, out_t, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(gx_k, gx_t, rtol=1e-4, atol=1e-4)
     for name in gp_t:
-        torch.testing.assert_close(gp_k[name], gp_t[name], rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad {name}: {m}")
+        torch.testing.assert_close(
+            gp_k[name], gp_t[name], rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad {name}: {m}"
+        )
 
 
 def test_supports(triton_attention: ModuleType) -> None:

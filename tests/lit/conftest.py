@@ -41,7 +41,7 @@ trainer:
 
 def write_sample_csv(path: Path, rows: int, start: int = 0) -> Path:
     """``rows`` real Materials Project perovskites (id, cif, band gap, formation energy) from the bundled sample."""
-    frame = pd.read_csv(sample_path("mp_abx3_perovskites")).iloc[start:start + rows]
+    frame = pd.read_csv(sample_path("mp_abx3_perovskites")).iloc[start : start + rows]
     frame[["material_id", "cif", "band_gap", "formation_energy_per_atom"]].to_csv(path, index=False)
     return path
 
@@ -101,11 +101,12 @@ def sample_run(tmp_path) -> dict[str, Path]:
 
 def run_python(args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the repository root; fails the test with the output on error."""
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        pytest.fail(f"python {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
-                    f"--- stderr\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"python {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+            f"--- stderr\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

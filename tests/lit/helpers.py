@@ -30,9 +30,11 @@ class RankRecorder(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         checksum = float(sum(p.detach().double().sum() for p in pl_module.parameters()))
         record = {
-            "rank": trainer.global_rank, "world_size": trainer.world_size,
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
             "train_ids": [self.train_ids[e] for e in sorted(self.train_ids)],
-            "val_batches": self.val_batches, "param_checksum": checksum,
+            "val_batches": self.val_batches,
+            "param_checksum": checksum,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "strategy": type(trainer.strategy).__name__,
         }
@@ -62,13 +64,13 @@ class FinalState(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()]).double()
         record = {
-            "global_step": trainer.global_step, "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-            "param_sum": float(flat.sum()), "param_head": flat[:16].tolist(),
+            "param_sum": float(flat.sum()),
+            "param_head": flat[:16].tolist(),
         }
         Path(self.path).write_text(json.dumps(record))
-
-
 
 
 class FirstStep(Callback):
@@ -81,5 +83,6 @@ class FirstStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self._done:
             self._done = True
-            Path(self.path).write_text(json.dumps({"global_step": trainer.global_step,
-                                                   "epoch": trainer.current_epoch, "batch_idx": batch_idx}))
+            Path(self.path).write_text(
+                json.dumps({"global_step": trainer.global_step, "epoch": trainer.current_epoch, "batch_idx": batch_idx})
+            )

@@ -24,7 +24,9 @@ def test_every_ablation_yaml_is_listed():
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_ablation_yaml_stacks_on_a_recipe(name, capsys):
     configs = [RECIPES / "configs" / "sagnn.yaml", RECIPES / "configs" / "matbench_perovskites.yaml"]
-    printed = _print_config(["fit", "--config", str(RECIPES / "configs" / "ablation" / f"{name}.yaml")], configs, capsys)
+    printed = _print_config(
+        ["fit", "--config", str(RECIPES / "configs" / "ablation" / f"{name}.yaml")], configs, capsys
+    )
     init_args = printed["model"]["model"]["init_args"]
     for key, value in ABLATIONS[name].items():
         assert init_args[key] == value, (name, key, init_args[key])

@@ -16,8 +16,12 @@ def test_megnet_kgcnn_stacks_on_the_phonons_recipe(capsys):
     configs = [RECIPES / "configs" / "sagnn.yaml", RECIPES / "configs" / "matbench_phonons.yaml"]
     printed = _print_config(["fit", "--config", str(KGCNN)], configs, capsys)
     init = printed["model"]["model"]["init_args"]
-    assert (init["atom_embedding_dim"], init["num_gaussians"], init["gaussian_width"], init["set2set_steps"]) == \
-        (64, 25, 0.4, 3)
+    assert (init["atom_embedding_dim"], init["num_gaussians"], init["gaussian_width"], init["set2set_steps"]) == (
+        64,
+        25,
+        0.4,
+        3,
+    )
     assert init["attention"] == "none" and printed["model"]["loss"] == "l1"
     assert printed["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(5e-4)
     assert printed["model"]["scheduler"]["class_path"].endswith("HoldThenLinearDecay")
@@ -54,11 +58,23 @@ def test_hold_then_linear_decay_is_kgcnns_schedule_and_resumes():
 def test_fit_with_the_kgcnn_schedule(sample_run, offline_env):
     from sagnn_lightning.cli import cli_main
 
-    cli = cli_main(["fit", "--config", str(sample_run["data"]), "--config", str(KGCNN), "--config",
-                    str(sample_run["tiny"]), f"--trainer.default_root_dir={sample_run['root']}",
-                    "--trainer.max_epochs=2", "--trainer.logger=false",
-                    "--model.scheduler.init_args.hold_epochs=1", "--model.scheduler.init_args.decay_epochs=2"],
-                   configs=[RECIPES / "configs" / "sagnn.yaml"])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(sample_run["data"]),
+            "--config",
+            str(KGCNN),
+            "--config",
+            str(sample_run["tiny"]),
+            f"--trainer.default_root_dir={sample_run['root']}",
+            "--trainer.max_epochs=2",
+            "--trainer.logger=false",
+            "--model.scheduler.init_args.hold_epochs=1",
+            "--model.scheduler.init_args.decay_epochs=2",
+        ],
+        configs=[RECIPES / "configs" / "sagnn.yaml"],
+    )
     schedule = cli.trainer.lr_scheduler_configs[0].scheduler
     assert isinstance(schedule, HoldThenLinearDecay) and schedule.last_epoch == 2
     assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-4 * (1 - 0.99 / 2))

@@ -20,14 +20,28 @@ BASE = RECIPES / "configs" / "sagnn.yaml"
 
 
 def _common(sample_run) -> list[str]:
-    return ["--config", str(sample_run["data"]), "--config", str(sample_run["tiny"]),
-            f"--trainer.default_root_dir={sample_run['root']}"]
+    return [
+        "--config",
+        str(sample_run["data"]),
+        "--config",
+        str(sample_run["tiny"]),
+        f"--trainer.default_root_dir={sample_run['root']}",
+    ]
 
 
 def test_fit_test_predict_end_to_end(sample_run, offline_env, tmp_path, capsys):
     root = sample_run["root"]
-    cli = cli_main(["fit", *_common(sample_run), "--trainer.max_epochs=2", "--model.optimizer.init_args.lr=0.004",
-                    "--data.init_args.batch_size=6", "--model.model.init_args.heads=4"], configs=[BASE])
+    cli = cli_main(
+        [
+            "fit",
+            *_common(sample_run),
+            "--trainer.max_epochs=2",
+            "--model.optimizer.init_args.lr=0.004",
+            "--data.init_args.batch_size=6",
+            "--model.model.init_args.heads=4",
+        ],
+        configs=[BASE],
+    )
     out = capsys.readouterr().out
 
     # overrides reached the objects
@@ -73,16 +87,19 @@ def test_fit_test_predict_end_to_end(sample_run, offline_env, tmp_path, capsys):
 
     # predict subcommand of the CLI: CSV of the test split, ids unique, values = the module's
     out_csv = tmp_path / "cli_preds.csv"
-    cli_main(["predict", *_common(sample_run), f"--ckpt_path={best[0]}", f"--predictions.output={out_csv}"],
-             configs=[BASE])
+    cli_main(
+        ["predict", *_common(sample_run), f"--ckpt_path={best[0]}", f"--predictions.output={out_csv}"], configs=[BASE]
+    )
     rows = read_rows(out_csv)
     assert len(rows) == len({r["id"] for r in rows}) == len(y)
     np.testing.assert_allclose([float(r["prediction"]) for r in rows], pred.numpy(), rtol=1e-5, atol=1e-6)
 
     # python -m sagnn_lightning predict on the user's table (every row) → same values for the test ids
     file_csv = tmp_path / "file_preds.csv"
-    assert module_main(["predict", "--ckpt", str(best[0]), "--input", str(sample_run["csv"]),
-                        "--output", str(file_csv)]) == 0
+    assert (
+        module_main(["predict", "--ckpt", str(best[0]), "--input", str(sample_run["csv"]), "--output", str(file_csv)])
+        == 0
+    )
     by_id = {r["id"]: float(r["prediction"]) for r in read_rows(file_csv)}
     assert len(by_id) == 48
     for r in rows:
@@ -97,10 +114,14 @@ def test_logger_false_disables_wandb(ema, sample_run, offline_env, tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     root = sample_run["root"]
-    ema_args = ["--trainer.callbacks+=pytorch_lightning.callbacks.EMAWeightAveraging",
-                "--trainer.callbacks.decay=0.9"] if ema else []
-    cli = cli_main([*_common(sample_run), "--trainer.logger=false", "--trainer.max_epochs=1", *ema_args],
-                   configs=[BASE])
+    ema_args = (
+        ["--trainer.callbacks+=pytorch_lightning.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=0.9"]
+        if ema
+        else []
+    )
+    cli = cli_main(
+        [*_common(sample_run), "--trainer.logger=false", "--trainer.max_epochs=1", *ema_args], configs=[BASE]
+    )
     assert cli.trainer.loggers == []
     assert wandb.run is None
     assert not (root / "wandb").exists() and not (tmp_path / "wandb").exists()
@@ -109,7 +130,13 @@ def test_logger_false_disables_wandb(ema, sample_run, offline_env, tmp_path, mon
 
 def test_missing_subcommand_means_fit_and_recipe_configs_come_first():
     assert build_argv(["--trainer.max_epochs=1"], ["a.yaml"]) == ["fit", "--config", "a.yaml", "--trainer.max_epochs=1"]
-    assert build_argv(["test", "--config", "b.yaml"], ["a.yaml"]) == ["test", "--config", "a.yaml", "--config", "b.yaml"]
+    assert build_argv(["test", "--config", "b.yaml"], ["a.yaml"]) == [
+        "test",
+        "--config",
+        "a.yaml",
+        "--config",
+        "b.yaml",
+    ]
     assert build_argv(["--help"], ["a.yaml"]) == ["--help"]
 
 
@@ -126,6 +153,7 @@ def test_wandb_offline_without_api_key(tmp_path):
 
 
 # ----------------------------------------------------------------------------- YAMLs and sweeps
+
 
 def _print_config(args: list[str], configs: list[Path], capsys) -> dict:
     with pytest.raises(SystemExit) as exit_info:
@@ -165,9 +193,18 @@ def test_every_yaml_in_recipes_is_used_by_a_recipe():
     overlays = {RECIPES / "configs" / "megnet_kgcnn.yaml"}
     yamls = set(RECIPES.glob("*.yaml")) | set((RECIPES / "configs").glob("*.yaml")) - overlays
     assert yamls <= used, f"YAMLs not reachable from a recipe: {sorted(map(str, yamls - used))}"
-    assert {"matbench_band_gap", "matbench_e_form", "matbench_is_metal", "matbench_perovskites", "matbench_jdft2d",
-            "matbench_phonons", "matbench_dielectric", "matbench_log_gvrh", "matbench_log_kvrh",
-            "quickstart"} <= set(RECIPE_CONFIGS)
+    assert {
+        "matbench_band_gap",
+        "matbench_e_form",
+        "matbench_is_metal",
+        "matbench_perovskites",
+        "matbench_jdft2d",
+        "matbench_phonons",
+        "matbench_dielectric",
+        "matbench_log_gvrh",
+        "matbench_log_kvrh",
+        "quickstart",
+    } <= set(RECIPE_CONFIGS)
 
 
 SWEEPS = sorted((RECIPES / "sweeps").glob("*.yaml"))
@@ -205,6 +242,7 @@ def test_every_swept_parameter_is_accepted_by_the_cli(sweep, capsys):
 
 # ----------------------------------------------------------------------------- a real recipe script, real matbench data
 
+
 @pytest.mark.shared_data
 def test_recipe_script_matbench_jdft2d_fit_and_test(tmp_path, offline_env):
     data_file = SHARED / "matbench" / "matbench_jdft2d.json.gz"
@@ -215,9 +253,19 @@ def test_recipe_script_matbench_jdft2d_fit_and_test(tmp_path, offline_env):
 
     tiny.write_text(TINY_MODEL_YAML)
     root = tmp_path / "run"
-    args = ["recipes/matbench_jdft2d.py", "--config", str(tiny), f"--data.data_file={data_file}",
-            "--data.num_workers=0", "--data.progress=false", "--data.batch_size=32", "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", f"--trainer.default_root_dir={root}"]
+    args = [
+        "recipes/matbench_jdft2d.py",
+        "--config",
+        str(tiny),
+        f"--data.data_file={data_file}",
+        "--data.num_workers=0",
+        "--data.progress=false",
+        "--data.batch_size=32",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=2",
+        f"--trainer.default_root_dir={root}",
+    ]
     proc = run_python(args, offline_env)
     assert "sagnn fit done:" in proc.stdout and "best val/mae=" in proc.stdout
     assert "Warning" not in proc.stderr, proc.stderr[-3000:]
@@ -225,8 +273,20 @@ def test_recipe_script_matbench_jdft2d_fit_and_test(tmp_path, offline_env):
     # jdft2d fold 0: 509 training rows, 10 % carved out for validation → mean/std of 458 training targets
     assert ckpt["hyper_parameters"]["task_type"] == "regression"
     assert ckpt["hyper_parameters"]["target_names"] == ["exfoliation_en"]
-    proc = run_python(["recipes/matbench_jdft2d.py", "test", "--config", str(tiny), f"--data.data_file={data_file}",
-                       "--data.num_workers=0", "--data.progress=false", "--trainer.logger=false",
-                       "--trainer.limit_test_batches=2", f"--trainer.default_root_dir={root}",
-                       f"--ckpt_path={root / 'checkpoints' / 'last.ckpt'}"], offline_env)
+    proc = run_python(
+        [
+            "recipes/matbench_jdft2d.py",
+            "test",
+            "--config",
+            str(tiny),
+            f"--data.data_file={data_file}",
+            "--data.num_workers=0",
+            "--data.progress=false",
+            "--trainer.logger=false",
+            "--trainer.limit_test_batches=2",
+            f"--trainer.default_root_dir={root}",
+            f"--ckpt_path={root / 'checkpoints' / 'last.ckpt'}",
+        ],
+        offline_env,
+    )
     assert "sagnn test done: test/loss=" in proc.stdout and "test/mae=" in proc.stdout

@@ -37,9 +37,17 @@ def test_readme_multi_device_command_in_a_terminal(bar, offline_env, tmp_path):
     Lightning's default bar (Rich, since the test extras install `rich`) and with tqdm (the bar of the original
     hang, Lightning's default where `rich` is absent)."""
     env = {**offline_env, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(REPO / "recipes" / "quickstart.py"), "fit", "--config",
-               str(REPO / "recipes" / "quickstart.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2",
-               "--trainer.strategy=ddp", "--trainer.max_epochs=1"]
+    command = [
+        sys.executable,
+        str(REPO / "recipes" / "quickstart.py"),
+        "fit",
+        "--config",
+        str(REPO / "recipes" / "quickstart.yaml"),
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.max_epochs=1",
+    ]
     if bar == "tqdm":
         command.append("--trainer.callbacks+=pytorch_lightning.callbacks.TQDMProgressBar")
     status, output = run_in_terminal(command, env, cwd=tmp_path, timeout=300)
@@ -58,10 +66,28 @@ def test_sigterm_ends_a_two_process_run(sample_run, offline_env, tmp_path):
     _with_progress_bar(sample_run["tiny"])
     env = {**offline_env, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "recipes/quickstart.py", "fit", "--config", str(sample_run["data"]), "--config",
-         str(sample_run["tiny"]), "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-         "--trainer.max_epochs=1000", "--trainer.logger=false", f"--trainer.default_root_dir={sample_run['root']}"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "recipes/quickstart.py",
+            "fit",
+            "--config",
+            str(sample_run["data"]),
+            "--config",
+            str(sample_run["tiny"]),
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+            "--trainer.max_epochs=1000",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={sample_run['root']}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         lines = []
         deadline = time.monotonic() + 240
@@ -103,10 +129,25 @@ def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
         f"      init_args:\n        out_dir: {ranks}\n"
     )
     proc = run_python(
-        ["recipes/quickstart.py", "fit", "--config", str(sample_run["data"]), "--config", str(sample_run["tiny"]),
-         "--config", str(callbacks), "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-         "--trainer.max_epochs=2", "--data.init_args.batch_size=4", f"--trainer.default_root_dir={root}"],
-        offline_env, timeout=280)
+        [
+            "recipes/quickstart.py",
+            "fit",
+            "--config",
+            str(sample_run["data"]),
+            "--config",
+            str(sample_run["tiny"]),
+            "--config",
+            str(callbacks),
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+            "--trainer.max_epochs=2",
+            "--data.init_args.batch_size=4",
+            f"--trainer.default_root_dir={root}",
+        ],
+        offline_env,
+        timeout=280,
+    )
     records = [json.loads((ranks / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in records] == [2, 2] and records[0]["strategy"] == "DDPStrategy"
 
@@ -116,8 +157,14 @@ def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
     assert [len(r["train_ids"]) for r in records] == [2, 2]  # epochs seen by each rank
     from sagnn_lightning.data.crystal import CrystalDataModule
 
-    dm = CrystalDataModule(str(sample_run["csv"]), target_columns=["band_gap"], val_fraction=0.2,
-                           test_fraction=0.2, batch_size=8, progress=False)
+    dm = CrystalDataModule(
+        str(sample_run["csv"]),
+        target_columns=["band_gap"],
+        val_fraction=0.2,
+        test_fraction=0.2,
+        batch_size=8,
+        progress=False,
+    )
     train_ids, val_ids = set(dm.split_ids["train"]), dm.split_ids["val"]
     for epoch in (0, 1):
         shards = [records[r]["train_ids"][epoch] for r in (0, 1)]
@@ -149,10 +196,25 @@ def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
 
     # predict with 2 processes: every test crystal exactly once
     out = tmp_path / "preds.csv"
-    run_python(["recipes/quickstart.py", "predict", "--config", str(sample_run["data"]), "--config",
-                str(sample_run["tiny"]), "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-                "--trainer.logger=false", f"--trainer.default_root_dir={root}", f"--ckpt_path={ckpt_path}",
-                f"--predictions.output={out}"], offline_env, timeout=200)
+    run_python(
+        [
+            "recipes/quickstart.py",
+            "predict",
+            "--config",
+            str(sample_run["data"]),
+            "--config",
+            str(sample_run["tiny"]),
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={root}",
+            f"--ckpt_path={ckpt_path}",
+            f"--predictions.output={out}",
+        ],
+        offline_env,
+        timeout=200,
+    )
     ids = [r["id"] for r in read_rows(out)]
     assert sorted(ids) == sorted(dm.split_ids["test"])
     assert np.isfinite([float(r["prediction"]) for r in read_rows(out)]).all()

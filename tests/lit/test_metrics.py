@@ -58,7 +58,8 @@ def test_classification_metrics_ignore_missing_labels():
         auc = np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])  # Mann-Whitney
         assert float(metrics[f"auroc_{key}"].compute()) == pytest.approx(auc, rel=1e-5)
     assert float(metrics["accuracy"].compute()) == pytest.approx(
-        np.mean([float(metrics[f"accuracy_{k}"].compute()) for k in "ab"]), rel=1e-6)
+        np.mean([float(metrics[f"accuracy_{k}"].compute()) for k in "ab"]), rel=1e-6
+    )
 
 
 class _HostReads(TorchDispatchMode):
@@ -86,8 +87,19 @@ def test_loss_and_metric_updates_read_nothing_back(task_type):
     from sagnn_lightning.lit.module import SAGNNModule
     from sagnn_lightning.models import SAGNN
 
-    module = SAGNNModule(SAGNN(num_targets=2, hidden_dim=8, dense_hidden=16, conv_hidden=(16,), heads=2,
-                               num_blocks=1, num_gaussians=10, readout_hidden=(8,)), task_type=task_type)
+    module = SAGNNModule(
+        SAGNN(
+            num_targets=2,
+            hidden_dim=8,
+            dense_hidden=16,
+            conv_hidden=(16,),
+            heads=2,
+            num_blocks=1,
+            num_gaussians=10,
+            readout_hidden=(8,),
+        ),
+        task_type=task_type,
+    )
     raw = torch.randn(6, 2)
     y = torch.tensor([[0.0, 1.0], [1.0, float("nan")], [1.0, 0.0], [0.0, 0.0], [float("nan"), 1.0], [1.0, 1.0]])
     pred = raw

@@ -23,8 +23,18 @@ NUM = 40  # real Materials Project perovskites from the bundled sample
 
 def tiny_model(num_targets: int = 1, **kwargs) -> SAGNN:
     torch.manual_seed(0)
-    return SAGNN(num_targets=num_targets, hidden_dim=8, dense_hidden=16, conv_hidden=(16,), heads=2,
-                 num_blocks=1, num_gaussians=20, readout_hidden=(8,), attention_backend="torch", **kwargs)
+    return SAGNN(
+        num_targets=num_targets,
+        hidden_dim=8,
+        dense_hidden=16,
+        conv_hidden=(16,),
+        heads=2,
+        num_blocks=1,
+        num_gaussians=20,
+        readout_hidden=(8,),
+        attention_backend="torch",
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +68,15 @@ def loader(graphs, batch_size=16):
 
 
 def quiet_trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def test_forward_returns_real_units(graphs):
@@ -124,8 +141,9 @@ def test_validation_metrics_match_numpy(graphs):
 
 def test_multitarget_metrics_per_target_and_mean(graphs):
     data = with_targets(graphs, [0, 1])
-    module = SAGNNModule(tiny_model(2), target_mean=[0.4, -1.0], target_std=[1.1, 0.7],
-                         target_names=["band_gap", "e_form"])
+    module = SAGNNModule(
+        tiny_model(2), target_mean=[0.4, -1.0], target_std=[1.1, 0.7], target_names=["band_gap", "e_form"]
+    )
     metrics = quiet_trainer().validate(module, dataloaders=loader(data), verbose=False)[0]
     with torch.no_grad():
         pred = torch.cat([module(b) for b in loader(data)]).numpy().astype(np.float64)
@@ -172,8 +190,11 @@ def test_configure_optimizers_default_and_plateau():
     module = SAGNNModule(tiny_model())
     optimizer = module.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-3
-    module = SAGNNModule(tiny_model(), optimizer=partial(torch.optim.AdamW, lr=3e-4),
-                         scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, factor=0.5))
+    module = SAGNNModule(
+        tiny_model(),
+        optimizer=partial(torch.optim.AdamW, lr=3e-4),
+        scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, factor=0.5),
+    )
     config = module.configure_optimizers()
     assert isinstance(config["optimizer"], torch.optim.AdamW) and config["optimizer"].defaults["lr"] == 3e-4
     assert config["lr_scheduler"]["monitor"] == "val/loss"
@@ -182,8 +203,12 @@ def test_configure_optimizers_default_and_plateau():
 def test_training_reduces_loss_and_checkpoint_roundtrip(graphs, tmp_path):
     data = with_targets(graphs, [0])
     y = torch.cat([g.y for g in data])
-    module = SAGNNModule(tiny_model(), target_mean=[y.mean().item()], target_std=[y.std().item()],
-                         optimizer=partial(torch.optim.Adam, lr=3e-3))
+    module = SAGNNModule(
+        tiny_model(),
+        target_mean=[y.mean().item()],
+        target_std=[y.std().item()],
+        optimizer=partial(torch.optim.Adam, lr=3e-3),
+    )
     before = quiet_trainer().validate(module, dataloaders=loader(data), verbose=False)[0]["val/loss"]
     trainer = quiet_trainer(max_epochs=15, default_root_dir=tmp_path, log_every_n_steps=1)
     trainer.fit(module, train_dataloaders=loader(data, 8), val_dataloaders=loader(data))

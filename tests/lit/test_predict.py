@@ -23,9 +23,20 @@ BASE = REPO / "recipes" / "configs" / "sagnn.yaml"
 def _train(tmp: Path, csv_path: Path, targets: str, extra: list[str]) -> Path:
     (tmp / "data.yaml").write_text(crystal_data_yaml(csv_path, targets=targets))
     (tmp / "tiny.yaml").write_text(TINY_MODEL_YAML)
-    cli_main(["fit", "--config", str(tmp / "data.yaml"), "--config", str(tmp / "tiny.yaml"),
-              "--trainer.logger=false", "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp / 'run'}",
-              *extra], configs=[BASE])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(tmp / "data.yaml"),
+            "--config",
+            str(tmp / "tiny.yaml"),
+            "--trainer.logger=false",
+            "--trainer.max_epochs=1",
+            f"--trainer.default_root_dir={tmp / 'run'}",
+            *extra,
+        ],
+        configs=[BASE],
+    )
     return tmp / "run" / "checkpoints" / "last.ckpt"
 
 
@@ -33,8 +44,12 @@ def _train(tmp: Path, csv_path: Path, targets: str, extra: list[str]) -> Path:
 def regression_ckpt(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("reg")
     # a cutoff other than the default: predict must build graphs with the training settings
-    return _train(tmp, write_sample_csv(tmp / "mp.csv", 32, start=100), "[band_gap]",
-                  ["--data.init_args.cutoff=4.5", "--data.init_args.cache_dir=" + str(tmp / "cache")])
+    return _train(
+        tmp,
+        write_sample_csv(tmp / "mp.csv", 32, start=100),
+        "[band_gap]",
+        ["--data.init_args.cutoff=4.5", "--data.init_args.cache_dir=" + str(tmp / "cache")],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +59,12 @@ def classification_ckpt(tmp_path_factory) -> Path:
     frame["is_metal"] = (frame["band_gap"] <= 0).astype(int)  # real labels, balanced: 16 metals + 16 others
     frame = pd.concat([frame[frame.is_metal == 1].head(16), frame[frame.is_metal == 0].head(16)]).sort_index()
     frame.to_csv(tmp / "mp.csv", index=False)
-    return _train(tmp, tmp / "mp.csv", "[is_metal]",
-                  ["--data.init_args.task_type=classification", "--data.init_args.cache_dir=" + str(tmp / "cache")])
+    return _train(
+        tmp,
+        tmp / "mp.csv",
+        "[is_metal]",
+        ["--data.init_args.task_type=classification", "--data.init_args.cache_dir=" + str(tmp / "cache")],
+    )
 
 
 def _reference(ckpt: Path, files: list[Path], cutoff: float) -> dict[str, torch.Tensor]:
@@ -85,15 +104,37 @@ def test_good_and_bad_cifs(regression_ckpt, tmp_path, capsys):
 
 def test_table_and_matbench_json_inputs(regression_ckpt, tmp_path):
     out = tmp_path / "table.csv"
-    assert module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "mp_abx3_8.csv"),
-                        "--output", str(out)]) == 0
+    assert (
+        module_main(
+            ["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "mp_abx3_8.csv"), "--output", str(out)]
+        )
+        == 0
+    )
     ids = [r["id"] for r in read_rows(out)]
     assert ids == list(pd.read_csv(INPUTS / "mp_abx3_8.csv")["material_id"])
-    assert module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "jdft2d_8.json"),
-                        "--output", str(out)]) == 0
+    assert (
+        module_main(
+            ["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "jdft2d_8.json"), "--output", str(out)]
+        )
+        == 0
+    )
     assert [r["id"] for r in read_rows(out)][0] == "mb-jdft2d-001"
-    assert module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "jdft2d_8.json"),
-                        "--output", str(out), "--id-header", "mbid"]) == 0
+    assert (
+        module_main(
+            [
+                "predict",
+                "--ckpt",
+                str(regression_ckpt),
+                "--input",
+                str(INPUTS / "jdft2d_8.json"),
+                "--output",
+                str(out),
+                "--id-header",
+                "mbid",
+            ]
+        )
+        == 0
+    )
     assert out.read_text().splitlines()[0] == "mbid,prediction"  # matbench's id column name, e.g.
     assert [r["mbid"] for r in read_rows(out)][0] == "mb-jdft2d-001"
 
@@ -101,8 +142,9 @@ def test_table_and_matbench_json_inputs(regression_ckpt, tmp_path):
 def test_only_bad_inputs_leave_existing_output_untouched(regression_ckpt, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     out.write_text("previous results\n")
-    status = module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "bad"),
-                          "--output", str(out)])
+    status = module_main(
+        ["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "bad"), "--output", str(out)]
+    )
     assert status == 1
     assert out.read_text() == "previous results\n"
     assert "nothing written" in capsys.readouterr().err
@@ -112,8 +154,12 @@ def test_only_bad_inputs_leave_existing_output_untouched(regression_ckpt, tmp_pa
 def test_classification_writes_label_and_probability(classification_ckpt, tmp_path):
     out = tmp_path / "cls.csv"
     files = sorted((INPUTS / "cifs").glob("*.cif"))
-    assert module_main(["predict", "--ckpt", str(classification_ckpt), "--input", str(INPUTS / "cifs"),
-                        "--output", str(out)]) == 0
+    assert (
+        module_main(
+            ["predict", "--ckpt", str(classification_ckpt), "--input", str(INPUTS / "cifs"), "--output", str(out)]
+        )
+        == 0
+    )
     rows = read_rows(out)
     assert set(rows[0]) == {"id", "prediction", "probability"}
     logits = _reference(classification_ckpt, files, cutoff=5.0)
@@ -124,8 +170,17 @@ def test_classification_writes_label_and_probability(classification_ckpt, tmp_pa
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
-    status = module_main(["predict", "--ckpt", str(tmp_path / "nope.ckpt"), "--input", str(INPUTS / "cifs"),
-                          "--output", str(tmp_path / "o.csv")])
+    status = module_main(
+        [
+            "predict",
+            "--ckpt",
+            str(tmp_path / "nope.ckpt"),
+            "--input",
+            str(INPUTS / "cifs"),
+            "--output",
+            str(tmp_path / "o.csv"),
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2  # a bad option value; the message, not a traceback (tests/test_cli_errors.py)
     assert err.startswith("error: checkpoint ") and "does not exist (--ckpt)" in err and "Traceback" not in err

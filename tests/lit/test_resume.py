@@ -24,30 +24,63 @@ def _item(class_path: str, **init_args) -> str:
 
 
 def test_killed_mid_epoch_and_resumed_matches_uninterrupted(sample_run, offline_env, tmp_path):
-    common = ["recipes/quickstart.py", "fit", "--config", str(sample_run["data"]), "--config", str(sample_run["tiny"]),
-              f"--trainer.max_epochs={EPOCHS}", f"--data.init_args.batch_size={BATCH}", "--trainer.logger=false"]
+    common = [
+        "recipes/quickstart.py",
+        "fit",
+        "--config",
+        str(sample_run["data"]),
+        "--config",
+        str(sample_run["tiny"]),
+        f"--trainer.max_epochs={EPOCHS}",
+        f"--data.init_args.batch_size={BATCH}",
+        "--trainer.logger=false",
+    ]
 
     # reference: uninterrupted
     ref = tmp_path / "ref.json"
-    run_python([*common, f"--trainer.default_root_dir={tmp_path / 'reference'}", "--config",
-                _callbacks(tmp_path / "a.yaml", _item("tests.lit.helpers.FinalState", path=ref))], offline_env)
+    run_python(
+        [
+            *common,
+            f"--trainer.default_root_dir={tmp_path / 'reference'}",
+            "--config",
+            _callbacks(tmp_path / "a.yaml", _item("tests.lit.helpers.FinalState", path=ref)),
+        ],
+        offline_env,
+    )
 
     # interrupted: SIGKILL at step 11 (epoch 1, batch 4 of 7); the newest checkpoint (step 10) is mid-epoch
     root = tmp_path / "interrupted"
     killed = subprocess.run(
-        [sys.executable, *common, f"--trainer.default_root_dir={root}",
-         "--checkpoint.last_every_n_train_steps=1", "--config",
-         _callbacks(tmp_path / "b.yaml", _item("tests.lit.helpers.KillAtStep", step=11))],
-        cwd=REPO, env=offline_env, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            *common,
+            f"--trainer.default_root_dir={root}",
+            "--checkpoint.last_every_n_train_steps=1",
+            "--config",
+            _callbacks(tmp_path / "b.yaml", _item("tests.lit.helpers.KillAtStep", step=11)),
+        ],
+        cwd=REPO,
+        env=offline_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert (root / "checkpoints" / "last.ckpt").is_file()
 
     # resume with the same command + --ckpt_path last
     out = tmp_path / "resumed.json"
-    proc = run_python([*common, f"--trainer.default_root_dir={root}", "--ckpt_path=last",
-                       "--checkpoint.last_every_n_train_steps=1", "--config",
-                       _callbacks(tmp_path / "c.yaml", _item("tests.lit.helpers.FinalState", path=out))],
-                      offline_env)
+    proc = run_python(
+        [
+            *common,
+            f"--trainer.default_root_dir={root}",
+            "--ckpt_path=last",
+            "--checkpoint.last_every_n_train_steps=1",
+            "--config",
+            _callbacks(tmp_path / "c.yaml", _item("tests.lit.helpers.FinalState", path=out)),
+        ],
+        offline_env,
+    )
     assert "Restored all states from the checkpoint" in proc.stdout + proc.stderr
     assert "resuming from a checkpoint that ended before the epoch ended" not in proc.stderr
 
@@ -92,18 +125,45 @@ def test_default_last_ckpt_is_the_last_epoch_and_resume_continues_the_wandb_run(
     the same W&B run (same id)."""
     epochs, kill_step = 5, 3 * STEPS + 3  # SIGKILL in epoch 3 (0-based), three batches in
     # the best checkpoint stays at epoch 0 (monitor "epoch", mode min): every later epoch is "no improvement"
-    common = ["recipes/quickstart.py", "fit", "--config", str(sample_run["data"]), "--config", str(sample_run["tiny"]),
-              f"--trainer.max_epochs={epochs}", f"--data.init_args.batch_size={BATCH}", "--checkpoint.monitor=epoch",
-              "--checkpoint.mode=min"]
+    common = [
+        "recipes/quickstart.py",
+        "fit",
+        "--config",
+        str(sample_run["data"]),
+        "--config",
+        str(sample_run["tiny"]),
+        f"--trainer.max_epochs={epochs}",
+        f"--data.init_args.batch_size={BATCH}",
+        "--checkpoint.monitor=epoch",
+        "--checkpoint.mode=min",
+    ]
     ref = tmp_path / "ref.json"
-    run_python([*common, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path / 'reference'}", "--config",
-                _callbacks(tmp_path / "a.yaml", _item("tests.lit.helpers.FinalState", path=ref))], offline_env)
+    run_python(
+        [
+            *common,
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path / 'reference'}",
+            "--config",
+            _callbacks(tmp_path / "a.yaml", _item("tests.lit.helpers.FinalState", path=ref)),
+        ],
+        offline_env,
+    )
 
     root = tmp_path / "interrupted"
     killed = subprocess.run(
-        [sys.executable, *common, f"--trainer.default_root_dir={root}", "--config",
-         _callbacks(tmp_path / "b.yaml", _item("tests.lit.helpers.KillAtStep", step=kill_step))],
-        cwd=REPO, env=offline_env, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            *common,
+            f"--trainer.default_root_dir={root}",
+            "--config",
+            _callbacks(tmp_path / "b.yaml", _item("tests.lit.helpers.KillAtStep", step=kill_step)),
+        ],
+        cwd=REPO,
+        env=offline_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     import torch
 
@@ -115,9 +175,20 @@ def test_default_last_ckpt_is_the_last_epoch_and_resume_continues_the_wandb_run(
     assert first_run_id
 
     out = tmp_path / "resumed.json"
-    run_python([*common, f"--trainer.default_root_dir={root}", "--ckpt_path=last", "--config",
-                _callbacks(tmp_path / "c.yaml", _item("tests.lit.helpers.FinalState", path=out),
-                           _item("tests.lit.helpers.FirstStep", path=tmp_path / "first_step.json"))], offline_env)
+    run_python(
+        [
+            *common,
+            f"--trainer.default_root_dir={root}",
+            "--ckpt_path=last",
+            "--config",
+            _callbacks(
+                tmp_path / "c.yaml",
+                _item("tests.lit.helpers.FinalState", path=out),
+                _item("tests.lit.helpers.FirstStep", path=tmp_path / "first_step.json"),
+            ),
+        ],
+        offline_env,
+    )
     first_step = json.loads((tmp_path / "first_step.json").read_text())
     assert first_step["global_step"] == 3 * STEPS  # resumed at the start of epoch 3: only that epoch is redone
 

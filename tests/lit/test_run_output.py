@@ -20,26 +20,43 @@ BASE = REPO / "recipes" / "configs" / "sagnn.yaml"
 
 def test_parity_plot_shows_the_best_checkpoint(sample_run, offline_env, tmp_path):
     # epoch 0 is the best by construction ("epoch", min): the plot must show epoch 0, not the last epoch
-    cli = cli_main(["fit", "--config", str(sample_run["data"]), "--config", str(sample_run["tiny"]),
-                    f"--trainer.default_root_dir={sample_run['root']}", "--trainer.max_epochs=3",
-                    "--trainer.logger=false", "--checkpoint.monitor=epoch", "--checkpoint.mode=min",
-                    "--model.optimizer.init_args.lr=0.01", "--data.init_args.target_units=[eV]"], configs=[BASE])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(sample_run["data"]),
+            "--config",
+            str(sample_run["tiny"]),
+            f"--trainer.default_root_dir={sample_run['root']}",
+            "--trainer.max_epochs=3",
+            "--trainer.logger=false",
+            "--checkpoint.monitor=epoch",
+            "--checkpoint.mode=min",
+            "--model.optimizer.init_args.lr=0.01",
+            "--data.init_args.target_units=[eV]",
+        ],
+        configs=[BASE],
+    )
     parity = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ParityPlot))
     assert parity._labels["val"] == "best checkpoint, epoch 0"
     best = cli.trainer.checkpoint_callback.best_model_path
     assert "best-0-" in best
     module = SAGNNModule.load_from_checkpoint(best).eval()
     with torch.no_grad():
-        expected = {sid: float(p) for b in cli.datamodule.val_dataloader()
-                    for sid, p in zip(b.sample_id, module(b)[:, 0])}
+        expected = {
+            sid: float(p) for b in cli.datamodule.val_dataloader() for sid, p in zip(b.sample_id, module(b)[:, 0])
+        }
     plotted = {row[0]: row[2][0] for row in parity._last["val"]}
     assert plotted.keys() == expected.keys()
     for sid, value in plotted.items():
         assert value == pytest.approx(expected[sid], rel=1e-5, abs=1e-6)
     last = SAGNNModule.load_from_checkpoint(cli.trainer.checkpoint_callback.last_model_path).eval()
     with torch.no_grad():  # and the last epoch's model predicts differently (the check above can tell them apart)
-        moved = [abs(float(p) - expected[sid]) for b in cli.datamodule.val_dataloader()
-                 for sid, p in zip(b.sample_id, last(b)[:, 0])]
+        moved = [
+            abs(float(p) - expected[sid])
+            for b in cli.datamodule.val_dataloader()
+            for sid, p in zip(b.sample_id, last(b)[:, 0])
+        ]
     assert max(moved) > 1e-3
     assert cli.datamodule.target_units == ["eV"]  # labels the axes
 
@@ -56,9 +73,23 @@ def test_a_run_logged_to_a_file_is_one_line_per_epoch_and_free_of_upstream_noise
     tiny = sample_run["tiny"].read_text().replace("  enable_progress_bar: false\n", "")
     sample_run["tiny"].write_text(tiny)
     proc = subprocess.run(
-        [sys.executable, "recipes/quickstart.py", "fit", "--config", str(sample_run["data"]), "--config",
-         str(sample_run["tiny"]), "--trainer.max_epochs=3", f"--trainer.default_root_dir={sample_run['root']}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "recipes/quickstart.py",
+            "fit",
+            "--config",
+            str(sample_run["data"]),
+            "--config",
+            str(sample_run["tiny"]),
+            "--trainer.max_epochs=3",
+            f"--trainer.default_root_dir={sample_run['root']}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     epochs = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split(":")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
@@ -71,8 +102,9 @@ def test_a_run_logged_to_a_file_is_one_line_per_epoch_and_free_of_upstream_noise
 
 @pytest.mark.parametrize("rich_installed", [True, False])
 @pytest.mark.parametrize("terminal", [True, False])
-def test_lightning_default_bar_becomes_one_line_per_epoch_only_in_logs(rich_installed, terminal, sample_run,
-                                                                        offline_env, monkeypatch):
+def test_lightning_default_bar_becomes_one_line_per_epoch_only_in_logs(
+    rich_installed, terminal, sample_run, offline_env, monkeypatch
+):
     # Lightning's default bar is Rich when `rich` is importable, else tqdm; seen on a GPU machine with rich:
     # the log held only the Rich bar's last frame. Either default is replaced in a log, neither in a terminal.
     from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
@@ -85,9 +117,18 @@ def test_lightning_default_bar_becomes_one_line_per_epoch_only_in_logs(rich_inst
     monkeypatch.setattr(cli_module, "_stdout_is_terminal", lambda: terminal)
     tiny = sample_run["tiny"].read_text().replace("  enable_progress_bar: false\n", "")
     sample_run["tiny"].write_text(tiny)
-    cli = cli_main(["--config", str(sample_run["data"]), "--config", str(sample_run["tiny"]),
-                    f"--trainer.default_root_dir={sample_run['root']}", "--trainer.logger=false"],
-                   configs=[BASE], run=False)
+    cli = cli_main(
+        [
+            "--config",
+            str(sample_run["data"]),
+            "--config",
+            str(sample_run["tiny"]),
+            f"--trainer.default_root_dir={sample_run['root']}",
+            "--trainer.logger=false",
+        ],
+        configs=[BASE],
+        run=False,
+    )
     bars = [cb for cb in cli.trainer.callbacks if isinstance(cb, ProgressBar)]
     default = RichProgressBar if rich_installed else TQDMProgressBar
     assert [type(bar) for bar in bars] == [default if terminal else EpochLineProgressBar]
@@ -97,12 +138,28 @@ def test_lightning_default_bar_becomes_one_line_per_epoch_only_in_logs(rich_inst
 def test_data_too_small_to_split_is_one_clear_error(rows, split, offline_env, tmp_path):
     csv = write_sample_csv(tmp_path / f"mp{rows}.csv", rows)
     data = tmp_path / "data.yaml"
-    data.write_text(crystal_data_yaml(csv).replace("val_fraction: 0.2", "val_fraction: 0.1")
-                    .replace("test_fraction: 0.2", "test_fraction: 0.0"))
+    data.write_text(
+        crystal_data_yaml(csv)
+        .replace("val_fraction: 0.2", "val_fraction: 0.1")
+        .replace("test_fraction: 0.2", "test_fraction: 0.0")
+    )
     proc = subprocess.run(
-        [sys.executable, "recipes/quickstart.py", "fit", "--config", str(data), "--trainer.max_epochs=1",
-         "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path / 'run'}"],
-        cwd=REPO, env=offline_env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "recipes/quickstart.py",
+            "fit",
+            "--config",
+            str(data),
+            "--trainer.max_epochs=1",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        env=offline_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]

@@ -155,7 +155,9 @@ class InvarianceTests:
     def test_translation(self, model, reference) -> None:
         graphs, expected = reference
         shift = torch.tensor([1.37, -4.2, 11.5], dtype=torch.float64)
-        torch.testing.assert_close(predict(model, [translate(g, shift) for g in graphs]), expected, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(
+            predict(model, [translate(g, shift) for g in graphs]), expected, rtol=RTOL, atol=ATOL
+        )
 
     def test_atom_order(self, model, reference) -> None:
         graphs, expected = reference
@@ -176,15 +178,19 @@ class InvarianceTests:
         assert [g.num_nodes for g in bigger] == [8 * len(s) for _, s in structures]
         torch.testing.assert_close(predict(model, bigger), expected, rtol=RTOL, atol=ATOL)
 
-    @pytest.mark.parametrize("matrix", [[[1, 1, 0], [0, 1, 0], [0, 0, 1]], [[1, 1, 0], [0, 1, 0], [0, 0, 2]]],
-                             ids=["unimodular", "sheared-supercell"])
+    @pytest.mark.parametrize(
+        "matrix",
+        [[[1, 1, 0], [0, 1, 0], [0, 0, 1]], [[1, 1, 0], [0, 1, 0], [0, 0, 2]]],
+        ids=["unimodular", "sheared-supercell"],
+    )
     def test_other_cell_choice(self, model, structures, reference, matrix) -> None:
         """Other lattice vectors for the same crystal (same-size sheared cell, sheared supercell): same prediction."""
         _, expected = reference
         other = [supercell(s, matrix) for _, s in structures]
         assert all(not np.allclose(o.lattice.matrix[0], s.lattice.matrix[0]) for o, (_, s) in zip(other, structures))
-        torch.testing.assert_close(predict(model, [graph(o, mbid) for o, (mbid, _) in zip(other, structures)]), expected,
-                                   rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(
+            predict(model, [graph(o, mbid) for o, (mbid, _) in zip(other, structures)]), expected, rtol=RTOL, atol=ATOL
+        )
 
     def test_batched_equals_single(self, model, reference) -> None:
         graphs, expected = reference
@@ -196,11 +202,12 @@ class InvarianceTests:
         graphs, expected = reference
         k = 3
         changed = graphs[k].clone()
-        changed.pos = changed.pos + 0.05 * torch.randn(changed.pos.shape, dtype=torch.float64,
-                                                        generator=torch.Generator().manual_seed(0))
+        changed.pos = changed.pos + 0.05 * torch.randn(
+            changed.pos.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        )
         changed.atomic_numbers = changed.atomic_numbers.clone()
         changed.atomic_numbers[0] = 6 if int(changed.atomic_numbers[0]) != 6 else 8
-        out = predict(model, graphs[:k] + [changed] + graphs[k + 1:])
+        out = predict(model, graphs[:k] + [changed] + graphs[k + 1 :])
         others = [b for b in range(len(graphs)) if b != k]
         torch.testing.assert_close(out[others], expected[others], rtol=1e-12, atol=1e-12)
         assert not torch.allclose(out[k], expected[k], rtol=1e-6, atol=1e-6), "the perturbation did not reach the model"

@@ -166,7 +166,7 @@ def test_overfits_64_real_structures():
     with torch.no_grad():
         first = torch.nn.functional.mse_loss(model(batch), y).item()
     loss = first
-    for step in range(400):
+    for step in range(400):  # noqa: B007 (reported in the message below)
         optimizer.zero_grad()
         loss_t = torch.nn.functional.mse_loss(model(batch), y)
         loss_t.backward()

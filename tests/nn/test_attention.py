@@ -55,10 +55,10 @@ def test_no_information_crosses_crystals():
     x, ptr, max_len = packed(LENGTHS, 16)
     out = layer(x, ptr, max_len)
     y = x.clone()
-    y[ptr[3]:ptr[4]] += 1.0  # change crystal 3 only
+    y[ptr[3] : ptr[4]] += 1.0  # change crystal 3 only
     out2 = layer(y, ptr, max_len)
     same = torch.ones(x.shape[0], dtype=torch.bool)
-    same[ptr[3]:ptr[4]] = False
+    same[ptr[3] : ptr[4]] = False
     torch.testing.assert_close(out2[same], out[same], rtol=0, atol=1e-13)
     assert not torch.allclose(out2[~same], out[~same])
 

@@ -31,8 +31,10 @@ def test_custom_range_and_dtype():
     assert len(basis.state_dict()) == 0  # centres are derived from the arguments, not saved
 
 
-@pytest.mark.parametrize("kwargs, match", [({"num_gaussians": 0}, "num_gaussians"), ({"width": 0.0}, "width"),
-                                           ({"start": 2.0, "stop": 1.0}, "stop")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"num_gaussians": 0}, "num_gaussians"), ({"width": 0.0}, "width"), ({"start": 2.0, "stop": 1.0}, "stop")],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianExpansion(**kwargs)

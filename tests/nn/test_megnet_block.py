@@ -35,8 +35,9 @@ def naive_block(block: MEGNetBlock, batch, e0, v0, u0):
     e, v, u = block.edge_dense(e0), block.atom_dense(v0), block.state_dense(u0)
     src, dst = batch.edge_index.tolist()
     graph_of = batch.batch.tolist()
-    e_new = torch.stack([block.edge_update(torch.cat([v[i], v[j], e[k], u[graph_of[i]]]))
-                         for k, (i, j) in enumerate(zip(src, dst))])
+    e_new = torch.stack(
+        [block.edge_update(torch.cat([v[i], v[j], e[k], u[graph_of[i]]])) for k, (i, j) in enumerate(zip(src, dst))]
+    )
     v_new = []
     for a in range(v.shape[0]):
         mine = [k for k, i in enumerate(src) if i == a]

@@ -41,7 +41,9 @@ def test_identical_copies_pool_like_one():
     s2s = Set2Set(5, 3).double()
     x, index = segments([3, 4], 5)
     copies = 8
-    torch.testing.assert_close(s2s(x.repeat(copies, 1), index.repeat(copies), 2), s2s(x, index, 2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        s2s(x.repeat(copies, 1), index.repeat(copies), 2), s2s(x, index, 2), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_gradcheck():

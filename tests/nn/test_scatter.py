@@ -67,7 +67,7 @@ def test_softmax_matches_naive_and_sums_to_one():
 def test_unsorted_index_and_float32():
     src, index, n = make(2, dtype=torch.float32)
     perm = torch.randperm(src.shape[0], generator=torch.Generator().manual_seed(0))
-    for reduce, op in OPS.items():
+    for _reduce, op in OPS.items():
         torch.testing.assert_close(op(src[perm], index[perm], n, backend="torch"), op(src, index, n, backend="torch"))
 
 
@@ -99,20 +99,25 @@ def test_dim_size_is_mandatory_and_checked():
 
 def test_auto_backend_equals_native():
     src, index, n = make(6)
-    for reduce, op in OPS.items():
+    for _reduce, op in OPS.items():
         torch.testing.assert_close(op(src, index, n), op(src, index, n, backend="torch"))
     torch.testing.assert_close(scatter_softmax(src, index, n), scatter_softmax(src, index, n, backend="torch"))
 
 
 def test_torch_scatter_not_probed_at_import():
     """Importing the module must not try to import torch-scatter (the check is lazy)."""
-    code = ("import sys, sagnn_lightning.nn.scatter as s; "
-            "assert s._torch_scatter_module.cache_info().currsize == 0; assert 'torch_scatter' not in sys.modules")
+    code = (
+        "import sys, sagnn_lightning.nn.scatter as s; "
+        "assert s._torch_scatter_module.cache_info().currsize == 0; assert 'torch_scatter' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.skipif(not torch_scatter_available(), reason="torch-scatter is not installed (optional extra `scatter`); "
-                    "the native index_add_/scatter_reduce path is tested against naive loops above")
+@pytest.mark.skipif(
+    not torch_scatter_available(),
+    reason="torch-scatter is not installed (optional extra `scatter`); "
+    "the native index_add_/scatter_reduce path is tested against naive loops above",
+)
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "softmax"])
 def test_torch_scatter_equals_native(reduce):
     src, index, n = make(7, trailing=(3,))
