@@ -117,7 +117,7 @@ class SAGNNLightningCLI(LightningCLI):
             trainer_defaults=trainer_defaults,
             seed_everything_default=kwargs.pop("seed_everything_default", 0),
             auto_configure_optimizers=False,
-            args=args,
+            args=list(args) if args is not None else None,
             run=run,
             **kwargs,
         )
@@ -148,12 +148,13 @@ class SAGNNLightningCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(StopOnSigterm())
+        callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's connector
+        callbacks.append(StopOnSigterm())
         if not _stdout_is_terminal():  # a log file or a pipe: one line per epoch instead of bar refreshes
-            for k, callback in enumerate(trainer.callbacks):
+            for k, callback in enumerate(callbacks):
                 # only Lightning's default bar (Rich when `rich` is installed, else tqdm), never a user's choice
                 if type(callback) in (TQDMProgressBar, RichProgressBar):
-                    trainer.callbacks[k] = EpochLineProgressBar()
+                    callbacks[k] = EpochLineProgressBar()
         return trainer
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -285,7 +286,7 @@ def check_run_paths(config: Namespace, subcommand: str | None) -> None:
 def _chain(err: BaseException) -> list[BaseException]:
     """``err`` and every exception it was raised from or during (``__cause__``/``__context__``), outer first."""
     seen: list[BaseException] = []
-    todo = [err]
+    todo: list[BaseException | None] = [err]
     while todo:
         item = todo.pop(0)
         if item is None or any(item is s for s in seen):

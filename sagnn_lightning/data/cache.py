@@ -150,7 +150,7 @@ def _build_chunk(items: Sequence[StructureLike], names: Sequence[str], settings:
         n_atoms.append(g.atomic_numbers.shape[0])
         n_edges.append(g.edge_index.shape[1])
     empty = {"z": (0,), "pos": (0, 3), "lattice": (0, 3, 3), "edges": (0, 2), "images": (0, 3)}
-    out = {k: (np.concatenate(v) if v else np.empty(empty[k])) for k, v in parts.items()}
+    out: dict[str, Any] = {k: (np.concatenate(v) if v else np.empty(empty[k])) for k, v in parts.items()}
     if out["z"].size and (out["z"].min() < 0 or out["z"].max() > 255):
         raise ValueError("atomic numbers must be in 0..255")
     out["z"] = out["z"].astype(np.uint8)
@@ -193,7 +193,7 @@ def _iter_chunks(items, names, settings, num_workers: int, chunk_size: int):
         return
     ctx = _mp_context()
     forked = ctx.get_start_method() == "fork"
-    kwargs = {"initializer": _init_worker, "initargs": (items, names, settings)} if forked else {}
+    kwargs: dict[str, Any] = {"initializer": _init_worker, "initargs": (items, names, settings)} if forked else {}
 
     def submit(pool, s):
         if forked:

@@ -9,7 +9,7 @@ seed — not on graph settings or on rows skipped later, which are simply left o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -103,7 +103,7 @@ class CrystalDataModule(GraphDataModule):
                 f"task_type must be 'regression' or 'classification' (--data.task_type), got {task_type!r}"
             )
         random_split_ids([], val_fraction, test_fraction, split_seed)  # validates the fractions
-        self._task_type: TaskType = task_type
+        self._task_type = cast(TaskType, task_type)
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.id_column, self.structure_column = id_column, structure_column
         self.target_columns = list(target_columns) if target_columns is not None else None

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from sagnn_lightning.data.batch import collate_graphs
 from sagnn_lightning.data.dataset import SkippedItem
 from sagnn_lightning.data.graph import GraphSettings
-from sagnn_lightning.data.sources import DataFormatError, Table
+from sagnn_lightning.data.sources import DataFormatError, OnError, Table
 from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.errors import UsageError
 from sagnn_lightning.files import atomic_write, file_lock
@@ -235,6 +235,8 @@ class GraphDataModule(pl.LightningDataModule):
         if table.structures is not None:
             return table.structures
         raw = self._read_table()
+        if raw.structures is None:
+            raise RuntimeError(f"{raw.source}: the reader returned no structures")
         position = {sid: k for k, sid in enumerate(raw.ids)}
         return [raw.structures[position[i]] for i in table.ids]
 
@@ -270,7 +272,7 @@ class GraphDataModule(pl.LightningDataModule):
                 self._stats = ([0.0] * self.num_targets, [1.0] * self.num_targets)
             else:
                 row = {sid: r for r, sid in enumerate(self.table.ids)}
-                train = self.table.targets[[row[i] for i in self.split_ids["train"]]]
+                train = self.table.targets[[row[i] for i in self.split_ids["train"] or []]]
                 mean = train.mean(axis=0)
                 std = train.std(axis=0)
                 std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
@@ -303,7 +305,7 @@ class GraphDataModule(pl.LightningDataModule):
                 table.targets.astype(np.float64),
                 self.settings,
                 num_workers=self.graph_workers,
-                on_error=self.on_error,
+                on_error=cast(OnError, self.on_error),
                 progress=self.progress,
             )
             cache_skipped = list(getattr(graphs, "skipped", []) or [])
@@ -332,7 +334,7 @@ class GraphDataModule(pl.LightningDataModule):
         """
         self.graph_dataset()
 
-    def _subset(self, split: str) -> Dataset | None:
+    def _subset(self, split: str) -> Subset | None:
         ids = self.split_ids[split]
         if ids is None:
             return None

@@ -40,7 +40,7 @@ class EpochRandomSampler(RandomSampler):
 class ResumableDataLoader(DataLoader):
     """``DataLoader`` with ``state_dict``/``load_state_dict`` for exact mid-epoch resumption."""
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator that skips consumed batches
         skip = getattr(self, "_resume_skip", 0)
         self._resume_skip = 0
         self._yielded = 0

@@ -152,7 +152,7 @@ def parse_simple_cif(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | N
     frac = frac - np.floor(frac)
     if n > 1:  # pymatgen merges sites within the site tolerance: let it
         diff = frac[:, None, :] - frac[None, :, :]
-        same = (np.abs(diff - np.round(diff)) < _FRAC_TOL).all(-1)
+        same = np.asarray((np.abs(diff - np.round(diff)) < _FRAC_TOL).all(-1))
         np.fill_diagonal(same, False)
         if same.any():
             return None

@@ -72,7 +72,7 @@ def get_sample(name: str) -> Sample:
 def sample_path(name: str) -> Path:
     """Path of the bundled file of sample ``name`` (inside the installed package)."""
     sample = get_sample(name)
-    ref = resources.files("sagnn_lightning.data").joinpath("samples", sample.file)
+    ref = resources.files("sagnn_lightning.data").joinpath("samples").joinpath(sample.file)
     path = Path(str(ref))
     if not path.is_file():
         raise FileNotFoundError(f"bundled sample file {path} is missing; reinstall sagnn-lightning.")
@@ -84,6 +84,6 @@ def resolve_preset(name: str) -> tuple[str, list[str]]:
     if name in PRESETS:
         sample, targets = PRESETS[name]
         return SAMPLE_PREFIX + sample, list(targets)
-    sample = get_sample(name)
+    found = get_sample(name)
     key = name[len(SAMPLE_PREFIX) :] if name.startswith(SAMPLE_PREFIX) else name
-    return SAMPLE_PREFIX + key, list(sample.target_columns)
+    return SAMPLE_PREFIX + key, list(found.target_columns)

@@ -25,6 +25,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -488,6 +489,10 @@ class StructureInputs:
     errors: list[tuple[str, str]]
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def _cif_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CIF_SUFFIXES)
 
@@ -522,7 +527,7 @@ def read_structures(
                 f"{path}: no *.cif files in this folder; give --input a folder of CIFs, a "
                 ".cif file or a CSV/JSON table."
             )
-        items = [(str(f), (lambda f=f: f.read_text(encoding="utf-8", errors="replace"))) for f in files]
+        items = [(str(f), partial(f.read_text, encoding="utf-8", errors="replace")) for f in files]
         names = [f.stem for f in files]
     elif path.suffix.lower() in CIF_SUFFIXES:
         items = [(str(path), lambda: path.read_text(encoding="utf-8", errors="replace"))]
@@ -539,7 +544,7 @@ def read_structures(
             s_col = _pick_column(path, columns, structure_column, STRUCTURE_COLUMN_CANDIDATES, "structure", True)
             i_col = _pick_column(path, columns, id_column, ID_COLUMN_CANDIDATES, "id", False)
             names = [str(v) for v in frame[i_col]] if i_col else _default_ids(path, frame)
-            items = [(n, (lambda v=v: v)) for n, v in zip(names, frame[s_col])]
+            items = [(n, partial(_same, v)) for n, v in zip(names, frame[s_col])]
     else:  # POSCAR, *.vasp, *.xsf, ...: whatever pymatgen reads
 
         def load_any() -> Structure:

@@ -136,10 +136,12 @@ def compare_with_reference(
             return f"{name} is {g.dtype} {tuple(g.shape)}, the reference {w.dtype} {tuple(w.shape)}"
         if not g.numel():
             continue
-        err = float((g.float() - w.float()).abs().max())
+        worst = float((g.float() - w.float()).abs().max())
         allowed = tol * mag + floor
-        if not err <= allowed:  # also catches NaN
-            return f"{name}: max |kernel - reference| = {err:.3g} > {allowed:.3g} ({tol:g} x max |reference| {mag:.3g})"
+        if not worst <= allowed:  # also catches NaN
+            return (
+                f"{name}: max |kernel - reference| = {worst:.3g} > {allowed:.3g} ({tol:g} x max |reference| {mag:.3g})"
+            )
     if dropout_p > 0.0 and not all(bool(torch.isfinite(t).all()) for t in dropped):
         return f"non-finite output or gradient with dropout_p={dropout_p}"
     return None
@@ -225,7 +227,7 @@ class KernelSelfCheck:
                 reason, use = None, False
             else:
                 use = reason is None
-                if use:
+                if reason is None:
                     self._passed.add(self._key(q, max_seqlen, dropout_p))
                 else:
                     self._fail(q, reason)

@@ -86,7 +86,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
             def moved(path: Any) -> Any:
                 try:
-                    return str(Path(self.dirpath) / Path(path).relative_to(old)) if path else path
+                    return str(Path(str(self.dirpath)) / Path(path).relative_to(old)) if path else path
                 except ValueError:  # not under the old folder
                     return path
 
@@ -220,7 +220,8 @@ class ParityPlot(Callback):
             return
         path = run_dir(trainer) / f"parity_{stage}.png"
         names = list(getattr(pl_module, "target_names", ["target"]))
-        units = getattr(trainer.datamodule, "target_units", None) if trainer.datamodule is not None else None
+        datamodule = getattr(trainer, "datamodule", None)
+        units = getattr(datamodule, "target_units", None) if datamodule is not None else None
         classification = getattr(pl_module, "task_type", "regression") == "classification"
         label = self._labels.get(stage)
         write_parity_png(

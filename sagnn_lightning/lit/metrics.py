@@ -38,6 +38,12 @@ class MaskedRegressionMetric(Metric):
 
     is_differentiable = False
     full_state_update = False
+    # states registered by add_state (declared for type checkers)
+    count: Tensor
+    abs_err: Tensor
+    sq_err: Tensor
+    y_sum: Tensor
+    y_sq_sum: Tensor
 
     def __init__(self, kind: RegressionKind, num_targets: int, target: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -31,6 +31,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.lit.metrics import labels_with_missing, make_metrics
@@ -61,6 +62,10 @@ class SAGNNModule(pl.LightningModule):
         scheduler: LR scheduler factory ``optimizer -> scheduler`` or ``None`` (constant LR, default).
             ``ReduceLROnPlateau`` monitors ``val/loss``; other schedulers step once per epoch.
     """
+
+    # buffers registered in __init__ (declared for type checkers)
+    target_mean: Tensor
+    target_std: Tensor
 
     def __init__(
         self,
@@ -120,8 +125,8 @@ class SAGNNModule(pl.LightningModule):
         keys = [_safe(name) for name in self.target_names]
         return nn.ModuleDict(make_metrics(self.task_type, keys))
 
-    def _metrics(self, stage: str) -> nn.ModuleDict:
-        return getattr(self, f"{stage}_metrics")
+    def _metrics(self, stage: str) -> dict[str, Metric]:
+        return dict(getattr(self, f"{stage}_metrics").items())
 
     @property
     def monitor(self) -> tuple[str, str]:

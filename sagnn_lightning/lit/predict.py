@@ -301,9 +301,9 @@ def write_predictions_csv(path: str | os.PathLike, result: Predictions, id_heade
         writer = csv.writer(fh)
         writer.writerow([id_header, *pred_cols, *prob_cols])
         for k, sample_id in enumerate(result.ids):
-            row = [sample_id]
+            row: list[Any] = [sample_id]
             row += [int(v) if classification else repr(float(v)) for v in result.prediction[k].tolist()]
-            if classification:
+            if result.probability is not None:
                 row += [repr(float(v)) for v in result.probability[k].tolist()]
             writer.writerow(row)
     return path

@@ -78,7 +78,7 @@ class EpochLineProgressBar(ProgressBar):
             return
         seconds = time.perf_counter() - self._start
         self._durations.append(seconds)
-        shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        shown: dict[str, Any] = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
         monitor = getattr(pl_module, "monitor", None)
         if monitor and monitor[0] in trainer.callback_metrics:
             shown.setdefault(monitor[0], trainer.callback_metrics[monitor[0]])

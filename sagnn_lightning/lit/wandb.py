@@ -15,6 +15,7 @@ from __future__ import annotations
 import netrc
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -25,7 +26,7 @@ from pytorch_lightning.utilities import rank_zero_info
 DEFAULT_PROJECT = "sagnn-lightning"
 
 
-def wandb_api_key_configured(environ: dict[str, str] | None = None) -> bool:
+def wandb_api_key_configured(environ: Mapping[str, str] | None = None) -> bool:
     """True when W&B can authenticate without prompting (env var or netrc entry for the W&B host)."""
     env = os.environ if environ is None else environ
     if env.get("WANDB_API_KEY"):

@@ -168,8 +168,9 @@ class SAGNN(nn.Module):
 
 def _reset_children(module: nn.Module) -> None:
     for child in module.children():
-        if hasattr(child, "reset_parameters"):
-            child.reset_parameters()
+        reset = getattr(child, "reset_parameters", None)
+        if callable(reset):
+            reset()
         else:
             _reset_children(child)
 

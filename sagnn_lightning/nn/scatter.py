@@ -13,8 +13,7 @@ otherwise. Both are tested equal.
 from __future__ import annotations
 
 from functools import lru_cache
-from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -23,8 +22,8 @@ ScatterBackend = Literal["auto", "torch", "torch_scatter"]
 
 
 @lru_cache(maxsize=1)
-def _torch_scatter_module() -> ModuleType | None:
-    """The ``torch_scatter`` module when it imports (a broken binary counts as absent)."""
+def _torch_scatter_module() -> Any:
+    """The ``torch_scatter`` module when it imports (a broken binary counts as absent), else ``None``."""
     try:
         import torch_scatter
     except (ImportError, OSError):
