@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -82,7 +83,7 @@ def check_targets(table: Table, on_error: str, task_type: TaskType) -> tuple[Tab
     return table.subset(keep), skipped
 
 
-class GraphDataModule(pl.LightningDataModule):
+class GraphDataModule(pl.LightningDataModule, ABC):
     """Base class: rows → graph cache → id-based splits → loaders.
 
     Subclasses implement :meth:`_read_table` (rows, unchecked), :meth:`_fingerprint`,
@@ -134,14 +135,17 @@ class GraphDataModule(pl.LightningDataModule):
         self.test_dataset: Dataset | None = None
 
     # ---------------------------------------------------------------- subclass hooks
+    @abstractmethod
     def _read_table(self) -> Table:
-        raise NotImplementedError
+        """All rows of the data source (ids, raw structures, targets)."""
 
+    @abstractmethod
     def _fingerprint(self) -> str:
-        raise NotImplementedError
+        """Content fingerprint of the data source (keys the row index and the graph cache)."""
 
+    @abstractmethod
     def _split_ids(self, table: Table) -> dict[str, list[str] | None]:
-        raise NotImplementedError
+        """Ids of ``train``/``val``/``test`` (``None``: the source cannot provide that split)."""
 
     def _missing_split_message(self, split: str) -> str:
         return f"no {split} split"
