@@ -53,12 +53,22 @@ class CrystalDataModule(GraphDataModule):
         target_columns: target column names (tables: required unless a sample gives defaults;
             CIF folders: names for the ``id_prop.csv`` columns after the id, default ``["target"]``).
         id_column: id column (default: ``material_id``/``mbid``/``sample_id``/``id``/``name`` if present,
-            else ``row-<i>``). structure_column: CIF/dict column (default ``structure``/``cif``/...).
+            else ``row-<i>``).
+        structure_column: CIF/dict column (default ``structure``/``cif``/...).
         task_type: ``"regression"`` or ``"classification"`` (targets 0/1 or booleans).
-        val_fraction, test_fraction: split shares. split_seed: seed of the split and the training shuffle.
-        cutoff (Å), max_neighbors, max_isolated_radius (Å), batch_size, num_workers, graph_workers, cache_dir,
-            on_error (``"raise"``/``"skip"``), progress: as in
+        val_fraction: share of the rows used for validation.
+        test_fraction: share of the rows used for testing.
+        split_seed: seed of the split and the training shuffle.
+        cutoff: neighbour cutoff (Å); this and the arguments below are as in
             :class:`~sagnn_lightning.data.matbench.MatbenchDataModule`.
+        max_neighbors: optional cap per atom.
+        max_isolated_radius: how far (Å) the nearest neighbours of an isolated atom are searched.
+        batch_size: graphs per batch.
+        num_workers: DataLoader workers.
+        graph_workers: processes building graphs on a cache miss.
+        cache_dir: graph cache folder.
+        on_error: ``"raise"`` or ``"skip"`` bad rows.
+        progress: show progress bars while building graphs.
 
     ``task_type`` and ``on_error`` are plain strings checked here (not ``Literal``), so that a wrong value is
     reported by the CLI as this class's one-line message rather than as a type-union dump.

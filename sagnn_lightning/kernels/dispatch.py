@@ -86,7 +86,9 @@ def varlen_attention(
     """Attention of every packed row over the rows of its own sequence.
 
     Args:
-        q, k, v: ``(total, heads, head_dim)``.
+        q: queries ``(total, heads, head_dim)``, packed over the sequences.
+        k: keys, same shape.
+        v: values, same shape.
         cu_seqlens: ``[B + 1]`` cumulative sequence lengths (a batch's ``ptr``), int32 or int64.
         max_seqlen: longest sequence (Python int).
         dropout_p: attention dropout probability (training only; pass 0.0 in eval).
