@@ -114,7 +114,9 @@ def compare_with_reference(
         torch.random.fork_rng(devices=devices),
         torch.autocast(q.device.type, enabled=False),
     ):
-        q, k, v, do = (t.clone() for t in (q, k, v, do))  # normal tensors even when the caller is in inference mode
+        # normal tensors even when the caller is in inference mode: an inference tensor (cu_seqlens included, which
+        # the kernel's autograd.Function saves for backward) cannot be saved for backward
+        q, k, v, do, cu_seqlens = (t.clone() for t in (q, k, v, do, cu_seqlens))
         want = _forward_backward(reference, q, k, v, do, cu_seqlens, max_seqlen, dropout_p=0.0, scale=scale)
         if not all(bool(torch.isfinite(t).all()) for t in want):
             raise InconclusiveCheck

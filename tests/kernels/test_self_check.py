@@ -184,6 +184,7 @@ def test_check_works_in_inference_mode_and_leaves_the_rng_alone(
     with torch.inference_mode():
         out = check(q, k, v, cu, max_seqlen)
     assert check.uses_kernel(q, max_seqlen) is True
+    assert not check.failures
     torch.testing.assert_close(out, varlen_attention_reference(q, k, v, cu), rtol=2e-4, atol=2e-5)
 
     torch.manual_seed(123)
@@ -194,6 +195,22 @@ def test_check_works_in_inference_mode_and_leaves_the_rng_alone(
     assert check.uses_kernel(q, max_seqlen, 0.25) is True
     assert torch.equal(torch.get_rng_state(), after_direct)
     torch.testing.assert_close(checked, direct)  # same seed drawn → same dropout mask
+
+
+def test_check_passes_on_inputs_made_in_inference_mode(triton_attention: ModuleType, device: torch.device) -> None:
+    """As in ``validate``/``predict``: q, k, v **and cu_seqlens** are inference tensors (the kernel's
+    autograd.Function saves cu_seqlens for backward; an inference tensor there made the check fail on a GPU)."""
+    q, k, v, _, cu, max_seqlen = batch(device, 0)
+    check = KernelSelfCheck(
+        triton_attention.varlen_attention_triton, torch_path, variant=triton_attention.launch_variant
+    )
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("error", KernelFallbackWarning)
+        q, k, v, cu = (t.clone() for t in (q, k, v, cu))
+        assert q.is_inference() and cu.is_inference()
+        out = check(q, k, v, cu, max_seqlen)
+    assert check.uses_kernel(q, max_seqlen) is True and not check.failures
+    torch.testing.assert_close(out, varlen_attention_reference(q, k, v, cu), rtol=2e-4, atol=2e-5)
 
 
 def test_nonfinite_inputs_give_no_verdict(device: torch.device) -> None:
