@@ -59,6 +59,15 @@ def make_batches(path: str, batch_size: int, count: int) -> list:
     return [collate_graphs(graphs[k : k + batch_size]) for k in range(0, len(graphs), batch_size)]
 
 
+def model_args(config: str | None) -> dict:
+    """``SAGNN`` arguments from a recipe YAML's ``model.model.init_args`` (``{}`` without one)."""
+    if not config:
+        return {}
+    import yaml
+
+    return dict(yaml.safe_load(Path(config).read_text())["model"]["model"]["init_args"])
+
+
 def step_fn(model: torch.nn.Module, variant: str):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     run = torch.compile(model, dynamic=True) if variant == "compile" else model
@@ -83,11 +92,14 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=40, help="steps run before timing (compile settles)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", default="benchmarks/results/epoch_time.csv")
+    parser.add_argument(
+        "--model-config", default=None, help="YAML whose model.model.init_args build the model (default: SAGNN())"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
     batches = make_batches(args.data, args.batch_size, args.batches)
-    base = SAGNN()
+    base = SAGNN(**model_args(args.model_config))
     steps, warmup = {}, {}
     for variant in args.variants:
         step = step_fn(copy.deepcopy(base), variant)

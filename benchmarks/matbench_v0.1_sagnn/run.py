@@ -147,7 +147,7 @@ def fold_cli_args(
     run_dir: Path,
     *,
     variant: str,
-    max_epochs: int,
+    max_epochs: int | None,
     seed: int,
     data_home: Path | None = None,
     cache_dir: Path | None = None,
@@ -166,7 +166,7 @@ def fold_cli_args(
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    if max_epochs < 1:
+    if max_epochs is not None and max_epochs < 1:
         raise ValueError(f"--max-epochs must be >= 1, got {max_epochs}")
     model = {**VARIANTS[variant], **(model_overrides or {})}
     args = [
@@ -175,7 +175,7 @@ def fold_cli_args(
         "--data.init_args.progress=false",
         *cli_args,
         *(f"--model.model.init_args.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in model.items()),
-        f"--trainer.max_epochs={int(max_epochs)}",
+        *([f"--trainer.max_epochs={int(max_epochs)}"] if max_epochs is not None else []),
         f"--data.init_args.task={task}",
         f"--data.init_args.fold={int(fold)}",
         f"--data.init_args.split_seed={int(seed)}",
@@ -427,7 +427,7 @@ def _train_fold(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
     ``spec``: ``task, fold, variant, configs, cli_args, user_cli_args, run_dir, config, threads, deadline,
     checkpoint_dir`` (see :func:`fold_spec`). Returns ``{"status": "done", "ids", "predictions", "params",
-    "checkpoint"}``, or ``{"status": "stopped", "epoch", "global_step", "reason"}`` when ``--max-time`` ended
+    "checkpoint"}``, or ``{"status": "stopped", "epoch", "global_step", "max_epochs", "reason"}`` when ``--max-time`` ended
     training (:class:`Deadline`): nothing is predicted then, and a rerun continues from ``last.ckpt``.
     """
     import torch
@@ -463,6 +463,7 @@ def _train_fold(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             "status": "stopped",
             "epoch": int(trainer.current_epoch) + 1,
             "global_step": int(trainer.global_step),
+            "max_epochs": int(trainer.max_epochs or 0),
             "reason": str(stop),
         }
     epochs, max_epochs = int(trainer.current_epoch), int(trainer.max_epochs)
@@ -760,8 +761,17 @@ def machine(threads: int | None, jobs: int) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": threads or torch.get_num_threads(),
         "jobs": jobs,
-        "accelerator": "cpu",
+        "accelerator": accelerator(),
     }
+
+
+def accelerator() -> str:
+    """``"cpu"``, or ``"cuda: <GPU name> x<count>"`` when CUDA is visible (the recipes' trainer picks it then)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
 
 
 def _class_name(spec: Any) -> str:
@@ -868,7 +878,7 @@ def fold_spec(
     fold: int,
     *,
     variant: str,
-    max_epochs: int,
+    max_epochs: int | None,
     seed: int,
     work_dir: Path,
     config_dir: Path,
@@ -922,7 +932,7 @@ def run(
     tasks: Sequence[str],
     folds: Sequence[int],
     variant: str,
-    max_epochs: int,
+    max_epochs: int | None,
     out: Path,
     data_home: Path | None = None,
     config_dir: Path = DEFAULT_CONFIG_DIR,
@@ -1038,7 +1048,7 @@ def run(
         if result["status"] != "done":
             stopped += 1
             where = (
-                f"stopped in epoch {result['epoch']} of {max_epochs} (step {result['global_step']})"
+                f"stopped in epoch {result['epoch']} of {result['max_epochs']} (step {result['global_step']})"
                 if result["status"] == "stopped"
                 else "not started"
             )
@@ -1167,7 +1177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="sagnn",
         help="sagnn: 8-head MHSA after the last block; no_mhsa: the w/o-MHSA ablation",
     )
-    parser.add_argument("--max-epochs", type=int, default=500, help="training budget per fold (epochs)")
+    parser.add_argument(
+        "--max-epochs", type=int, default=None, help="training budget per fold (epochs; default: the recipes' 300)"
+    )
     parser.add_argument(
         "--max-time",
         type=parse_max_time,

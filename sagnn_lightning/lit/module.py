@@ -35,6 +35,7 @@ from torchmetrics import Metric
 
 from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.lit.metrics import labels_with_missing, make_metrics
+from sagnn_lightning.lit.schedules import HoldThenLinearDecay
 from sagnn_lightning.lit.wandb import CHECKPOINT_RUN_ID_KEY, active_run_id
 from sagnn_lightning.models.sagnn import SAGNN
 
@@ -138,6 +139,10 @@ class SAGNNModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, HoldThenLinearDecay) and self._trainer is not None:
+            max_epochs = self.trainer.max_epochs
+            if max_epochs is not None and max_epochs > 0:
+                scheduler.fit_to(max_epochs)
         config = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"

@@ -13,13 +13,17 @@ class HoldThenLinearDecay(LambdaLR):
     """Constant learning rate for ``hold_epochs``, then a linear decay to ``end_factor`` × the initial rate
     over ``decay_epochs``, constant afterwards.
 
+    ``decay_epochs=None`` decays until the end of training: :class:`~sagnn_lightning.lit.module.SAGNNModule`
+    sets it to ``trainer.max_epochs - hold_epochs`` (:meth:`fit_to`), so ``--trainer.max_epochs`` alone
+    rescales the schedule. The recipes' default (``configs/sagnn.yaml``): hold 30 epochs, then to 1 %.
+
     kgcnn's MEGNet recipe (the one behind MEGNet's matbench leaderboard row): Adam 5e-4 held for 100 epochs,
     then linear to 5e-6 at epoch 1000 → ``hold_epochs=100, decay_epochs=900, end_factor=0.01``.
 
     Args:
         optimizer: the optimizer (its ``lr`` is the initial rate).
         hold_epochs: epochs at the initial rate (>= 0).
-        decay_epochs: epochs of the linear decay (>= 1).
+        decay_epochs: epochs of the linear decay (>= 1), or ``None``: until ``trainer.max_epochs``.
         end_factor: final rate / initial rate, in ``(0, 1]``.
         last_epoch: as in ``torch.optim.lr_scheduler`` (-1 = start).
     """
@@ -28,11 +32,11 @@ class HoldThenLinearDecay(LambdaLR):
         self,
         optimizer: Optimizer,
         hold_epochs: int = 100,
-        decay_epochs: int = 900,
+        decay_epochs: int | None = 900,
         end_factor: float = 0.01,
         last_epoch: int = -1,
     ) -> None:
-        if hold_epochs < 0 or decay_epochs < 1:
+        if hold_epochs < 0 or (decay_epochs is not None and decay_epochs < 1):
             raise ValueError(
                 f"HoldThenLinearDecay: need hold_epochs >= 0 and decay_epochs >= 1, got {hold_epochs}, {decay_epochs}"
             )
@@ -41,8 +45,17 @@ class HoldThenLinearDecay(LambdaLR):
         self.hold_epochs, self.decay_epochs, self.end_factor = hold_epochs, decay_epochs, end_factor
         super().__init__(optimizer, self.factor, last_epoch=last_epoch)
 
+    def fit_to(self, max_epochs: int) -> None:
+        """Decay until ``max_epochs`` when ``decay_epochs`` was left ``None`` (at least 1 epoch of decay)."""
+        if self.decay_epochs is None:
+            self.decay_epochs = max(int(max_epochs) - self.hold_epochs, 1)
+            for group, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                group["lr"] = lr * self.factor(self.last_epoch)
+
     def factor(self, epoch: int) -> float:
         """Multiplier of the initial rate after ``epoch`` scheduler steps."""
+        if self.decay_epochs is None:  # not fitted to a budget yet: hold
+            return 1.0
         done = min(max(epoch - self.hold_epochs, 0), self.decay_epochs) / self.decay_epochs
         return 1.0 - (1.0 - self.end_factor) * done
 

@@ -48,8 +48,12 @@ TINY = {
     "heads": 2,
     "readout_hidden": [8],
     "set2set_steps": 1,
+    "gaussian_width": 0.5,
 }
 EPOCHS = 3  # of the resume / max-time / jobs tests
+#: constant 1e-3 (the tiny model's validation MAE is then not monotone in 3 epochs: the resume tests need a
+#: best epoch before the last)
+TRAINING = ("--model.optimizer.init_args.lr=0.001", "--model.scheduler=null")
 
 pytestmark = pytest.mark.skipif(
     not (DATA / f"{TASK}.json.gz").is_file(),
@@ -136,6 +140,8 @@ def _argv(out: Path, folds: list[int], epochs: int = 1, cache: Path | None = Non
         "--checkpoint-dir",
         str(out.parent / "checkpoints"),
         *extra,
+        "--",  # recipe CLI options follow (callers may append more)
+        *TRAINING,
     ]
 
 
@@ -332,10 +338,7 @@ def test_killed_fold_resumes_mid_fold_to_the_weights_of_an_uninterrupted_run(run
         [
             sys.executable,
             str(RUNNER),
-            *_argv(out, [0], EPOCHS, reference["cache"]),
-            "--work-dir",
-            str(work),
-            "--",
+            *_argv(out, [0], EPOCHS, reference["cache"], "--work-dir", str(work)),
             "--config",
             str(kill),
         ],
@@ -514,7 +517,6 @@ def test_inner_fold_members_are_averaged_into_the_fold_record(runner, one_thread
             runner.main(
                 [
                     *_argv(separate, [0], 1, tmp_path / "study" / "graph_cache"),
-                    "--",
                     "--data.val_folds=2",
                     f"--data.val_fold={k}",
                 ]

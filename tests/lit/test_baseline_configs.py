@@ -78,3 +78,74 @@ def test_fit_with_the_kgcnn_schedule(sample_run, offline_env):
     schedule = cli.trainer.lr_scheduler_configs[0].scheduler
     assert isinstance(schedule, HoldThenLinearDecay) and schedule.last_epoch == 2
     assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-4 * (1 - 0.99 / 2))
+
+
+def test_every_task_recipe_trains_the_one_configuration(capsys):
+    """Issue 11: one configuration for every task — the task YAMLs add data settings only."""
+    task_yamls = sorted((RECIPES / "configs").glob("matbench_*.yaml"))
+    assert len(task_yamls) == 9
+    seen = []
+    for task_yaml in task_yamls:
+        printed = _print_config(["fit"], [RECIPES / "configs" / "sagnn.yaml", task_yaml], capsys)
+        data = printed["data"]["init_args"]
+        assert data["task"] == task_yaml.stem and data["batch_size"] == 32
+        seen.append((printed["model"], printed["trainer"]["max_epochs"]))
+    assert all(entry == seen[0] for entry in seen)
+    model, max_epochs = seen[0]
+    init = model["model"]["init_args"]
+    assert (init["atom_embedding_dim"], init["num_gaussians"], init["gaussian_width"], init["set2set_steps"]) == (
+        64,
+        25,
+        0.4,
+        3,
+    )
+    assert init["attention"] == "last" and init["heads"] == 8 and max_epochs == 300
+    assert model["optimizer"]["init_args"]["lr"] == pytest.approx(5e-4)
+    assert model["scheduler"]["class_path"].endswith("HoldThenLinearDecay")
+    assert model["scheduler"]["init_args"]["decay_epochs"] is None
+
+
+def test_decay_until_max_epochs_follows_the_trainer():
+    """``decay_epochs=None``: the module fits the decay to ``trainer.max_epochs`` (a state dict keeps it)."""
+    param = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.Adam(param, lr=1e-3)
+    schedule = HoldThenLinearDecay(optimizer, hold_epochs=3, decay_epochs=None, end_factor=0.01)
+    assert schedule.factor(50) == 1.0  # not fitted yet: holds
+    schedule.fit_to(10)
+    assert schedule.decay_epochs == 7
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[:4] == [1e-3] * 4
+    assert rates[10] == pytest.approx(1e-5) and rates[11] == pytest.approx(1e-5)
+    assert rates[6] == pytest.approx(1e-3 * (1 - 0.99 * 3 / 7))
+    fresh = HoldThenLinearDecay(torch.optim.Adam(param, lr=1e-3), hold_epochs=3, decay_epochs=None)
+    fresh.load_state_dict(schedule.state_dict())
+    assert fresh.decay_epochs == 7 and fresh.get_last_lr() == schedule.get_last_lr()
+    short = HoldThenLinearDecay(torch.optim.Adam(param, lr=1e-3), hold_epochs=30, decay_epochs=None)
+    short.fit_to(5)  # budget shorter than the hold: at least one epoch of decay, no error
+    assert short.decay_epochs == 1
+
+
+def test_fit_with_the_recipes_schedule_decays_to_the_last_epoch(sample_run, offline_env):
+    from sagnn_lightning.cli import cli_main
+
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(sample_run["data"]),
+            "--config",
+            str(sample_run["tiny"]),
+            f"--trainer.default_root_dir={sample_run['root']}",
+            "--trainer.max_epochs=3",
+            "--trainer.logger=false",
+            "--model.scheduler.init_args.hold_epochs=1",
+        ],
+        configs=[RECIPES / "configs" / "sagnn.yaml"],
+    )
+    schedule = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(schedule, HoldThenLinearDecay) and schedule.decay_epochs == 2 and schedule.last_epoch == 3
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-4 * 0.01)

@@ -12,6 +12,7 @@ import yaml
 from sagnn_lightning.__main__ import main as module_main
 from sagnn_lightning.cli import build_argv, cli_main
 from sagnn_lightning.lit.module import SAGNNModule
+from sagnn_lightning.lit.schedules import HoldThenLinearDecay
 from sagnn_lightning.lit.wandb import resolve_offline, wandb_api_key_configured
 from tests.lit.conftest import REPO, SHARED, read_rows, run_python, wandb_run_bytes
 
@@ -49,7 +50,7 @@ def test_fit_test_predict_end_to_end(sample_run, offline_env, tmp_path, capsys):
     assert cli.trainer.optimizers[0].defaults["lr"] == 0.004
     assert cli.datamodule.batch_size == 6
     assert all(layer.heads == 4 for layer in cli.model.model.attention_layers)
-    assert isinstance(cli.trainer.lr_scheduler_configs[0].scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert isinstance(cli.trainer.lr_scheduler_configs[0].scheduler, HoldThenLinearDecay)
     # DataModule statistics were linked into the model
     assert cli.model.task_type == cli.datamodule.task_type == "regression"
     assert cli.model.model.num_targets == cli.datamodule.num_targets == 1
