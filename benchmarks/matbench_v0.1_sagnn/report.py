@@ -58,6 +58,8 @@ def collect(
         work = work_dirs.get(variant, out / "work")
         for task, task_data in sorted(data["tasks"].items()):
             for fold_key, record in sorted(task_data["results"].items()):
+                if "parameters" not in record:  # a fold not recorded yet
+                    continue
                 fold = int(fold_key.split("_")[1])
                 params = record["parameters"]
                 history = read_history(work / task / fold_key / "history.csv")

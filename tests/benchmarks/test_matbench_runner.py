@@ -311,6 +311,33 @@ def _same_fold(run_dir: Path, results: dict, reference: dict, fold: int) -> None
     assert a["parameters"]["best_epoch"] == b["parameters"]["best_epoch"]
 
 
+def test_report_reads_the_submission_and_the_fold_histories(reference, tmp_path, capsys):
+    """``report.py``: test MAE as matbench scored it, best epoch/validation as recorded, one history row per
+    epoch equal to the fold's ``history.csv``, and the first epoch at a reference level (1 at a level above every
+    MAE, never at 0)."""
+    spec = importlib.util.spec_from_file_location("mb_report", RUNNER.parent / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    prefix = tmp_path / "five_fold"
+    report.main(["--variant", f"sagnn={reference['out']}", "--reference", f"{TASK}=1000", "--out", str(prefix)])
+    with open(f"{prefix}_summary.csv", newline="") as fh:
+        summary = list(csv.DictReader(fh))
+    with open(f"{prefix}_history.csv", newline="") as fh:
+        history = list(csv.DictReader(fh))
+    assert [row["fold"] for row in summary] == ["0", "1"]
+    for row in summary:
+        record = reference["results"][f"fold_{row['fold']}"]
+        assert float(row["test_mae"]) == pytest.approx(record["scores"]["mae"], abs=1e-3)
+        assert int(row["best_epoch"]) == record["parameters"]["best_epoch"]
+        assert row["first_epoch_at_reference"] == "1"
+    fold0 = [row for row in history if row["fold"] == "0"]
+    with open(reference["out"] / "work" / TASK / "fold_0" / "history.csv", newline="") as fh:
+        own = list(csv.DictReader(fh))
+    assert [float(r["val_mae"]) for r in fold0] == [float(r["val_mae"]) for r in own] and len(own) == EPOCHS
+    assert Path(f"{prefix}.png").stat().st_size > 0 and "| sagnn | matbench_jdft2d | 0 |" in capsys.readouterr().out
+    assert report.first_reaching([{"val_mae": 5.0, "train_seconds": 1.0, "epoch": 1.0}], 0.0) == (None, None)
+
+
 def test_progress_lines_have_an_eta(reference):
     lines = [line for line in reference["printed"].splitlines() if f"{TASK} fold 0: epoch " in line]
     assert [line.split(": ")[1] for line in lines] == [f"epoch {e}/{EPOCHS}" for e in range(1, EPOCHS + 1)]
