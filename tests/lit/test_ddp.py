@@ -218,3 +218,76 @@ def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
     ids = [r["id"] for r in read_rows(out)]
     assert sorted(ids) == sorted(dm.split_ids["test"])
     assert np.isfinite([float(r["prediction"]) for r in read_rows(out)]).all()
+
+
+def test_torchrun_two_nodes_on_localhost(sample_run, offline_env, tmp_path):
+    """Multi-node as a cluster launches it: ``torchrun --nnodes 2 --nproc-per-node 1`` twice (one per "node",
+    node ranks 0 and 1) with a static localhost rendezvous, gloo, one epoch of a recipe. Lightning takes the
+    torchrun environment; both ranks see world size 2 and end with identical weights."""
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root, ranks = sample_run["root"], tmp_path / "ranks"
+    callbacks = tmp_path / "callbacks.yaml"
+    callbacks.write_text(
+        "trainer:\n  callbacks:\n    - class_path: tests.lit.helpers.RankRecorder\n"
+        f"      init_args:\n        out_dir: {ranks}\n"
+    )
+    recipe = [
+        "recipes/quickstart.py",
+        "fit",
+        "--config",
+        str(sample_run["data"]),
+        "--config",
+        str(sample_run["tiny"]),
+        "--config",
+        str(callbacks),
+        "--trainer.accelerator=cpu",
+        "--trainer.num_nodes=2",
+        "--trainer.devices=1",
+        "--trainer.strategy=ddp",
+        "--trainer.max_epochs=1",
+        "--trainer.logger=false",
+        "--data.init_args.batch_size=4",
+        f"--trainer.default_root_dir={root}",
+    ]
+    env = {**offline_env, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={node}",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                *recipe,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=240))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(out + err[-3000:] for out, err in outputs)
+    records = [json.loads((ranks / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in records] == [2, 2] and records[0]["strategy"] == "DDPStrategy"
+    assert all(len(r["train_ids"]) == 1 and r["train_ids"][0] for r in records)  # one epoch, a shard each
+    assert records[0]["param_checksum"] == pytest.approx(records[1]["param_checksum"], rel=1e-9, abs=1e-9)
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    assert sum(out.count("sagnn fit done:") for out, _ in outputs) == 1  # rank 0 reports
