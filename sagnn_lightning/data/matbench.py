@@ -307,12 +307,12 @@ class MatbenchDataModule(GraphDataModule):
             )
         return None  # downloaded when first needed (prepare_data, or the statistics), once, under a lock
 
-    def _source_file(self) -> Path:
+    def source_file(self) -> Path:
         """The file the rows are read from: ``data_file`` / ``data_home`` / ``$MATMINER_DATA``, else the download."""
         return self.data_file if self.data_file is not None else self._ensure_download()
 
     def _read_table(self) -> Table:
-        path = self._source_file()
+        path = self.source_file()
         if base_suffix(path) == ".csv":
             return read_table(path, [self.task.target], id_column="mbid", structure_column="cif")
         return read_matbench_json(path, self.task.name, self.task.n_samples, self.task.target)
@@ -322,7 +322,7 @@ class MatbenchDataModule(GraphDataModule):
         return download_matbench_file(self.task.name, matminer_data_home(), progress=self.progress)
 
     def _fingerprint(self) -> str:
-        return fingerprint(self._source_file(), kind="matbench", task=self.task.name, targets=[self.task.target])
+        return fingerprint(self.source_file(), kind="matbench", task=self.task.name, targets=[self.task.target])
 
     # ---------------------------------------------------------------- splits
     @property

@@ -37,7 +37,8 @@ import torch
 
 from sagnn_lightning.data.batch import collate_graphs
 from sagnn_lightning.data.graph import StructureError, structure_to_graph
-from sagnn_lightning.data.sources import InputNotFoundError, read_structures
+from sagnn_lightning.data.sources import InputNotFoundError, StructureInputs, read_structures
+from sagnn_lightning.data.tasks import MATBENCH_TASKS
 from sagnn_lightning.errors import SAGNNError, UsageError
 from sagnn_lightning.files import atomic_write
 from sagnn_lightning.lit.module import SAGNNModule
@@ -309,6 +310,44 @@ def write_predictions_csv(path: str | os.PathLike, result: Predictions, id_heade
     return path
 
 
+def is_matbench_task(value: str) -> bool:
+    """``value`` names a matbench structure task (``matbench_jdft2d`` or ``jdft2d``) and is not an existing path."""
+    name = value if value.startswith("matbench_") else f"matbench_{value}"
+    return name in MATBENCH_TASKS and not Path(value).exists()
+
+
+def read_matbench_split(task: str, fold: int, split: str, data_home: str | None = None) -> StructureInputs:
+    """The structures of one official matbench v0.1 split (``split`` = ``"test"`` or ``"train"`` of ``fold``),
+    in matbench's id order (``mb-...`` ids), read from the task file the DataModule uses (``data_home``, else
+    ``$MATMINER_DATA``, else matbench's download)."""
+    from sagnn_lightning.data.matbench import MatbenchDataModule, official_fold
+
+    if split not in ("test", "train"):
+        raise UsageError(f"--split must be 'test' or 'train', got {split!r}")
+    try:
+        datamodule = MatbenchDataModule(task, fold=fold, data_home=data_home, progress=False)
+    except UsageError as err:  # the DataModule names its own flags (--data.*); here they are predict's
+        raise UsageError(str(err).replace("--data.fold", "--fold").replace("--data.data_home", "--data-home")) from err
+    train_ids, test_ids = official_fold(datamodule.task.name, fold)
+    wanted = test_ids if split == "test" else train_ids
+    inputs = read_structures(datamodule.source_file(), on_error="skip")
+    position = {sid: k for k, sid in enumerate(inputs.ids)}
+    missing = [sid for sid in wanted if sid not in position and not any(e[0] == sid for e in inputs.errors)]
+    if missing:
+        raise UsageError(
+            f"{datamodule.source_file()} lacks {len(missing)} of the {len(wanted)} {split} ids of "
+            f"{datamodule.task.name} fold {fold} (first: {missing[0]}); give --data-home the folder of the full "
+            "matbench file."
+        )
+    keep = [position[sid] for sid in wanted if sid in position]
+    wanted_set = set(wanted)
+    return StructureInputs(
+        ids=[inputs.ids[k] for k in keep],
+        structures=[inputs.structures[k] for k in keep],
+        errors=[e for e in inputs.errors if e[0] in wanted_set],
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sagnn_lightning predict",
@@ -327,7 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
         "'best' is the best checkpoint of the latest run in that folder",
     )
     parser.add_argument(
-        "--input", required=True, help="a .cif file, a folder of *.cif, or a CSV/JSON table (matbench layout included)"
+        "--input",
+        required=True,
+        help="a .cif (or any file pymatgen reads), a folder of *.cif, a CSV/JSON table (matbench layout included), "
+        "or a matbench task name (e.g. matbench_jdft2d) for its official split --split of --fold",
+    )
+    parser.add_argument("--fold", type=int, default=0, help="with a matbench task --input: official fold 0-4")
+    parser.add_argument("--split", default="test", help="with a matbench task --input: 'test' (default) or 'train'")
+    parser.add_argument(
+        "--data-home",
+        default=None,
+        help="with a matbench task --input: folder holding <task>.json.gz (default $MATMINER_DATA, else download)",
     )
     parser.add_argument("--output", required=True, help="CSV file to write (atomically)")
     parser.add_argument("--structure-column", default=None, help="table column with CIF text / structure dicts")
@@ -364,9 +413,12 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     module, settings = load_module(ckpt, device)
     if args.max_isolated_radius is not None:
         settings["max_isolated_radius"] = args.max_isolated_radius
-    inputs = read_structures(
-        args.input, on_error="skip", structure_column=args.structure_column, id_column=args.id_column
-    )
+    if is_matbench_task(args.input):
+        inputs = read_matbench_split(args.input, args.fold, args.split, args.data_home)
+    else:
+        inputs = read_structures(
+            args.input, on_error="skip", structure_column=args.structure_column, id_column=args.id_column
+        )
     result = predict_structures(
         module,
         inputs.ids,

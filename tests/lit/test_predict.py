@@ -184,3 +184,51 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2  # a bad option value; the message, not a traceback (tests/test_cli_errors.py)
     assert err.startswith("error: checkpoint ") and "does not exist (--ckpt)" in err and "Traceback" not in err
+
+
+MATBENCH_DATA = REPO.parent / "shared" / "data" / "matbench"
+
+
+@pytest.mark.skipif(not (MATBENCH_DATA / "matbench_jdft2d.json.gz").is_file(), reason="needs ../shared/data")
+def test_input_a_matbench_task_split(regression_ckpt, tmp_path, capsys):
+    """``--input matbench_jdft2d --fold 1``: the official fold-1 test rows in matbench's order, each predicted
+    as its own structure (read here independently from the task file with pymatgen)."""
+    import gzip
+    import json
+
+    from sagnn_lightning.data.matbench import official_fold
+
+    out = tmp_path / "fold1.csv"
+    argv = ["predict", "--ckpt", str(regression_ckpt), "--input", "matbench_jdft2d", "--fold", "1"]
+    argv += ["--data-home", str(MATBENCH_DATA), "--output", str(out), "--id-header", "mbid"]
+    assert module_main(argv) == 0
+    rows = read_rows(out)
+    _, test_ids = official_fold("matbench_jdft2d", 1)
+    assert [r["mbid"] for r in rows] == test_ids and len(rows) == 127  # 636 rows: folds of 128, 127, 127, 127, 127
+    with gzip.open(MATBENCH_DATA / "matbench_jdft2d.json.gz", "rt") as fh:
+        table = json.load(fh)
+    by_id = {f"mb-jdft2d-{i + 1:03d}": row[0] for i, row in zip(table["index"], table["data"])}
+    module = SAGNNModule.load_from_checkpoint(regression_ckpt, map_location="cpu").eval()
+    for row in rows[:: len(rows) // 4]:
+        graph = structure_to_graph(Structure.from_dict(by_id[row["mbid"]]), cutoff=4.5)
+        with torch.no_grad():
+            expected = float(module(collate_graphs([graph]))[0, 0])
+        assert float(row["prediction"]) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # the training rows of the same fold, and a fold that does not exist
+    train = tmp_path / "train.csv"
+    argv = ["predict", "--ckpt", str(regression_ckpt), "--input", "jdft2d", "--split", "train", "--fold", "1"]
+    assert module_main([*argv, "--data-home", str(MATBENCH_DATA), "--output", str(train)]) == 0
+    assert [r["id"] for r in read_rows(train)] == official_fold("matbench_jdft2d", 1)[0]
+    capsys.readouterr()
+    bad = ["predict", "--ckpt", str(regression_ckpt), "--input", "matbench_jdft2d", "--fold", "7"]
+    assert module_main([*bad, "--data-home", str(MATBENCH_DATA), "--output", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--fold" in err and "\n" not in err
+
+
+def test_lightning_options_get_the_predict_flags(regression_ckpt, tmp_path, capsys):
+    """One predict command: LightningCLI's options are answered with one line naming the command's flags."""
+    status = module_main(["predict", f"--ckpt_path={regression_ckpt}", "--output", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.startswith("error: predict takes --ckpt, --input and --output")
+    assert "--ckpt_path" in err and "\n" not in err
