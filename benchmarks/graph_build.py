@@ -9,6 +9,9 @@ folder (a miss), in-process and with worker processes; both run in the same proc
 Second part: peak resident memory while iterating (DataLoader, batches of 64) a cache of 10k and of
 100k graphs (the shared perovskites replicated), each measured in a fresh subprocess.
 
+Third part: ``Structure`` objects → graph one at a time, ours against matgl 4.1.2's ``Structure2Graph`` (the
+``bench`` extra; skipped with a note when matgl is missing), interleaved, same structures, same edge counts.
+
 Usage (from the repository root; needs ../shared/data)::
 
     python benchmarks/graph_build.py                       # throughput + RSS, prints tables
@@ -253,6 +256,60 @@ def memory(args, rows: list[dict]) -> None:
         cache_dir.rmdir()
 
 
+def converters(args, rows: list[dict]) -> None:
+    """``Structure`` objects → graph, one structure at a time: our ``structure_to_graph`` against matgl's
+    ``Structure2Graph.get_graph`` (the ``bench`` extra), on the same parsed structures, interleaved over
+    ``--repeats`` rounds (1 thread); edge counts compared on the first 200."""
+    from sagnn_lightning.data.graph import structure_to_graph
+
+    try:
+        from matgl.ext.pymatgen import Structure2Graph, get_element_list
+    except ImportError as err:
+        print(f"\nconverters: matgl not importable ({err}); install the bench extra: pip install -e '.[bench]'")
+        rows.append({"part": "converter", "status": f"matgl missing: {err}"})
+        return
+    torch.set_num_threads(1)
+    inputs = {
+        "perovskites": pd.read_csv(args.shared / "mp_abx3/mp_abx3_perovskites.csv.gz").cif.tolist(),
+        "phonons": pd.read_csv(args.shared / "matbench/matbench_phonons.csv.gz").cif.tolist(),
+    }
+    print(f"\nStructure -> graph, one at a time, 1 thread, {args.converter_structures} structures, interleaved:")
+    for name, cifs in inputs.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structures = [Structure.from_str(c, fmt="cif") for c in cifs[: args.converter_structures]]
+        matgl = Structure2Graph(element_types=get_element_list(structures), cutoff=args.cutoff)
+        for s in structures[:200]:
+            ours_edges = structure_to_graph(s, cutoff=args.cutoff).edge_index.shape[1]
+            theirs_edges = int(matgl.get_graph(s)[0].edge_index.shape[1])
+            if ours_edges != theirs_edges:
+                raise SystemExit(f"{name}: edge counts differ ({ours_edges} vs matgl {theirs_edges})")
+        rates: dict[str, list[float]] = {"ours": [], "matgl": []}
+        for _ in range(args.repeats):
+            for label, build in (
+                ("ours", lambda s: structure_to_graph(s, cutoff=args.cutoff)),
+                ("matgl", matgl.get_graph),
+            ):
+                start = time.perf_counter()
+                for s in structures:
+                    build(s)
+                rates[label].append(len(structures) / (time.perf_counter() - start))
+        ours, theirs = statistics.median(rates["ours"]), statistics.median(rates["matgl"])
+        print(
+            f"  {name:12s} structure_to_graph {ours:8.0f}/s   matgl get_graph {theirs:8.0f}/s   ratio {ours / theirs:.2f}x"
+        )
+        rows.append(
+            {
+                "part": "converter",
+                "data": name,
+                "structures": len(structures),
+                "ours_per_s": round(ours),
+                "matgl_per_s": round(theirs),
+                "ratio": round(ours / theirs, 3),
+            }
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=ROOT / "../shared/data", help="shared data folder")
@@ -263,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rss-sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-converters", action="store_true", help="skip the Structure -> graph vs matgl part")
+    parser.add_argument("--converter-structures", type=int, default=1200)
     parser.add_argument("--tmp", type=Path, default=None, help="folder for temporary caches (default: system temp)")
     parser.add_argument("--csv", type=Path, default=None, help="write the results here")
     parser.add_argument("--_iterate", default=None, help=argparse.SUPPRESS)
@@ -280,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     if not args.skip_throughput:
         throughput(args, rows)
+    if not args.skip_converters:
+        converters(args, rows)
     if not args.skip_rss:
         memory(args, rows)
     if args.csv and rows:

@@ -295,3 +295,25 @@ def test_simple_dict_parser_matches_from_dict() -> None:
         assert np.array_equal(lattice, np.array(s.as_dict()["lattice"]["matrix"]))
     disordered = Structure(Lattice.cubic(4), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]]).as_dict()
     assert parse_simple_dict(disordered) is None and parse_simple_dict({"sites": []}) is None
+
+
+def test_fast_data_construction_equals_pygs_constructor(monkeypatch) -> None:
+    """``structure_to_graph`` fills PyG's storage directly when the once-per-process check passes; the graph,
+    its batch and its cache round trip equal those of ``Data(**fields)``, which is also the tested fallback."""
+    from torch_geometric.data import Batch
+
+    from sagnn_lightning.data import graph as graph_module
+
+    structure = Structure(Lattice.cubic(4.2), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert graph_module._fast_data_works()
+    fast = structure_to_graph(structure, cutoff=5.0)
+    monkeypatch.setattr(graph_module, "_fast_data_works", lambda: False)
+    slow = structure_to_graph(structure, cutoff=5.0)
+    assert type(fast) is type(slow) and sorted(fast.keys()) == sorted(slow.keys())
+    assert fast.num_nodes == slow.num_nodes == 2 and fast.num_edges == slow.num_edges > 0
+    for key in slow.keys():
+        value = slow[key]
+        assert torch.equal(fast[key], value) if isinstance(value, torch.Tensor) else fast[key] == value
+    fast_batch, slow_batch = Batch.from_data_list([fast, fast]), Batch.from_data_list([slow, slow])
+    for key in ("edge_index", "batch", "ptr", "atomic_numbers", "image_offsets", "lattice", "state"):
+        assert torch.equal(fast_batch[key], slow_batch[key]), key
