@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from sagnn_lightning.data import collate_graphs, structure_to_graph
-from sagnn_lightning.data.sources import read_structures
+from sagnn_lightning.data.readers import read_structures
 from sagnn_lightning.files import atomic_write
 from sagnn_lightning.models import SAGNN
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from sagnn_lightning.data import collate_graphs, structure_to_graph
-from sagnn_lightning.data.sources import read_structures
+from sagnn_lightning.data.readers import read_structures
 from sagnn_lightning.files import atomic_write
 from sagnn_lightning.models import SAGNN
 from sagnn_lightning.nn.geometry import bond_lengths, bond_vectors

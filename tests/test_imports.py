@@ -114,3 +114,14 @@ def test_the_checks_see_an_upward_import_a_cycle_and_a_private_import(tmp_path):
     assert upward_imports(imports) == ["sagnn_lightning.nn.layer imports sagnn_lightning.lit.module"]
     assert data_import_cycle(imports) == ["sagnn_lightning.data.a", "sagnn_lightning.data.b", "sagnn_lightning.data.a"]
     assert private_imports(imports) == ["sagnn_lightning.data.a imports sagnn_lightning.data.b._hidden"]
+
+
+def test_readers_know_no_matbench():
+    """The generic readers, the table and the fingerprints import nothing of matbench; matbench's layout and ids
+    live in ``data/matbench_format.py`` and reach the readers only as a ``default_ids`` argument."""
+    imports = package_imports()
+    matbench = {"sagnn_lightning.data.matbench", "sagnn_lightning.data.matbench_format", "sagnn_lightning.data.tasks"}
+    for module in ("sagnn_lightning.data.readers", "sagnn_lightning.data.table", "sagnn_lightning.data.fingerprint"):
+        assert module in imports
+        imported = {name for name, _ in imports[module]}
+        assert not imported & matbench, (module, imported & matbench)

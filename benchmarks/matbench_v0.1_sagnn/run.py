@@ -648,7 +648,7 @@ def matbench_frame(datamodule: Any, meta: Any, task_name: str) -> Any:
     the ids and targets the DataModule read (structures are not needed: the graphs are in the graph cache)."""
     import pandas as pd
 
-    from sagnn_lightning.data.sources import matbench_ids
+    from sagnn_lightning.data.matbench_format import matbench_ids
 
     table = datamodule.table
     n = int(meta.n_samples)

@@ -13,9 +13,9 @@ _LAZY = {
     "MatbenchDataModule": "sagnn_lightning.data.matbench",
     "MATBENCH_TASKS": "sagnn_lightning.data.tasks",
     "CrystalDataModule": "sagnn_lightning.data.crystal",
-    "read_structures": "sagnn_lightning.data.sources",
-    "read_data": "sagnn_lightning.data.sources",
-    "DataFormatError": "sagnn_lightning.data.sources",
+    "read_structures": "sagnn_lightning.data.readers",
+    "read_data": "sagnn_lightning.data.readers",
+    "DataFormatError": "sagnn_lightning.data.table",
     "SAMPLES": "sagnn_lightning.data.samples",
 }
 __all__ += list(_LAZY)

@@ -14,8 +14,11 @@ from typing import Any, cast
 import numpy as np
 
 from sagnn_lightning.data.datamodule import GraphDataModule
+from sagnn_lightning.data.fingerprint import fingerprint
+from sagnn_lightning.data.matbench_format import matbench_default_ids
+from sagnn_lightning.data.readers import read_data
 from sagnn_lightning.data.samples import get_sample, is_sample_ref, resolve_preset, sample_path
-from sagnn_lightning.data.sources import InputNotFoundError, Table, fingerprint, read_data
+from sagnn_lightning.data.table import InputNotFoundError, Table
 from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.errors import UsageError
 
@@ -170,7 +173,11 @@ class CrystalDataModule(GraphDataModule):
 
     def _read_table(self) -> Table:
         return read_data(
-            self.path, self.target_columns, id_column=self.id_column, structure_column=self.structure_column
+            self.path,
+            self.target_columns,
+            id_column=self.id_column,
+            structure_column=self.structure_column,
+            default_ids=matbench_default_ids,  # a matbench-named file without an id column: matbench's ids
         )
 
     def _fingerprint(self) -> str:

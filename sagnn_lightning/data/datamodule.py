@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from sagnn_lightning.data.batch import collate_graphs
 from sagnn_lightning.data.dataset import SkippedItem
 from sagnn_lightning.data.graph import GraphSettings
-from sagnn_lightning.data.sources import DataFormatError, OnError, Table
+from sagnn_lightning.data.table import DataFormatError, OnError, Table
 from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.errors import UsageError
 from sagnn_lightning.files import atomic_write, file_lock

@@ -13,7 +13,7 @@ Where the rows come from (first match wins):
    downloaded first if missing (``download=True``): URL and sha256 from matminer's public dataset
    metadata, once across processes (file lock), checked and renamed into place complete.
 
-Every source is read by the same reader (:func:`~sagnn_lightning.data.sources.read_matbench_json`); data
+Every source is read by the same reader (:func:`~sagnn_lightning.data.matbench_format.read_matbench_json`); data
 that is missing offline ends in one :class:`DatasetUnavailableError` naming the path looked at and the
 flags that fix it (``--data.data_file``, ``--data.data_home``, ``$MATMINER_DATA``).
 
@@ -32,15 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from sagnn_lightning.data.datamodule import GraphDataModule
-from sagnn_lightning.data.sources import (
-    DataFormatError,
-    InputNotFoundError,
-    Table,
-    base_suffix,
-    fingerprint,
-    read_matbench_json,
-    read_table,
-)
+from sagnn_lightning.data.fingerprint import fingerprint
+from sagnn_lightning.data.matbench_format import read_matbench_json
+from sagnn_lightning.data.readers import read_table
+from sagnn_lightning.data.table import DataFormatError, InputNotFoundError, Table, base_suffix
 from sagnn_lightning.data.tasks import (  # noqa: F401  (re-exported: the matbench API of this module)
     MATBENCH_COMPOSITION_TASKS,
     MATBENCH_TASKS,

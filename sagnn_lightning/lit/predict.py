@@ -37,7 +37,9 @@ import torch
 
 from sagnn_lightning.data.batch import collate_graphs
 from sagnn_lightning.data.graph import StructureError, structure_to_graph
-from sagnn_lightning.data.sources import InputNotFoundError, StructureInputs, read_structures
+from sagnn_lightning.data.matbench_format import matbench_default_ids
+from sagnn_lightning.data.readers import StructureInputs, read_structures
+from sagnn_lightning.data.table import InputNotFoundError
 from sagnn_lightning.data.tasks import MATBENCH_TASKS
 from sagnn_lightning.errors import SAGNNError, UsageError
 from sagnn_lightning.files import atomic_write
@@ -330,7 +332,7 @@ def read_matbench_split(task: str, fold: int, split: str, data_home: str | None 
         raise UsageError(str(err).replace("--data.fold", "--fold").replace("--data.data_home", "--data-home")) from err
     train_ids, test_ids = official_fold(datamodule.task.name, fold)
     wanted = test_ids if split == "test" else train_ids
-    inputs = read_structures(datamodule.source_file(), on_error="skip")
+    inputs = read_structures(datamodule.source_file(), on_error="skip", default_ids=matbench_default_ids)
     position = {sid: k for k, sid in enumerate(inputs.ids)}
     missing = [sid for sid in wanted if sid not in position and not any(e[0] == sid for e in inputs.errors)]
     if missing:
@@ -417,7 +419,11 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         inputs = read_matbench_split(args.input, args.fold, args.split, args.data_home)
     else:
         inputs = read_structures(
-            args.input, on_error="skip", structure_column=args.structure_column, id_column=args.id_column
+            args.input,
+            on_error="skip",
+            structure_column=args.structure_column,
+            id_column=args.id_column,
+            default_ids=matbench_default_ids,
         )
     result = predict_structures(
         module,

@@ -16,7 +16,7 @@ from pymatgen.core import Structure
 from sagnn_lightning.data.crystal import CrystalDataModule
 from sagnn_lightning.data.graph import StructureError
 from sagnn_lightning.data.matbench import MATBENCH_TASKS, MatbenchDataModule
-from sagnn_lightning.data.sources import DataFormatError
+from sagnn_lightning.data.table import DataFormatError
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUTS = ROOT / "tests/fixtures/inputs"

@@ -18,7 +18,7 @@ from sagnn_lightning.data.matbench import (
     get_task,
     inner_fold_validation,
 )
-from sagnn_lightning.data.sources import DataFormatError
+from sagnn_lightning.data.table import DataFormatError
 
 ROOT = Path(__file__).resolve().parents[2]
 MATBENCH_DIR = ROOT / "../shared/data/matbench"

@@ -11,17 +11,10 @@ import pandas as pd
 import pytest
 from pymatgen.core import Structure
 
-from sagnn_lightning.data.sources import (
-    DataFormatError,
-    fingerprint,
-    matbench_ids,
-    parse_structure,
-    read_cif_folder,
-    read_data,
-    read_matbench_json,
-    read_structures,
-    read_table,
-)
+from sagnn_lightning.data.fingerprint import fingerprint
+from sagnn_lightning.data.matbench_format import matbench_default_ids, matbench_ids, read_matbench_json
+from sagnn_lightning.data.readers import parse_structure, read_cif_folder, read_data, read_structures, read_table
+from sagnn_lightning.data.table import DataFormatError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / "../shared/data"
@@ -183,6 +176,22 @@ def test_read_structures_single_folder_table():
     assert table.ids == [f"mb-jdft2d-{i:03d}" for i in range(1, 9)]
 
 
+def test_readers_name_rows_by_the_callers_rule(tmp_path):
+    """The generic readers know no matbench: a table without an id column has rows ``row-<i>``, unless the
+    caller passes ``default_ids`` (predict and CrystalDataModule pass matbench's rule for matbench files)."""
+    path = shared("matbench/matbench_jdft2d.json.gz")
+    plain = read_structures(path)
+    assert plain.ids[:2] == ["row-0", "row-1"] and len(plain.ids) == 636
+    named = read_structures(path, default_ids=matbench_default_ids)
+    assert named.ids == matbench_ids("matbench_jdft2d", range(636), 636)
+    assert read_table(path, ["exfoliation_en"], default_ids=matbench_default_ids).ids == named.ids
+    other = tmp_path / "my_data.json"
+    other.write_text(
+        json.dumps({"index": [4], "columns": ["structure", "y"], "data": [[plain.structures[0].as_dict(), 1.0]]})
+    )
+    assert read_table(other, ["y"], default_ids=matbench_default_ids).ids == ["row-4"]  # not named after a task
+
+
 def test_read_structures_reports_bad_files_by_name_and_continues(tmp_path):
     for p in list((INPUTS / "cifs").glob("*.cif"))[:2] + list((INPUTS / "bad").glob("*.cif")):
         (tmp_path / p.name).write_bytes(p.read_bytes())
@@ -197,8 +206,9 @@ def test_read_structures_reports_bad_files_by_name_and_continues(tmp_path):
 
 
 def test_read_structures_matbench_layout_gets_matbench_ids():
+    """With matbench's id rule (what ``predict`` passes), a matbench file's rows get matbench's own ids."""
     path = shared("matbench/matbench_jdft2d.json.gz")
-    result = read_structures(path)
+    result = read_structures(path, default_ids=matbench_default_ids)
     csv = pd.read_csv(shared("matbench/matbench_jdft2d.csv.gz"))
     assert result.ids == list(csv["mbid"]) and result.errors == []
     assert [len(s) for s in result.structures[:20]] == list(csv["nsites"][:20])
