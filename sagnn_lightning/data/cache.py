@@ -18,7 +18,6 @@ import math
 import multiprocessing as mp
 import os
 import sys
-import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pymatgen.core import Structure
 
 import sagnn_lightning
 from sagnn_lightning.data.cache_format import (
@@ -36,13 +34,8 @@ from sagnn_lightning.data.cache_format import (
     SkippedItem,
 )
 from sagnn_lightning.data.dataset import GraphDataset
-from sagnn_lightning.data.graph import (
-    GraphSettings,
-    StructureError,
-    graph_arrays,
-    structure_graph_arrays,
-)
-from sagnn_lightning.data.parsers import describe_cif_problem, parse_simple_cif, parse_simple_dict
+from sagnn_lightning.data.graph import GraphSettings, StructureError
+from sagnn_lightning.data.inputs import StructureLike, item_to_graph_arrays
 from sagnn_lightning.files import file_lock
 
 __all__ = [
@@ -57,7 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-StructureLike = Structure | dict | str
 ENV_CACHE_DIR = "SAGNN_CACHE_DIR"
 SUFFIX = ".graphs"
 
@@ -97,48 +89,13 @@ def _inputs_digest(sample_ids: Sequence[str], targets: np.ndarray) -> str:
 # ---------------------------------------------------------------------------------------------
 # building (runs in worker processes when num_workers > 0)
 # ---------------------------------------------------------------------------------------------
-def _item_to_arrays(item: StructureLike, settings: GraphSettings, name: str):
-    if isinstance(item, Structure):
-        return structure_graph_arrays(item, settings, name)
-    if isinstance(item, (str, dict)):
-        simple = parse_simple_cif(item) if isinstance(item, str) else parse_simple_dict(item)
-        if simple is not None:
-            z, cart, lattice = simple
-            return graph_arrays(z, cart, lattice, settings, name=name)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if isinstance(item, dict) and not item.get("sites"):
-                raise StructureError(f"{name}: structure has no sites; remove this entry.")
-            if isinstance(item, dict):
-                structure = Structure.from_dict(item)
-            elif isinstance(item, str):
-                structure = Structure.from_str(item, fmt="cif")
-            else:
-                raise TypeError(
-                    f"expected a pymatgen Structure, a Structure.as_dict() or CIF text, got {type(item).__name__}"
-                )
-    except StructureError:
-        raise
-    except Exception as exc:  # any parser failure is a bad entry, reported with its id
-        hint, problem = "", None
-        if isinstance(item, str) and "\n" not in item.strip():
-            hint = "; strings must be CIF text, not file names (read the file first)"
-        elif isinstance(item, str):
-            problem = describe_cif_problem(item)  # pymatgen's own exception is often internal
-        raise StructureError(
-            f"{name}: could not parse the structure: {problem or f'{type(exc).__name__}: {exc}'}{hint}"
-        ) from exc
-    return structure_graph_arrays(structure, settings, name)
-
-
 def _build_chunk(items: Sequence[StructureLike], names: Sequence[str], settings: GraphSettings) -> dict[str, Any]:
     """Graphs of a chunk, concatenated: what one worker sends back (compact arrays, one pickle)."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("z", "pos", "lattice", "edges", "images")}
     n_atoms, n_edges, errors = [], [], []
     for k, (item, name) in enumerate(zip(items, names)):
         try:
-            g = _item_to_arrays(item, settings, name)
+            g = item_to_graph_arrays(item, settings, name)
         except StructureError as exc:
             errors.append((k, str(exc)))
             continue

@@ -268,6 +268,23 @@ def read_data(
 
 
 @dataclass
+class RawInputs:
+    """Raw structure inputs to predict on (not parsed yet).
+
+    Attributes:
+        ids: one id per input (file stem, or the table's id column).
+        items: the raw inputs (CIF text, ``Structure.as_dict()``, or a ``Structure`` for other file types).
+        labels: what error messages name each input by (the file, or the id for table rows).
+        errors: ``(file, reason)`` for every file that could not be read at all.
+    """
+
+    ids: list[str]
+    items: list[Any]
+    labels: list[str]
+    errors: list[tuple[str, str]]
+
+
+@dataclass
 class StructureInputs:
     """Structures to predict on.
 
@@ -290,28 +307,25 @@ def _cif_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CIF_SUFFIXES)
 
 
-def read_structures(
+def read_inputs(
     path: str | Path,
-    on_error: OnError = "raise",
     structure_column: str | None = None,
     id_column: str | None = None,
     default_ids: DefaultIds | None = None,
-) -> StructureInputs:
-    """Read structures for prediction (no targets needed).
+) -> RawInputs:
+    """Read the raw structure inputs of ``predict`` (no targets needed), unparsed: what
+    :func:`~sagnn_lightning.data.inputs.item_to_graph_arrays` turns into graphs, as the graph cache does for
+    training.
 
     Args:
         path: a ``.cif`` file, a folder of ``*.cif`` files, a CSV/JSON table with a structure column
             (matbench layout included; ids from ``default_ids`` when it has no id column), a JSON
             file holding one ``Structure.as_dict()``, or any file pymatgen reads (POSCAR, ``*.vasp``, ...).
-        on_error: ``"raise"``: the first bad input raises :class:`StructureError` naming it;
-            ``"skip"``: bad inputs are listed in ``errors`` and the rest is returned.
         structure_column: for tables: the structure column (auto-detected as in :func:`read_table`).
         id_column: for tables: the id column (auto-detected as in :func:`read_table`).
         default_ids: ids of a table without an id column (default :func:`row_ids`; ``predict`` passes
             matbench's rule, :func:`~sagnn_lightning.data.matbench_format.matbench_default_ids`).
     """
-    if on_error not in ("raise", "skip"):
-        raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(path).expanduser()
     if not path.exists():
         raise InputNotFoundError(
@@ -360,10 +374,41 @@ def read_structures(
 
         items, names = [(str(path), load_any)], [path.name]
 
-    ids, structures, errors = [], [], []
+    ids, values, labels, errors = [], [], [], []
     for name, (label, load) in zip(names, items):
         try:
-            structures.append(parse_structure(load(), name=label))
+            values.append(_as_structure_input(load()))
+        except StructureError as err:  # a file pymatgen cannot read at all
+            errors.append((label, str(err)))
+            continue
+        ids.append(name)
+        labels.append(label)
+    return RawInputs(ids=ids, items=values, labels=labels, errors=errors)
+
+
+def read_structures(
+    path: str | Path,
+    on_error: OnError = "raise",
+    structure_column: str | None = None,
+    id_column: str | None = None,
+    default_ids: DefaultIds | None = None,
+) -> StructureInputs:
+    """:func:`read_inputs`, each input parsed and checked with :func:`parse_structure`.
+
+    Args:
+        path, structure_column, id_column, default_ids: as in :func:`read_inputs`.
+        on_error: ``"raise"``: the first bad input raises :class:`StructureError` naming it;
+            ``"skip"``: bad inputs are listed in ``errors`` and the rest is returned.
+    """
+    if on_error not in ("raise", "skip"):
+        raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    raw = read_inputs(path, structure_column=structure_column, id_column=id_column, default_ids=default_ids)
+    if raw.errors and on_error == "raise":
+        raise StructureError(raw.errors[0][1])
+    ids, structures, errors = [], [], list(raw.errors)
+    for name, label, value in zip(raw.ids, raw.labels, raw.items):
+        try:
+            structures.append(parse_structure(value, name=label))
             ids.append(name)
         except StructureError as err:
             if on_error == "raise":

@@ -36,9 +36,10 @@ from typing import Any
 import torch
 
 from sagnn_lightning.data.batch import collate_graphs
-from sagnn_lightning.data.graph import StructureError, structure_to_graph
+from sagnn_lightning.data.graph import GraphSettings, StructureError
+from sagnn_lightning.data.inputs import item_to_graph
 from sagnn_lightning.data.matbench_format import matbench_default_ids
-from sagnn_lightning.data.readers import StructureInputs, read_structures
+from sagnn_lightning.data.readers import RawInputs, read_inputs
 from sagnn_lightning.data.table import InputNotFoundError
 from sagnn_lightning.data.tasks import MATBENCH_TASKS
 from sagnn_lightning.errors import SAGNNError, UsageError
@@ -250,22 +251,25 @@ def predict_structures(
     batch_size: int = 64,
     errors: list[tuple[str, str]] | None = None,
     max_isolated_radius: float = 20.0,
+    labels: Sequence[str] | None = None,
 ) -> Predictions:
-    """Graphs → batched forward passes. Structures whose graph fails are added to ``errors``."""
+    """Graphs → batched forward passes.
+
+    ``structures`` are raw inputs (``Structure``, CIF text or ``Structure.as_dict()``), turned into graphs by
+    :func:`~sagnn_lightning.data.inputs.item_to_graph`, the path the training cache takes, so an input gives
+    the same graph here as in ``fit``. Inputs whose graph fails are added to ``errors`` as ``(label, reason)``
+    (``labels`` default to the ids).
+    """
     errors = list(errors or [])
     device = next(module.parameters()).device
+    settings = GraphSettings(cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius)
     graphs, kept = [], []
-    for sample_id, structure in zip(ids, structures):
+    for k, (sample_id, structure) in enumerate(zip(ids, structures)):
+        label = str(labels[k]) if labels is not None else str(sample_id)
         try:
-            graph = structure_to_graph(
-                structure,
-                cutoff=cutoff,
-                max_neighbors=max_neighbors,
-                max_isolated_radius=max_isolated_radius,
-                name=str(sample_id),
-            )
+            graph = item_to_graph(structure, settings, name=label)
         except StructureError as err:
-            errors.append((str(sample_id), str(err)))
+            errors.append((label, str(err)))
             continue
         graph.sample_id = str(sample_id)
         graphs.append(graph)
@@ -318,7 +322,7 @@ def is_matbench_task(value: str) -> bool:
     return name in MATBENCH_TASKS and not Path(value).exists()
 
 
-def read_matbench_split(task: str, fold: int, split: str, data_home: str | None = None) -> StructureInputs:
+def read_matbench_split(task: str, fold: int, split: str, data_home: str | None = None) -> RawInputs:
     """The structures of one official matbench v0.1 split (``split`` = ``"test"`` or ``"train"`` of ``fold``),
     in matbench's id order (``mb-...`` ids), read from the task file the DataModule uses (``data_home``, else
     ``$MATMINER_DATA``, else matbench's download)."""
@@ -332,7 +336,7 @@ def read_matbench_split(task: str, fold: int, split: str, data_home: str | None 
         raise UsageError(str(err).replace("--data.fold", "--fold").replace("--data.data_home", "--data-home")) from err
     train_ids, test_ids = official_fold(datamodule.task.name, fold)
     wanted = test_ids if split == "test" else train_ids
-    inputs = read_structures(datamodule.source_file(), on_error="skip", default_ids=matbench_default_ids)
+    inputs = read_inputs(datamodule.source_file(), default_ids=matbench_default_ids)
     position = {sid: k for k, sid in enumerate(inputs.ids)}
     missing = [sid for sid in wanted if sid not in position and not any(e[0] == sid for e in inputs.errors)]
     if missing:
@@ -343,9 +347,10 @@ def read_matbench_split(task: str, fold: int, split: str, data_home: str | None 
         )
     keep = [position[sid] for sid in wanted if sid in position]
     wanted_set = set(wanted)
-    return StructureInputs(
+    return RawInputs(
         ids=[inputs.ids[k] for k in keep],
-        structures=[inputs.structures[k] for k in keep],
+        items=[inputs.items[k] for k in keep],
+        labels=[inputs.labels[k] for k in keep],
         errors=[e for e in inputs.errors if e[0] in wanted_set],
     )
 
@@ -418,9 +423,8 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     if is_matbench_task(args.input):
         inputs = read_matbench_split(args.input, args.fold, args.split, args.data_home)
     else:
-        inputs = read_structures(
+        inputs = read_inputs(
             args.input,
-            on_error="skip",
             structure_column=args.structure_column,
             id_column=args.id_column,
             default_ids=matbench_default_ids,
@@ -428,12 +432,13 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     result = predict_structures(
         module,
         inputs.ids,
-        inputs.structures,
+        inputs.items,
         settings["cutoff"],
         settings["max_neighbors"],
         batch_size=args.batch_size,
         errors=inputs.errors,
         max_isolated_radius=settings["max_isolated_radius"],
+        labels=inputs.labels,
     )
     for name, reason in result.errors:
         print(f"skipped: {reason}" if reason.startswith(name) else f"skipped {name}: {reason}", file=sys.stderr)

@@ -1,0 +1,74 @@
+"""Raw structure input → graph: the one path that training (the graph cache) and ``predict`` both take.
+
+A raw input is what the readers (:mod:`sagnn_lightning.data.readers`) hand over: a pymatgen ``Structure``, CIF
+text or a ``Structure.as_dict()``. The same input gives the same graph in ``fit`` (built into the cache) and in
+``predict`` (built on the fly), because both call :func:`item_to_graph_arrays`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from pymatgen.core import Structure
+from torch_geometric.data import Data
+
+from sagnn_lightning.data.graph import (
+    GraphArrays,
+    GraphSettings,
+    StructureError,
+    arrays_to_data,
+    graph_arrays,
+    structure_graph_arrays,
+)
+from sagnn_lightning.data.parsers import describe_cif_problem, parse_simple_cif, parse_simple_dict
+
+#: what a reader hands over for one crystal
+StructureLike = Structure | dict | str
+
+
+def item_to_graph_arrays(item: StructureLike, settings: GraphSettings, name: str = "structure") -> GraphArrays:
+    """Graph arrays of one raw structure input: a pymatgen ``Structure``, CIF text or a
+    ``Structure.as_dict()``. P1 CIFs and ordered dicts go through the fast readers of
+    :mod:`~sagnn_lightning.data.parsers` (same numbers as pymatgen), anything else through pymatgen.
+
+    Raises:
+        StructureError: unparsable, empty, disordered or zero-volume input (the message names ``name``).
+    """
+    if isinstance(item, Structure):
+        return structure_graph_arrays(item, settings, name)
+    if isinstance(item, (str, dict)):
+        simple = parse_simple_cif(item) if isinstance(item, str) else parse_simple_dict(item)
+        if simple is not None:
+            z, cart, lattice = simple
+            return graph_arrays(z, cart, lattice, settings, name=name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if isinstance(item, dict) and not item.get("sites"):
+                raise StructureError(f"{name}: structure has no sites; remove this entry.")
+            if isinstance(item, dict):
+                structure = Structure.from_dict(item)
+            elif isinstance(item, str):
+                structure = Structure.from_str(item, fmt="cif")
+            else:
+                raise TypeError(
+                    f"expected a pymatgen Structure, a Structure.as_dict() or CIF text, got {type(item).__name__}"
+                )
+    except StructureError:
+        raise
+    except Exception as exc:  # any parser failure is a bad entry, reported with its id
+        hint, problem = "", None
+        if isinstance(item, str) and "\n" not in item.strip():
+            hint = "; strings must be CIF text, not file names (read the file first)"
+        elif isinstance(item, str):
+            problem = describe_cif_problem(item)  # pymatgen's own exception is often internal
+        raise StructureError(
+            f"{name}: could not parse the structure: {problem or f'{type(exc).__name__}: {exc}'}{hint}"
+        ) from exc
+    return structure_graph_arrays(structure, settings, name)
+
+
+def item_to_graph(item: StructureLike, settings: GraphSettings, name: str = "structure") -> Data:
+    """:func:`item_to_graph_arrays` as a PyG ``Data`` (the dtypes of
+    :func:`~sagnn_lightning.data.graph.structure_to_graph`)."""
+    return arrays_to_data(item_to_graph_arrays(item, settings, name), settings.state)
