@@ -396,7 +396,10 @@ def read_structures(
     """:func:`read_inputs`, each input parsed and checked with :func:`parse_structure`.
 
     Args:
-        path, structure_column, id_column, default_ids: as in :func:`read_inputs`.
+        path: as in :func:`read_inputs`.
+        structure_column: as in :func:`read_inputs`.
+        id_column: as in :func:`read_inputs`.
+        default_ids: as in :func:`read_inputs`.
         on_error: ``"raise"``: the first bad input raises :class:`StructureError` naming it;
             ``"skip"``: bad inputs are listed in ``errors`` and the rest is returned.
     """
