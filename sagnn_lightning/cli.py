@@ -44,7 +44,7 @@ from sagnn_lightning.lit.callbacks import (
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.lit.progress import EpochLineProgressBar
 from sagnn_lightning.lit.signals import StopOnSigterm
-from sagnn_lightning.lit.wandb import WandbLogger, finish_active_run, run_id_in_checkpoint
+from sagnn_lightning.lit.wandb import WandbLogger, configure_wandb_run, finish_active_run
 
 SUBCOMMANDS: tuple[str, ...] = ("fit", "validate", "test", "predict")
 DEFAULT_RUNS_ROOT = "runs"
@@ -186,12 +186,12 @@ class SAGNNLightningCLI(LightningCLI):
                 init = item.get("init_args")
                 if init is None:
                     item["init_args"] = init = Namespace()
-                if init.get("save_dir") in (None, "."):
-                    init["save_dir"] = str(root)
-                if self.subcommand == "fit" and config.get("ckpt_path") and not init.get("id"):
-                    # a resumed run continues the W&B run of the checkpoint (Lightning passes resume="allow")
-                    path = _resolve_ckpt_path(config.ckpt_path, root)
-                    init["id"] = run_id_in_checkpoint(path) if path is not None else None
+                resumed = (
+                    _resolve_ckpt_path(config.ckpt_path, root)
+                    if self.subcommand == "fit" and config.get("ckpt_path")
+                    else None
+                )
+                configure_wandb_run(init, root, resumed)
                 if root:
                     Path(root).mkdir(parents=True, exist_ok=True)
 

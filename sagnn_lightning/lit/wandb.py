@@ -15,7 +15,7 @@ from __future__ import annotations
 import netrc
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -134,6 +134,22 @@ def run_id_in_checkpoint(path: str | os.PathLike) -> str | None:
         return None
     run_id = checkpoint.get(CHECKPOINT_RUN_ID_KEY) if isinstance(checkpoint, dict) else None
     return str(run_id) if run_id else None
+
+
+def configure_wandb_run(
+    init_args: MutableMapping[str, Any], run_dir: str | os.PathLike | None, resumed: Path | None
+) -> None:
+    """Where a run's W&B files go and which W&B run it continues: the one place that decides it.
+
+    ``init_args`` are the ``WandbLogger``'s (the CLI's parsed ``trainer.logger.init_args``), filled in place:
+    ``save_dir`` defaults to the run dir (``trainer.default_root_dir``), so the files land in
+    ``<run dir>/wandb/``; a fit resumed from checkpoint ``resumed`` continues the W&B run whose id that
+    checkpoint stores (Lightning passes ``resume="allow"``), unless an ``id`` was given.
+    """
+    if init_args.get("save_dir") in (None, ".") and run_dir is not None:
+        init_args["save_dir"] = str(run_dir)
+    if resumed is not None and not init_args.get("id"):
+        init_args["id"] = run_id_in_checkpoint(resumed)
 
 
 def finish_active_run() -> None:

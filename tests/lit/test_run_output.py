@@ -167,3 +167,26 @@ def test_data_too_small_to_split_is_one_clear_error(rows, split, offline_env, tm
     size = {"train": rows, "val": 0}[split]
     assert f"the {split} split has {size} crystal(s) of {rows} usable rows" in errors[0]
     assert "--data.val_fraction" in errors[0] and "at least 2" in errors[0]
+
+
+def test_configure_wandb_run_is_the_one_place_for_the_run_dir_and_id(tmp_path):
+    """W&B files go under the run dir unless save_dir is given; a resumed fit continues the run its checkpoint
+    names, unless an id is given."""
+    import torch
+
+    from sagnn_lightning.lit.wandb import CHECKPOINT_RUN_ID_KEY, configure_wandb_run
+
+    init: dict = {}
+    configure_wandb_run(init, tmp_path / "run", None)
+    assert init == {"save_dir": str(tmp_path / "run")}
+    mine = {"save_dir": "/elsewhere"}
+    configure_wandb_run(mine, tmp_path / "run", None)
+    assert mine == {"save_dir": "/elsewhere"}
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({CHECKPOINT_RUN_ID_KEY: "abc123", "state_dict": {}}, ckpt)
+    resumed: dict = {"save_dir": "."}
+    configure_wandb_run(resumed, tmp_path / "run", ckpt)
+    assert resumed == {"save_dir": str(tmp_path / "run"), "id": "abc123"}
+    given = {"id": "keep"}
+    configure_wandb_run(given, None, ckpt)
+    assert given == {"id": "keep"}
