@@ -15,8 +15,10 @@ class Set2Set(nn.Module):
         q_t = \mathrm{LSTM}(q^*_{t-1}),\quad a_{k} = \mathrm{softmax}_{k \in g}(x_k \cdot q_t),\quad
         r_t = \textstyle\sum_{k \in g} a_k x_k,\quad q^*_t = q_t \Vert r_t
 
-    Same maths and parameters as ``torch_geometric.nn.aggr.Set2Set`` (tested equal), on this package's
-    scatter ops: the index need not be sorted and nothing is read back from the GPU. A set of ``m``
+    Same maths and parameters as ``torch_geometric.nn.aggr.Set2Set`` (tested equal; the parameter names match,
+    so weights load into either), on this package's scatter ops: the index need not be sorted and nothing is
+    read back from the GPU. Kept instead of PyG's because it measured 1.07× faster forward + backward
+    (``benchmarks/scatter_ops.py``: 3,551 vs 3,799 µs for ``[600, 32]`` in 32 sets, 3 steps, 1 CPU thread). A set of ``m``
     identical copies of the same members gives the same result (the weights are shared by the copies),
     so the pooled vector is intensive: a supercell pools like its primitive cell.
 
