@@ -151,10 +151,23 @@ def run_in_terminal(args: list[str], env: dict[str, str], cwd: Path, timeout: fl
     return proc.wait(), b"".join(chunks).decode(errors="replace")
 
 
-def wandb_run_bytes(root: Path) -> tuple[Path, bytes]:
-    """The offline W&B run folder under ``root`` and the bytes of its ``.wandb`` record log."""
+def wandb_run_bytes(root: Path, settle_s: float = 30.0) -> tuple[Path, bytes]:
+    """The offline W&B run folder under ``root`` and the bytes of its ``.wandb`` record log.
+
+    W&B's service process writes the log; on a loaded machine its last records can land a moment after
+    ``run.finish()`` returned (seen once in a full suite beside a training job: the file held only its
+    header). The file is read again until it stops growing for 1 s, for at most ``settle_s`` seconds."""
+    import time
+
     runs = sorted((root / "wandb").glob("offline-run-*"))
     assert runs, f"no offline W&B run under {root / 'wandb'}"
     logs = list(runs[-1].glob("run-*.wandb"))
     assert logs, f"no .wandb record file in {runs[-1]}"
-    return runs[-1], logs[0].read_bytes()
+    deadline, size, data = time.monotonic() + settle_s, -1, b""
+    while time.monotonic() < deadline:
+        data = logs[0].read_bytes()
+        if len(data) == size and len(data) > 64:
+            break
+        size = len(data)
+        time.sleep(1.0)
+    return runs[-1], data
