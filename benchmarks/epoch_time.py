@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import os
 import platform
 import statistics
@@ -32,7 +31,7 @@ import torch
 
 from sagnn_lightning.data import collate_graphs, structure_to_graph
 from sagnn_lightning.data.readers import read_structures
-from sagnn_lightning.files import atomic_write
+from sagnn_lightning.files import write_csv_rows
 from sagnn_lightning.models import SAGNN
 
 VARIANTS = ("eager", "bf16", "compile")
@@ -141,12 +140,7 @@ def main() -> None:
             f"{variant:8s} {median:8.1f} crystals/s  ×{ratio:.2f}  (rounds {min(rates[variant]):.0f}–"
             f"{max(rates[variant]):.0f}; warm-up {warmup[variant]:.0f} s)"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_rows(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,15 @@ values, then times ``op(...).sum().backward()`` (median of ``--rounds`` rounds, 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch_geometric.nn.aggr import Set2Set as PygSet2Set
 from torch_geometric.utils import scatter as pyg_scatter
 from torch_geometric.utils import softmax as pyg_softmax
 
-from sagnn_lightning.files import atomic_write
+from sagnn_lightning.files import write_csv_rows
 from sagnn_lightning.nn.readout import Set2Set
 from sagnn_lightning.nn.scatter import scatter_max, scatter_mean, scatter_softmax, scatter_sum
 
@@ -84,12 +82,7 @@ def main() -> None:
         o, p = statistics.median(times["ours"]), statistics.median(times["pyg"])
         print(f"{name:32s} ours {o:8.1f} us   PyG {p:8.1f} us   PyG / ours {p / o:.2f}")
         rows.append({"case": name, "ours_us": round(o, 1), "pyg_us": round(p, 1), "pyg_over_ours": round(p / o, 3)})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_rows(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sagnn_lightning.files import atomic_write
+from sagnn_lightning.files import write_csv_rows
 
 HERE = Path(__file__).resolve().parent
 
@@ -96,12 +96,7 @@ def main() -> None:
         }
         for arm, v in totals.items()
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_rows(args.out, rows)
 
 
 if __name__ == "__main__":

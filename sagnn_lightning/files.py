@@ -127,3 +127,17 @@ def file_lock(path: str | os.PathLike, what: str = "") -> contextlib.AbstractCon
             lock.release()
 
     return held()
+
+
+def write_csv_rows(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Write ``rows`` (dicts with the same keys; the first row's keys are the header) as a CSV file,
+    atomically, creating the parent folder; returns the path."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

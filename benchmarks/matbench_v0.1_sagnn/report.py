@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sagnn_lightning.files import atomic_write
+from sagnn_lightning.files import atomic_write, write_csv_rows
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -82,13 +82,6 @@ def collect(
                     }
                 )
     return history_rows, summary
-
-
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with atomic_write(path, "w") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def plot(history_rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], path: Path) -> None:
@@ -169,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not summary:
         raise SystemExit("error: no recorded folds in the --variant folders")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(Path(f"{args.out}_history.csv"), history_rows)
-    write_csv(Path(f"{args.out}_summary.csv"), summary)
+    write_csv_rows(f"{args.out}_history.csv", history_rows)
+    write_csv_rows(f"{args.out}_summary.csv", summary)
     plot(history_rows, summary, Path(f"{args.out}.png"))
     print(markdown(summary))
 

@@ -31,6 +31,16 @@ def _with_progress_bar(tiny_yaml):
     return tiny_yaml
 
 
+def _rank_recorder_config(tmp_path, ranks):
+    """A config adding ``RankRecorder`` (each rank writes ``<ranks>/rank<r>.json`` at the end of fit)."""
+    callbacks = tmp_path / "callbacks.yaml"
+    callbacks.write_text(
+        "trainer:\n  callbacks:\n    - class_path: tests.lit.helpers.RankRecorder\n"
+        f"      init_args:\n        out_dir: {ranks}\n"
+    )
+    return callbacks
+
+
 @pytest.mark.parametrize("bar", ["default", "tqdm"])
 def test_readme_multi_device_command_in_a_terminal(bar, offline_env, tmp_path):
     """The README's DDP command, typed in a shell (stdout is a terminal: progress bars on), finishes: with
@@ -123,11 +133,7 @@ def test_sigterm_ends_a_two_process_run(sample_run, offline_env, tmp_path):
 def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
     _with_progress_bar(sample_run["tiny"])
     root, ranks = sample_run["root"], tmp_path / "ranks"
-    callbacks = tmp_path / "callbacks.yaml"
-    callbacks.write_text(
-        "trainer:\n  callbacks:\n    - class_path: tests.lit.helpers.RankRecorder\n"
-        f"      init_args:\n        out_dir: {ranks}\n"
-    )
+    callbacks = _rank_recorder_config(tmp_path, ranks)
     proc = run_python(
         [
             "recipes/quickstart.py",
@@ -230,11 +236,7 @@ def test_torchrun_two_nodes_on_localhost(sample_run, offline_env, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     root, ranks = sample_run["root"], tmp_path / "ranks"
-    callbacks = tmp_path / "callbacks.yaml"
-    callbacks.write_text(
-        "trainer:\n  callbacks:\n    - class_path: tests.lit.helpers.RankRecorder\n"
-        f"      init_args:\n        out_dir: {ranks}\n"
-    )
+    callbacks = _rank_recorder_config(tmp_path, ranks)
     recipe = [
         "recipes/quickstart.py",
         "fit",
