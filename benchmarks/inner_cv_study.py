@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sagnn_lightning.files import atomic_write
+from sagnn_lightning.files import atomic_write, write_csv_rows
 
 
 def member_dirs(study: Path, config: str) -> list[Path]:
@@ -175,13 +175,6 @@ def study(
     return curves, summary
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with atomic_write(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(curves: list[dict], summary: list[dict], path: Path, title: str, unit: str) -> None:
     import matplotlib
 
@@ -241,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not curves:
         parser.error(f"no finished inner-fold runs of {args.configs} under {args.study}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out.with_name(args.out.name + "_curves.csv"), curves)
-    write_csv(args.out.with_name(args.out.name + "_summary.csv"), summary)
+    write_csv_rows(args.out.with_name(args.out.name + "_curves.csv"), curves)
+    write_csv_rows(args.out.with_name(args.out.name + "_summary.csv"), summary)
     plot(
         curves,
         summary,

@@ -23,26 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["predict"]:
         from sagnn_lightning.lit.predict import predict_main
 
-        return exit_status(lambda: _predict(predict_main, argv[1:]))
+        return exit_status(lambda: predict_main(argv[1:]))
     return exit_status(lambda: cli_main(argv, name="sagnn"))
-
-
-#: LightningCLI options that the predict command does not take (a recipe's own ``predict`` does)
-_LIGHTNING_OPTIONS = ("--config", "--ckpt_path", "--model.", "--data.", "--trainer.", "--predictions.")
-
-
-def _predict(predict_main, args: list[str]) -> int:
-    """The one predict command; LightningCLI's options get a one-line pointer to its flags instead."""
-    from sagnn_lightning.errors import UsageError
-
-    lightning = [a for a in args if a.startswith(_LIGHTNING_OPTIONS)]
-    if lightning:
-        raise UsageError(
-            f"predict takes --ckpt, --input and --output, not LightningCLI options ({lightning[0].split('=')[0]}); "
-            "e.g. --ckpt best --run-dir runs/<recipe> --input <file | folder | table | matbench_<task> --fold k> "
-            "--output preds.csv (see --help)"
-        )
-    return predict_main(args)
 
 
 if __name__ == "__main__":

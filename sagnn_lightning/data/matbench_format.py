@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sagnn_lightning.data.readers import row_ids
 from sagnn_lightning.data.table import (
     DataFormatError,
     Table,
@@ -87,8 +88,8 @@ def matbench_task_of(path: Path) -> MatbenchTask | None:
 
 def matbench_default_ids(path: Path, frame: pd.DataFrame) -> list[str]:
     """Ids when no id column exists: matbench ids for a matbench-named file in orient='split'
-    layout (its index is the official row number), else ``row-<index>``."""
+    layout (its index is the official row number), else the readers' own :func:`~sagnn_lightning.data.readers.row_ids`."""
     task = matbench_task_of(path) if frame.attrs.get("orient") == "split" else None
     if task is not None:
         return matbench_ids(task.name, frame.index, task.n_samples)
-    return [f"row-{i}" for i in frame.index]
+    return row_ids(path, frame)

@@ -405,8 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: LightningCLI options that the predict command does not take (a recipe's own ``predict`` does)
+LIGHTNING_OPTIONS: tuple[str, ...] = ("--config", "--ckpt_path", "--model.", "--data.", "--trainer.", "--predictions.")
+
+
 def predict_main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status. LightningCLI's options get a one-line pointer to this
+    command's flags instead of argparse's usage message."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    lightning = [a for a in argv if a.startswith(LIGHTNING_OPTIONS)]
+    if lightning:
+        raise UsageError(
+            f"predict takes --ckpt, --input and --output, not LightningCLI options ({lightning[0].split('=')[0]}); "
+            "e.g. --ckpt best --run-dir runs/<recipe> --input <file | folder | table | matbench_<task> --fold k> "
+            "--output preds.csv (see --help)"
+        )
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
