@@ -2,7 +2,9 @@
 
 * ``predict --ckpt C --input I --output O``: the one predict command, on files, folders, tables or a
   matbench task's official split → CSV (:mod:`sagnn_lightning.lit.predict`; ``--ckpt best --run-dir
-  runs/<recipe>`` picks the best checkpoint of the latest run in that folder);
+  runs/<recipe>`` picks the best checkpoint of the latest run in that folder; ``--model NAME`` a pretrained model);
+* ``models [NAME ...]``: the pretrained models shipped with the package, one line each, or their full cards
+  (:mod:`sagnn_lightning.pretrained`);
 * ``fit``/``validate``/``test`` go to the LightningCLI (:func:`sagnn_lightning.cli.cli_main`).
 
 :func:`main` returns the exit status: 0 on success; a user error prints one ``error: ...`` line on stderr
@@ -20,6 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from sagnn_lightning.cli import cli_main, exit_status
 
+    if argv[:1] == ["models"]:
+        from sagnn_lightning.lit.pretrained import models_main
+
+        return exit_status(lambda: models_main(argv[1:]))
     if argv[:1] == ["predict"]:
         from sagnn_lightning.lit.predict import predict_main
 

@@ -270,7 +270,8 @@ _LIGHTNING_CKPT_KEYWORDS: tuple[str, ...] = ("last", "best", "hpc", "registry")
 def check_run_paths(config: Namespace, subcommand: str | None) -> None:
     """Before anything is built: ``--ckpt_path`` is a readable checkpoint, the run dir and the predictions
     CSV can be written (:class:`~sagnn_lightning.errors.SAGNNError` naming the option otherwise)."""
-    from sagnn_lightning.lit.predict import check_checkpoint_file, check_writable
+    from sagnn_lightning.lit.checkpoints import check_checkpoint_file
+    from sagnn_lightning.lit.predict import check_writable
 
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and "://" not in str(ckpt_path) and str(ckpt_path).split(":")[0] not in _LIGHTNING_CKPT_KEYWORDS:

@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "sagnn_lightning"
 
 #: a layer may import itself and the layers after it in this list, never one before it
-LAYERS = ("cli", "lit", "models", "nn", "kernels", "data")
+LAYERS = ("cli", "pretrained", "lit", "models", "nn", "kernels", "data")
 
 
 def _module_name(path: Path, root: Path) -> str:

@@ -34,6 +34,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from sagnn_lightning.data.tasks import TaskType
+from sagnn_lightning.errors import UsageError
+from sagnn_lightning.lit import finetune
 from sagnn_lightning.lit.metrics import labels_with_missing, make_metrics
 from sagnn_lightning.lit.schedules import HoldThenLinearDecay
 from sagnn_lightning.lit.wandb import CHECKPOINT_RUN_ID_KEY, active_run_id
@@ -62,6 +64,15 @@ class SAGNNModule(pl.LightningModule):
         optimizer: optimizer factory ``params -> Optimizer`` (default ``torch.optim.Adam``, lr 1e-3).
         scheduler: LR scheduler factory ``optimizer -> scheduler`` or ``None`` (constant LR, default).
             ``ReduceLROnPlateau`` monitors ``val/loss``; other schedulers step once per epoch.
+        init_from: fine-tuning: a pretrained model's name (:func:`sagnn_lightning.pretrained.available`) or a
+            ``.ckpt`` whose *network* weights are loaded when ``fit``/``validate``/``test``/``predict`` sets up
+            (a run resumed with ``ckpt_path`` then restores its own). The optimizer starts fresh; target statistics come from the
+            new training data. The architecture must match (:func:`~sagnn_lightning.lit.finetune.init_weights`).
+        freeze: parameter-name prefixes of the network whose weights are not trained, e.g.
+            ``["atom_embedding", "atom_encoder", "blocks.0"]``
+            (:func:`~sagnn_lightning.lit.finetune.parameter_groups` lists them).
+        reset_head: with ``init_from``, keep the output MLP (``model.head``) freshly initialised instead of
+            loading it: for another target or number of targets.
     """
 
     # buffers registered in __init__ (declared for type checkers)
@@ -78,6 +89,9 @@ class SAGNNModule(pl.LightningModule):
         loss: LossName = "l1",
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        init_from: str | None = None,
+        freeze: Sequence[str] | None = None,
+        reset_head: bool = False,
     ) -> None:
         super().__init__()
         if task_type not in ("regression", "classification"):
@@ -116,6 +130,12 @@ class SAGNNModule(pl.LightningModule):
             )
         self.register_buffer("target_mean", mean.reshape(1, -1))
         self.register_buffer("target_std", std.reshape(1, -1))
+        self.init_from = str(init_from) if init_from else None
+        self.reset_head = bool(reset_head)
+        if self.reset_head and not self.init_from:
+            raise UsageError("--model.reset_head=true needs --model.init_from=<pretrained name or .ckpt>")
+        self.frozen = finetune.freeze(self.model, list(freeze or []))
+        self._init_loaded = False
         self.train_metrics = self._make_metrics()
         self.val_metrics = self._make_metrics()
         self.test_metrics = self._make_metrics()
@@ -134,8 +154,16 @@ class SAGNNModule(pl.LightningModule):
         """``(metric key, "min" | "max")`` that selects the best checkpoint."""
         return MONITOR[self.task_type]
 
+    def setup(self, stage: str) -> None:
+        # fine-tuning starts from the init_from weights; Lightning restores a resumed run's own weights (ckpt_path)
+        # after this hook, over them
+        if self.init_from and not self._init_loaded:
+            finetune.init_weights(self.model, self.init_from, self.reset_head)
+            self._init_loaded = True
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        # frozen parameters (``freeze``) are left out: no optimizer state, no weight decay, bit-identical
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -226,6 +254,10 @@ class SAGNNModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._fresh_metrics("test")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # trained weights (load_from_checkpoint, or a resumed run): never replaced by init_from afterwards
+        self._init_loaded = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         run_id = active_run_id()

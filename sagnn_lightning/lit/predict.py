@@ -1,7 +1,8 @@
 """Predict with a trained checkpoint on the user's crystals → CSV.
 
 ``python -m sagnn_lightning predict --ckpt best.ckpt --input <folder of CIFs | .cif | CSV/JSON table |
-matbench json> --output preds.csv``
+matbench json> --output preds.csv``; ``--model NAME`` instead of ``--ckpt`` takes a pretrained model shipped
+with the package (:mod:`sagnn_lightning.pretrained`).
 
 * ``--ckpt`` is a ``.ckpt`` file, a run folder (its best checkpoint), or ``best`` / ``last`` with
   ``--run-dir <run folder>`` (:func:`resolve_checkpoint`): "best" is the best checkpoint of the *latest*
@@ -27,7 +28,6 @@ import csv
 import os
 import sys
 import tempfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +44,9 @@ from sagnn_lightning.data.table import InputNotFoundError
 from sagnn_lightning.data.tasks import MATBENCH_TASKS
 from sagnn_lightning.errors import SAGNNError, UsageError
 from sagnn_lightning.files import atomic_write
+from sagnn_lightning.lit.checkpoints import check_checkpoint_file, read_checkpoint
 from sagnn_lightning.lit.module import SAGNNModule
+from sagnn_lightning.lit.pretrained import checkpoint_file
 
 #: ``--ckpt`` keywords resolved from ``--run-dir``
 CKPT_KEYWORDS: tuple[str, ...] = ("best", "last")
@@ -85,35 +87,6 @@ def graph_settings_from_checkpoint(checkpoint: dict) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- checkpoints and paths
-
-
-def check_checkpoint_file(path: str | os.PathLike, option: str = "--ckpt") -> Path:
-    """``path`` if it is an existing file in PyTorch's checkpoint format (a zip archive), else a clear error.
-
-    Cheap (reads the zip directory only): a garbage or truncated file is reported before any work starts.
-
-    Raises:
-        InputNotFoundError: no such file (exit status 2).
-        SAGNNError: a folder, or not a PyTorch checkpoint (truncated, another format).
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        example = (
-            "--ckpt best --run-dir runs/<recipe>"
-            if option == "--ckpt"
-            else f"{option} runs/<recipe>/checkpoints/last.ckpt, or {option} last to resume in the same run dir"
-        )
-        raise InputNotFoundError(
-            f"checkpoint {path} does not exist ({option}); give a .ckpt written by training, e.g. {example}"
-        )
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a .ckpt file")
-    if not zipfile.is_zipfile(path):
-        raise SAGNNError(
-            f"{option} {path} is not a PyTorch checkpoint (truncated, or another kind of file); "
-            "give a .ckpt written by training"
-        )
-    return path
 
 
 def _newest(paths: Sequence[Path]) -> Path | None:
@@ -219,17 +192,11 @@ def load_module(ckpt: str | os.PathLike, device: str = "cpu") -> tuple[SAGNNModu
         InputNotFoundError: no such file. SAGNNError: not a PyTorch checkpoint, or not one of an SA-GNN.
     """
     path = check_checkpoint_file(ckpt)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged files
+    checkpoint = read_checkpoint(path, "--ckpt")
+    if "hyper_parameters" not in checkpoint:
         raise SAGNNError(
-            f"--ckpt {path} cannot be read by PyTorch ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); give a .ckpt written by training"
-        ) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise SAGNNError(
-            f"--ckpt {path} is not a checkpoint of an SA-GNN training run (no state_dict / "
-            "hyper_parameters); give a .ckpt written by a sagnn_lightning recipe"
+            f"--ckpt {path} is not a checkpoint of an SA-GNN training run (no hyper_parameters); "
+            "give a .ckpt written by a sagnn_lightning recipe"
         )
     try:
         module = SAGNNModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
@@ -360,11 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m sagnn_lightning predict",
         description="Predict with a trained SA-GNN checkpoint on CIFs / tables; writes id,prediction[,probability].",
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--ckpt",
-        required=True,
         help="checkpoint (.ckpt) written by training; or 'best' / 'last' with --run-dir; or a run "
         "folder (= its best checkpoint)",
+    )
+    which.add_argument(
+        "--model",
+        help="a pretrained model shipped with the package, by name (python -m sagnn_lightning models lists them)",
     )
     parser.add_argument(
         "--run-dir",
@@ -426,9 +397,14 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     if args.max_isolated_radius is not None and not args.max_isolated_radius > 0:
         raise UsageError(f"--max-isolated-radius must be > 0 Å, got {args.max_isolated_radius}")
     check_writable(args.output, "--output")  # before any work
-    ckpt = resolve_checkpoint(args.ckpt, args.run_dir)
-    if str(args.ckpt) != str(ckpt):
-        print(f"checkpoint: {ckpt}")
+    if args.model is not None:
+        if args.run_dir is not None:
+            raise UsageError("--run-dir goes with --ckpt best|last, not with --model")
+        ckpt = checkpoint_file(args.model)  # checksum checked; unknown names list the available ones
+    else:
+        ckpt = resolve_checkpoint(args.ckpt, args.run_dir)
+        if str(args.ckpt) != str(ckpt):
+            print(f"checkpoint: {ckpt}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     module, settings = load_module(ckpt, device)
     if args.max_isolated_radius is not None:

@@ -1,0 +1,137 @@
+"""Fine-tuning: start a network from trained weights, freeze parts of it, re-initialise its head.
+
+Used by :class:`~sagnn_lightning.lit.SAGNNModule` (``init_from``, ``freeze``, ``reset_head``):
+
+* :func:`init_weights` copies the *network* weights of a pretrained model (by name, see
+  :mod:`sagnn_lightning.lit.pretrained`) or of a ``.ckpt`` file into a model of the same architecture. The
+  optimizer state and the target statistics are not taken: they come from the new run and its training data.
+  Differing shapes or missing layers are one error that names them; a different neighbour cutoff is an error
+  too (the Gaussian distance basis spans the cutoff, so the same weights would see other features).
+* :func:`freeze` stops the gradients of parameters chosen by name prefix (``atom_embedding``, ``blocks.0``, ...).
+* ``reset_head``: the output MLP (``model.head``) keeps its fresh initialisation, whatever its shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sagnn_lightning.errors import SAGNNError, UsageError
+from sagnn_lightning.lit.checkpoints import check_checkpoint_file, read_checkpoint
+from sagnn_lightning.lit.pretrained import checkpoint_file, is_pretrained_name
+
+#: the output layers that ``reset_head`` re-initialises (``SAGNN.head``)
+HEAD_PREFIX = "head"
+
+
+def resolve_source(source: str) -> Path:
+    """A pretrained model's name → its checked ``.ckpt``; otherwise ``source`` as a checkpoint path."""
+    if is_pretrained_name(source):
+        return checkpoint_file(source)
+    return check_checkpoint_file(source, "--model.init_from")
+
+
+def _network_state(source: str) -> tuple[dict[str, torch.Tensor], float | None]:
+    """``(network state_dict without the "model." prefix, cutoff Å or None)`` of a checkpoint or model name."""
+    path = resolve_source(source)
+    checkpoint = read_checkpoint(path, "--model.init_from")
+    state = checkpoint["state_dict"]
+    if not any(k.startswith("model.") for k in state):
+        raise SAGNNError(
+            f"--model.init_from {source}: {path} holds no SA-GNN weights (no model.* entries in its state_dict)"
+        )
+    model_cfg = (checkpoint.get("hyper_parameters") or {}).get("model")
+    cutoff = (model_cfg.get("init_args") or {}).get("cutoff") if isinstance(model_cfg, dict) else None
+    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}, cutoff
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def _is_head(key: str) -> bool:
+    return key == HEAD_PREFIX or key.startswith(HEAD_PREFIX + ".")
+
+
+def init_weights(model: nn.Module, source: str, reset_head: bool = False) -> list[str]:
+    """Copy the weights of ``source`` (a pretrained name or a ``.ckpt``) into ``model``; returns the keys copied.
+
+    With ``reset_head`` the ``head.*`` entries are not copied (they keep ``model``'s fresh initialisation,
+    of any shape).
+
+    Raises:
+        UsageError: the architectures differ (every differing key with both shapes, in one line), or the
+            neighbour cutoff differs.
+    """
+    source_state, source_cutoff = _network_state(source)
+    own = model.state_dict()
+    expansion = getattr(model, "bond_expansion", None)
+    own_cutoff = getattr(expansion, "stop", None)
+    if source_cutoff is not None and own_cutoff is not None and abs(float(source_cutoff) - float(own_cutoff)) > 1e-9:
+        raise UsageError(
+            f"--model.init_from {source} was trained with a {float(source_cutoff):g} Å cutoff, this run uses "
+            f"{float(own_cutoff):g} Å; set --data.cutoff={float(source_cutoff):g} (the distance basis spans the cutoff)"
+        )
+    wanted = {k: v for k, v in own.items() if not (reset_head and _is_head(k))}
+    problems = []
+    for key, value in wanted.items():
+        if key not in source_state:
+            problems.append(f"{key} {_shape(value)} not in the checkpoint")
+        elif source_state[key].shape != value.shape:
+            problems.append(f"{key}: checkpoint {_shape(source_state[key])} vs model {_shape(value)}")
+    extra = [k for k in source_state if k not in own and not (reset_head and _is_head(k))]
+    problems += [f"{k} {_shape(source_state[k])} not in the model" for k in extra]
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; ... ({len(problems) - 6} more)" if len(problems) > 6 else "")
+        only_head = all(_is_head(p.split(" ")[0].rstrip(":")) for p in problems)
+        fix = (
+            "the output layers differ (another number of targets?): add --model.reset_head=true"
+            if only_head
+            else "give --model.model the pretrained model's config (python -m sagnn_lightning models <name> shows it)"
+        )
+        raise UsageError(f"--model.init_from {source}: the architecture differs: {shown}; {fix}")
+    with torch.no_grad():
+        for key in wanted:
+            own[key].copy_(source_state[key].to(own[key].dtype))
+    return list(wanted)
+
+
+def parameter_groups(model: nn.Module) -> list[str]:
+    """Names accepted by :func:`freeze`: each top-level child with parameters, and each item of a ``ModuleList``
+    (``blocks.0``, ``blocks.1``, ...)."""
+    names = []
+    for name, child in model.named_children():
+        if not any(True for _ in child.parameters()):
+            continue
+        names.append(name)
+        if isinstance(child, nn.ModuleList):
+            names += [f"{name}.{k}" for k, item in enumerate(child) if any(True for _ in item.parameters())]
+    return names
+
+
+def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
+    """Set ``requires_grad=False`` on every parameter whose name is ``p`` or starts with ``p.`` for a ``p`` in
+    ``prefixes``; returns the frozen parameter names.
+
+    Raises:
+        UsageError: a prefix matches no parameter (the message lists :func:`parameter_groups`).
+    """
+    named = dict(model.named_parameters())
+    frozen: list[str] = []
+    for prefix in prefixes:
+        prefix = str(prefix).strip().strip(".")
+        matched = [n for n in named if n == prefix or n.startswith(prefix + ".")]
+        if not matched:
+            raise UsageError(
+                f"--model.freeze: {prefix!r} names no parameters; use any of: {', '.join(parameter_groups(model))}"
+            )
+        frozen += [n for n in matched if n not in frozen]
+    for name in frozen:
+        named[name].requires_grad_(False)
+    return frozen
+
+
+__all__ = ["HEAD_PREFIX", "freeze", "init_weights", "parameter_groups", "resolve_source"]
