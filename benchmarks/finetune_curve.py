@@ -20,7 +20,6 @@ training rows (mean and min..max over seeds).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -156,14 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = [
         (t, m, f, s) for f in sorted(FRACTIONS, reverse=True) for s in args.seeds for t in args.targets for m in MODES
     ]
-    rows: list[dict] = []
     csv_path = out.with_suffix(".csv")
-    if csv_path.is_file():
-        with open(csv_path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh)]
-        for r in rows:
-            r.update(fraction=float(r["fraction"]), seed=int(r["seed"]), train_rows=int(r["train_rows"]))
-            r.update(test_mae=float(r["test_mae"]), test_rows=int(r["test_rows"]), seconds=float(r["seconds"]))
+    rows: list[dict] = pd.read_csv(csv_path).to_dict("records") if csv_path.is_file() else []
     done = {(r["target"], r["mode"], r["fraction"], r["seed"]) for r in rows}
 
     def job(key: tuple[str, str, float, int]) -> dict:

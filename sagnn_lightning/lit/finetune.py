@@ -76,20 +76,21 @@ def init_weights(model: nn.Module, source: str, reset_head: bool = False) -> lis
             f"{float(own_cutoff):g} Å; set --data.cutoff={float(source_cutoff):g} (the distance basis spans the cutoff)"
         )
     wanted = {k: v for k, v in own.items() if not (reset_head and _is_head(k))}
-    problems = []
+    problems: dict[str, str] = {}  # key -> what differs
     for key, value in wanted.items():
         if key not in source_state:
-            problems.append(f"{key} {_shape(value)} not in the checkpoint")
+            problems[key] = f"{key} {_shape(value)} not in the checkpoint"
         elif source_state[key].shape != value.shape:
-            problems.append(f"{key}: checkpoint {_shape(source_state[key])} vs model {_shape(value)}")
-    extra = [k for k in source_state if k not in own and not (reset_head and _is_head(k))]
-    problems += [f"{k} {_shape(source_state[k])} not in the model" for k in extra]
+            problems[key] = f"{key}: checkpoint {_shape(source_state[key])} vs model {_shape(value)}"
+    for key in source_state:
+        if key not in own and not (reset_head and _is_head(key)):
+            problems[key] = f"{key} {_shape(source_state[key])} not in the model"
     if problems:
-        shown = "; ".join(problems[:6]) + (f"; ... ({len(problems) - 6} more)" if len(problems) > 6 else "")
-        only_head = all(_is_head(p.split(" ")[0].rstrip(":")) for p in problems)
+        texts = list(problems.values())
+        shown = "; ".join(texts[:6]) + (f"; ... ({len(texts) - 6} more)" if len(texts) > 6 else "")
         fix = (
             "the output layers differ (another number of targets?): add --model.reset_head=true"
-            if only_head
+            if all(_is_head(key) for key in problems)
             else "give --model.model the pretrained model's config (python -m sagnn_lightning models <name> shows it)"
         )
         raise UsageError(f"--model.init_from {source}: the architecture differs: {shown}; {fix}")

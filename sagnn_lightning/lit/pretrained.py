@@ -111,6 +111,10 @@ class ModelCard:
         return "\n".join(lines)
 
 
+def _folder(models_dir: str | os.PathLike | None) -> Path:
+    return Path(models_dir) if models_dir is not None else MODELS_DIR
+
+
 def _names(models_dir: Path) -> list[str]:
     return sorted(p.stem for p in models_dir.glob("*.json")) if models_dir.is_dir() else []
 
@@ -125,7 +129,7 @@ def _unknown(name: str, models_dir: Path) -> PretrainedError:
 
 def card(name: str, models_dir: str | os.PathLike | None = None) -> ModelCard:
     """The card of model ``name`` (:class:`PretrainedError` for an unknown name)."""
-    folder = Path(models_dir) if models_dir is not None else MODELS_DIR
+    folder = _folder(models_dir)
     path = folder / f"{name}.json"
     if "/" in name or os.sep in name or not path.is_file():
         raise _unknown(name, folder)
@@ -134,13 +138,13 @@ def card(name: str, models_dir: str | os.PathLike | None = None) -> ModelCard:
 
 def available(models_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """``{name: one-line summary}`` of every shipped model, sorted by name."""
-    folder = Path(models_dir) if models_dir is not None else MODELS_DIR
+    folder = _folder(models_dir)
     return {name: card(name, folder).summary for name in _names(folder)}
 
 
 def is_pretrained_name(value: str, models_dir: str | os.PathLike | None = None) -> bool:
     """Whether ``value`` names a shipped model (and is not an existing path)."""
-    folder = Path(models_dir) if models_dir is not None else MODELS_DIR
+    folder = _folder(models_dir)
     return value in _names(folder) and not Path(value).exists()
 
 
@@ -158,7 +162,7 @@ def checkpoint_file(name: str, models_dir: str | os.PathLike | None = None) -> P
     Raises:
         PretrainedError: unknown name, missing weights, or a checksum mismatch (a damaged install).
     """
-    folder = Path(models_dir) if models_dir is not None else MODELS_DIR
+    folder = _folder(models_dir)
     info = card(name, folder)
     path = folder / info.file
     if not path.is_file():
