@@ -268,14 +268,19 @@ _LIGHTNING_CKPT_KEYWORDS: tuple[str, ...] = ("last", "best", "hpc", "registry")
 
 
 def check_run_paths(config: Namespace, subcommand: str | None) -> None:
-    """Before anything is built: ``--ckpt_path`` is a readable checkpoint, the run dir and the predictions
-    CSV can be written (:class:`~sagnn_lightning.errors.SAGNNError` naming the option otherwise)."""
+    """Before anything is built: ``--ckpt_path`` is a readable checkpoint, ``--model.init_from`` a shipped model or
+    a readable checkpoint, the run dir and the predictions CSV can be written
+    (:class:`~sagnn_lightning.errors.SAGNNError` naming the option otherwise)."""
     from sagnn_lightning.lit.checkpoints import check_checkpoint_file
+    from sagnn_lightning.lit.finetune import resolve_source
     from sagnn_lightning.lit.predict import check_writable
 
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and "://" not in str(ckpt_path) and str(ckpt_path).split(":")[0] not in _LIGHTNING_CKPT_KEYWORDS:
         check_checkpoint_file(ckpt_path, "--ckpt_path")
+    init_from = config.get("model.init_from")
+    if init_from:
+        resolve_source(str(init_from))
     root = config.get("trainer.default_root_dir")
     if root:
         check_writable(root, "--trainer.default_root_dir", kind="dir", what="the run dir")

@@ -25,11 +25,11 @@ def check_checkpoint_file(path: str | os.PathLike, option: str = "--ckpt") -> Pa
     """
     path = Path(path).expanduser()
     if not path.exists():
-        example = (
-            "--ckpt best --run-dir runs/<recipe>"
-            if option == "--ckpt"
-            else f"{option} runs/<recipe>/checkpoints/last.ckpt, or {option} last to resume in the same run dir"
-        )
+        example = {
+            "--ckpt": "--ckpt best --run-dir runs/<recipe>",
+            "--ckpt_path": "--ckpt_path runs/<recipe>/checkpoints/last.ckpt, or --ckpt_path last to resume in the "
+            "same run dir",
+        }.get(option, f"{option} runs/<recipe>/checkpoints/best-<epoch>-<step>.ckpt")
         raise InputNotFoundError(
             f"checkpoint {path} does not exist ({option}); give a .ckpt written by training, e.g. {example}"
         )

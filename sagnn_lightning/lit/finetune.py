@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sagnn_lightning.data.table import InputNotFoundError
 from sagnn_lightning.errors import SAGNNError, UsageError
 from sagnn_lightning.lit.checkpoints import check_checkpoint_file, read_checkpoint
-from sagnn_lightning.lit.pretrained import checkpoint_file, is_pretrained_name
+from sagnn_lightning.lit.pretrained import available, checkpoint_file, is_pretrained_name
 
 #: the output layers that ``reset_head`` re-initialises (``SAGNN.head``)
 HEAD_PREFIX = "head"
@@ -31,6 +32,11 @@ def resolve_source(source: str) -> Path:
     """A pretrained model's name → its checked ``.ckpt``; otherwise ``source`` as a checkpoint path."""
     if is_pretrained_name(source):
         return checkpoint_file(source)
+    if not Path(source).expanduser().exists():
+        raise InputNotFoundError(
+            f"--model.init_from {source} is neither a shipped model ({', '.join(available())}) nor an existing "
+            ".ckpt; give one of those names or a checkpoint written by training"
+        )
     return check_checkpoint_file(source, "--model.init_from")
 
 

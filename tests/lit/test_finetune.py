@@ -4,6 +4,9 @@ weights copied from a shipped model, frozen parameters untouched by training, a 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -174,3 +177,24 @@ def test_finetune_recipe_from_the_command_line(tmp_path, offline_env):
     state = trained.state_dict()
     assert all(torch.equal(state[k], source[k]) for k in source if not k.startswith("head."))
     assert not torch.equal(state["head.4.weight"], source["head.4.weight"])
+
+
+def test_an_unknown_init_from_is_one_line_before_anything_starts(tmp_path, offline_env):
+    """Checked with the run's other paths, before the model, the data or a W&B run exist."""
+    root = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sagnn_lightning", "fit", "--config", str(REPO / "recipes" / "finetune.yaml")]
+        + ["--model.init_from=matbench_nope.ckpt", f"--trainer.default_root_dir={root}"],
+        cwd=REPO,
+        env=offline_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: --model.init_from matbench_nope.ckpt is neither a shipped model (matbench_jdft2d, matbench_perovskites,"
+        " matbench_phonons) nor an existing .ckpt; give one of those names or a checkpoint written by training"
+    ]
+    assert "Traceback" not in proc.stderr and not (root / "wandb").exists()
