@@ -88,7 +88,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 ALGORITHM_NAMES = {"sagnn": "SA-GNN", "no_mhsa": "SA-GNN w/o MHSA"}
 
-BIBTEX_REFS = r"""@article{Cui2024SAGNN,
+BIBTEX_REFS = r"""@article{Goodall2020Roost,
+  author = {Goodall, Rhys E. A. and Lee, Alpha A.},
+  title = {Predicting materials properties without crystal structure: deep representation learning from stoichiometry},
+  journal = {Nature Communications},
+  volume = {11},
+  pages = {6280},
+  year = {2020},
+  doi = {10.1038/s41467-020-19964-7}
+}
+@article{Tshitoyan2019,
+  author = {Tshitoyan, Vahe and Dagdelen, John and Weston, Leigh and Dunn, Alexander and Rong, Ziqin and Kononova, Olga and Persson, Kristin A. and Ceder, Gerbrand and Jain, Anubhav},
+  title = {Unsupervised word embeddings capture latent knowledge from materials science literature},
+  journal = {Nature},
+  volume = {571},
+  pages = {95--98},
+  year = {2019},
+  doi = {10.1038/s41586-019-1335-8}
+}
+@article{Cui2024SAGNN,
   author = {Cui, Yasen and Zhu, Jian and Zhou, Wei and Zang, Huaijuan and Ren, Yongsheng and Xu, Jiajia and Zhan, Shu and Ma, Wenhui},
   title = {{SA-GNN}: Prediction of material properties using graph neural network based on multi-head self-attention optimization},
   journal = {AIP Advances},
@@ -193,8 +211,12 @@ def fold_cli_args(
 
 
 def recipe_configs(task: str, config_dir: Path) -> list[Path]:
-    """The recipe's YAML files of ``task``: ``sagnn.yaml`` then ``<task>.yaml`` in ``config_dir``."""
-    files = [Path(config_dir) / "sagnn.yaml", Path(config_dir) / f"{task}.yaml"]
+    """The recipe's YAML files of ``task``: ``sagnn.yaml`` (``composition.yaml`` for a composition task) then
+    ``<task>.yaml`` in ``config_dir``."""
+    from sagnn_lightning.data.tasks import get_task
+
+    base = "composition.yaml" if get_task(task).input_type == "composition" else "sagnn.yaml"
+    files = [Path(config_dir) / base, Path(config_dir) / f"{task}.yaml"]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"recipe config files not found: {missing}; pass --config-dir <recipes/configs>")
@@ -778,15 +800,45 @@ def _class_name(spec: Any) -> str:
     return str((spec or {}).get("class_path", "none")).rsplit(".", 1)[-1] if isinstance(spec, dict) else "none"
 
 
-def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
-    """matbench's submission ``info.json`` (keys checked by matbench's ``scripts/test_submission.py``)."""
-    any_cfg = next(iter(configs.values()))
-    model, training = any_cfg["model"], any_cfg["training"]
+def _structure_model_text(model: dict[str, Any]) -> str:
     attention = {
         "last": f"{model.get('heads')}-head self-attention over the atoms of each crystal after the last MEGNet block",
         "each": f"{model.get('heads')}-head self-attention after every block",
         "none": "no self-attention (the paper's w/o-MHSA ablation, i.e. MEGNet)",
     }[model["attention"]]
+    return (
+        f"MEGNet graph network (Chen et al. 2019: "
+        f"atom embedding {model['atom_embedding_dim']}, {model['num_gaussians']} Gaussians on 0-{model['cutoff']} "
+        f"A width {model['gaussian_width']}, {model['num_blocks']} MEGNet blocks of width {model['hidden_dim']}, "
+        f"Set2Set readout on atoms and bonds) with {attention} (SA-GNN, Cui et al. 2024). Periodic crystal graphs "
+        f"with a {model['cutoff']} A cutoff."
+    )
+
+
+def _composition_model_text(model: dict[str, Any]) -> str:
+    attention = {
+        "last": f"{model.get('heads')}-head self-attention over the elements after the last block",
+        "each": f"{model.get('heads')}-head self-attention after every block",
+        "none": "no self-attention (the w/o-MHSA ablation)",
+    }[model["attention"]]
+    return (
+        f"Composition SA-GNN for the composition tasks: element nodes ({model.get('element_features')} element "
+        f"features + fraction), {model.get('num_blocks')} fraction-weighted message-passing blocks of width "
+        f"{model.get('hidden_dim')} (Roost, Goodall & Lee 2020) and {attention}, each element's fraction entering "
+        "every softmax as a weight (log-fraction key bias), then a fraction-weighted attention readout."
+    )
+
+
+def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """matbench's submission ``info.json`` (keys checked by matbench's ``scripts/test_submission.py``)."""
+    any_cfg = next(iter(configs.values()))
+    training = any_cfg["training"]
+    descriptions: list[str] = []
+    for cfg in configs.values():  # one text per model class in the submission (crystal and/or composition)
+        composition = str(cfg["training"].get("model_class", "")).endswith("CompositionSAGNN")
+        text = (_composition_model_text if composition else _structure_model_text)(cfg["model"])
+        if text not in descriptions:
+            descriptions.append(text)
     budget = ", ".join(f"{name}: {c['max_epochs']} epochs" for name, c in sorted(configs.items()))
     optimizer = training.get("optimizer") or {}
     lr = (optimizer.get("init_args") or {}).get("lr") if isinstance(optimizer, dict) else None
@@ -794,12 +846,9 @@ def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[st
         "authors": "sagnn-lightning contributors",
         "algorithm": ALGORITHM_NAMES[variant],
         "algorithm_long": (
-            f"{ALGORITHM_NAMES[variant]} (sagnn-lightning {_pkg_version()}): MEGNet graph network (Chen et al. 2019: "
-            f"atom embedding {model['atom_embedding_dim']}, {model['num_gaussians']} Gaussians on 0-{model['cutoff']} "
-            f"A width {model['gaussian_width']}, {model['num_blocks']} MEGNet blocks of width {model['hidden_dim']}, "
-            f"Set2Set readout on atoms and bonds) with {attention} (SA-GNN, Cui et al. 2024). Periodic crystal graphs "
-            f"with a {model['cutoff']} A cutoff. Trained with {str(training.get('loss', 'l1')).upper()} loss on "
-            f"standardised targets, {_class_name(optimizer)} (lr {lr}), scheduler "
+            f"{ALGORITHM_NAMES[variant]} (sagnn-lightning {_pkg_version()}): {' '.join(descriptions)} "
+            f"Trained with {str(training.get('loss', 'l1')).upper()} loss on "
+            f"standardised targets (BCE for classification), {_class_name(optimizer)} (lr {lr}), scheduler "
             f"{_class_name(training.get('scheduler'))}; the checkpoint with the best validation "
             f"{str((training.get('checkpoint') or {}).get('monitor', 'auto'))} metric (validation = "
             f"{training['val_fraction']:.0%} of each fold's training rows) predicts the test fold. "
@@ -1168,7 +1217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tasks",
         nargs="+",
         default=["matbench_jdft2d", "matbench_phonons"],
-        help="matbench structure tasks (the matbench_ prefix may be left out)",
+        help="matbench tasks, structure or composition (the matbench_ prefix may be left out)",
     )
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], choices=range(5))
     parser.add_argument(
@@ -1218,7 +1267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--config-dir",
         type=Path,
         default=DEFAULT_CONFIG_DIR,
-        help="folder with sagnn.yaml and <task>.yaml (the recipes' configuration)",
+        help="folder with sagnn.yaml / composition.yaml and <task>.yaml (the recipes' configuration)",
     )
     parser.add_argument(
         "--model-overrides",

@@ -33,9 +33,10 @@ from sagnn_lightning.data.cache_format import (
     CacheWriter,
     SkippedItem,
 )
+from sagnn_lightning.data.composition import CompositionArrays, CompositionLike, CompositionSettings
 from sagnn_lightning.data.dataset import GraphDataset
-from sagnn_lightning.data.graph import GraphSettings, StructureError
-from sagnn_lightning.data.inputs import StructureLike, item_to_graph_arrays
+from sagnn_lightning.data.graph import StructureError
+from sagnn_lightning.data.inputs import AnySettings, StructureLike, item_to_graph_arrays
 from sagnn_lightning.files import file_lock
 
 __all__ = [
@@ -64,7 +65,7 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("sagnn_lightning")) / "graphs"
 
 
-def cache_key(fingerprint: str, settings: GraphSettings) -> str:
+def cache_key(fingerprint: str, settings: AnySettings) -> str:
     """sha256 hex of the data fingerprint, the graph settings and the code/format version."""
     payload = json.dumps(
         {
@@ -89,9 +90,12 @@ def _inputs_digest(sample_ids: Sequence[str], targets: np.ndarray) -> str:
 # ---------------------------------------------------------------------------------------------
 # building (runs in worker processes when num_workers > 0)
 # ---------------------------------------------------------------------------------------------
-def _build_chunk(items: Sequence[StructureLike], names: Sequence[str], settings: GraphSettings) -> dict[str, Any]:
-    """Graphs of a chunk, concatenated: what one worker sends back (compact arrays, one pickle)."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("z", "pos", "lattice", "edges", "images")}
+def _build_chunk(items: Sequence[Any], names: Sequence[str], settings: AnySettings) -> dict[str, Any]:
+    """Graphs of a chunk, concatenated: what one worker sends back (compact arrays, one pickle).
+
+    Crystal graphs fill ``pos``/``lattice``/``images``; composition graphs fill ``fractions`` instead.
+    """
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("z", "pos", "lattice", "edges", "images", "fractions")}
     n_atoms, n_edges, errors = [], [], []
     for k, (item, name) in enumerate(zip(items, names)):
         try:
@@ -100,19 +104,23 @@ def _build_chunk(items: Sequence[StructureLike], names: Sequence[str], settings:
             errors.append((k, str(exc)))
             continue
         parts["z"].append(g.atomic_numbers)
-        parts["pos"].append(g.pos)
-        parts["lattice"].append(g.lattice[None])
         parts["edges"].append(g.edge_index.T)
-        parts["images"].append(g.image_offsets)
+        if isinstance(g, CompositionArrays):
+            parts["fractions"].append(g.fractions)
+        else:
+            parts["pos"].append(g.pos)
+            parts["lattice"].append(g.lattice[None])
+            parts["images"].append(g.image_offsets)
         n_atoms.append(g.atomic_numbers.shape[0])
         n_edges.append(g.edge_index.shape[1])
-    empty = {"z": (0,), "pos": (0, 3), "lattice": (0, 3, 3), "edges": (0, 2), "images": (0, 3)}
+    empty = {"z": (0,), "pos": (0, 3), "lattice": (0, 3, 3), "edges": (0, 2), "images": (0, 3), "fractions": (0,)}
     out: dict[str, Any] = {k: (np.concatenate(v) if v else np.empty(empty[k])) for k, v in parts.items()}
     if out["z"].size and (out["z"].min() < 0 or out["z"].max() > 255):
         raise ValueError("atomic numbers must be in 0..255")
     out["z"] = out["z"].astype(np.uint8)
     out["edges"] = out["edges"].astype(np.int32)
     out["images"] = out["images"].astype(np.int64)
+    out["fractions"] = out["fractions"].astype(np.float64)
     out["n_atoms"] = np.asarray(n_atoms, dtype=np.int64)
     out["n_edges"] = np.asarray(n_edges, dtype=np.int64)
     out["errors"] = errors
@@ -186,9 +194,9 @@ def load_or_build_graphs(
     cache_dir: str | Path | None,
     fingerprint: str,
     sample_ids: Sequence[str],
-    structures: Sequence[StructureLike] | Callable[[], Sequence[StructureLike]],
+    structures: Sequence[StructureLike | CompositionLike] | Callable[[], Sequence[StructureLike | CompositionLike]],
     targets: np.ndarray,
-    settings: GraphSettings,
+    settings: AnySettings,
     *,
     num_workers: int = 0,
     on_error: Literal["raise", "skip"] = "raise",
@@ -201,10 +209,11 @@ def load_or_build_graphs(
         cache_dir: folder of cache files (``None``: :func:`default_cache_dir`).
         fingerprint: identifies the data content (e.g. sha256 of the data file + target columns).
         sample_ids: ``n`` unique-ish ids, used in error messages and stored with the graphs.
-        structures: ``n`` pymatgen Structures, ``Structure.as_dict()`` dicts or CIF texts, or a
-            callable returning them (called only on a cache miss, so a hit parses nothing).
+        structures: ``n`` pymatgen Structures, ``Structure.as_dict()`` dicts or CIF texts (or, with
+            :class:`~sagnn_lightning.data.composition.CompositionSettings`, formulas), or a callable returning them
+            (called only on a cache miss, so a hit parses nothing).
         targets: ``[n, T]`` (or ``[n]``) float targets.
-        settings: graph settings (part of the key).
+        settings: graph settings (part of the key): ``GraphSettings`` (crystals) or ``CompositionSettings``.
         num_workers: worker processes for building (0 = in this process).
         on_error: ``"raise"`` stops at the first bad structure with an error naming it;
             ``"skip"`` leaves bad structures out, logs them and records them in ``dataset.skipped``.
@@ -277,9 +286,9 @@ def _build_graphs(
     digest: str,
     fingerprint: str,
     sample_ids: list[str],
-    structures: Sequence[StructureLike] | Callable[[], Sequence[StructureLike]],
+    structures: Sequence[StructureLike | CompositionLike] | Callable[[], Sequence[StructureLike | CompositionLike]],
     targets: np.ndarray,
-    settings: GraphSettings,
+    settings: AnySettings,
     *,
     num_workers: int,
     on_error: str,
@@ -295,7 +304,7 @@ def _build_graphs(
     n = len(items)
     if chunk_size is None:
         chunk_size = max(1, min(512, math.ceil(n / (8 * max(num_workers, 1)))))
-    log.info("building %d crystal graphs (cutoff %.3g Å) into %s", n, settings.cutoff, path)
+    log.info("building %d graphs (%s) into %s", n, settings, path)
 
     from tqdm.auto import tqdm
 
@@ -303,9 +312,16 @@ def _build_graphs(
     keep = np.ones(n, dtype=bool)
     skipped: list[SkippedItem] = []
     n_atoms, n_edges = [], []
+    composition = isinstance(settings, CompositionSettings)
+    noun = "formulas" if composition else "structures"
     chunks = _iter_chunks(items, sample_ids, settings, num_workers, chunk_size)
     try:
-        with tqdm(total=n, desc="crystal graphs", unit="struct", disable=not progress) as bar:
+        with tqdm(
+            total=n,
+            desc="composition graphs" if composition else "crystal graphs",
+            unit="formula" if composition else "struct",
+            disable=not progress,
+        ) as bar:
             for start, res in chunks:
                 for k, reason in res["errors"]:
                     sid = sample_ids[start + k]
@@ -313,7 +329,7 @@ def _build_graphs(
                         reason = f"{sid}: {reason}"
                     if on_error == "raise":
                         raise StructureError(
-                            f"sample {reason.rstrip('.')}. Fix or remove this entry, or leave bad structures out with "
+                            f"sample {reason.rstrip('.')}. Fix or remove this entry, or leave bad {noun} out with "
                             "--data.on_error=skip (on_error='skip')."
                         )
                     keep[start + k] = False
@@ -323,13 +339,14 @@ def _build_graphs(
                 writer.append("lattice", res["lattice"])
                 writer.append("edge_index", res["edges"])
                 writer.append_images(res["images"])
+                writer.append("fractions", res["fractions"])
                 n_atoms.append(res["n_atoms"])
                 n_edges.append(res["n_edges"])
                 bar.update(min(chunk_size, n - start))
         if skipped:
             log.warning("skipped %d of %d structures: %s", len(skipped), n, "; ".join(s.reason for s in skipped))
         if not keep.any():
-            raise StructureError(f"all {n} structures were skipped; first: {skipped[0].reason}")
+            raise StructureError(f"all {n} {noun} were skipped; first: {skipped[0].reason}")
         kept_ids = [s for s, k in zip(sample_ids, keep) if k]
         encoded = [s.encode("utf-8") for s in kept_ids]
         width = max(1, max(len(e) for e in encoded))

@@ -11,8 +11,12 @@ On-disk format (one file, little endian, written by :mod:`sagnn_lightning.data.c
 Arrays: ``atomic_numbers [N_tot] uint8``, ``pos [N_tot, 3] float64``, ``lattice [n, 3, 3] float64``,
 ``edge_index [E_tot, 2] int32`` (local to each graph), ``image_offsets [E_tot, 3]`` int8/16/32
 (smallest that fits), ``atom_ptr [n + 1] int64``, ``edge_ptr [n + 1] int64``, ``targets [n, T] float64``,
-``sample_ids [n] S<w>`` (UTF-8). Graph ``g`` owns atoms ``atom_ptr[g]:atom_ptr[g+1]`` and edges
-``edge_ptr[g]:edge_ptr[g+1]``.
+``sample_ids [n] S<w>`` (UTF-8), ``fractions [N_tot] float64``. Graph ``g`` owns atoms
+``atom_ptr[g]:atom_ptr[g+1]`` and edges ``edge_ptr[g]:edge_ptr[g+1]``.
+
+Two kinds of graph share the format (the header's ``settings.kind``): crystal graphs fill ``pos``, ``lattice``
+and ``image_offsets`` and leave ``fractions`` empty; composition graphs (element nodes, no geometry) fill
+``fractions`` (each element's share of its formula) and leave the three geometry arrays empty.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from sagnn_lightning.errors import SAGNNError
 from sagnn_lightning.files import atomic_write
 
 #: On-disk format and graph-code version; bump when either changes (part of the cache key).
-CACHE_FORMAT_VERSION = "1"
+CACHE_FORMAT_VERSION = "2"
 
 MAGIC = b"SAGNNGC1"
 END_MAGIC = b"SAGNNEND"
@@ -50,6 +54,7 @@ ARRAY_NAMES = (
     "edge_ptr",
     "targets",
     "sample_ids",
+    "fractions",
 )
 
 
@@ -123,7 +128,8 @@ class CacheWriter:
         self.dir = path.parent
         self.tmp_paths: list[Path] = []
         self.spill = {
-            name: self._tmp(name) for name in ("atomic_numbers", "pos", "lattice", "edge_index", "image_offsets")
+            name: self._tmp(name)
+            for name in ("atomic_numbers", "pos", "lattice", "edge_index", "image_offsets", "fractions")
         }
         self.crc = dict.fromkeys(self.spill, 0)
         self.count = dict.fromkeys(self.spill, 0)
@@ -160,6 +166,7 @@ class CacheWriter:
             "lattice": (np.dtype(np.float64), (self.count["lattice"], 3, 3)),
             "edge_index": (np.dtype(np.int32), (self.count["edge_index"], 2)),
             "image_offsets": (img_dtype, (self.count["image_offsets"], 3)),
+            "fractions": (np.dtype(np.float64), (self.count["fractions"],)),
         }
         with atomic_write(self.path, "wb") as out:  # temp file + os.replace; umask / existing mode respected
             self._write_file(out, header, arrays, spilled)

@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sagnn_lightning.data.batch import collate_graphs
+from sagnn_lightning.data.composition import CompositionSettings
 from sagnn_lightning.data.dataset import SkippedItem
 from sagnn_lightning.data.graph import GraphSettings
 from sagnn_lightning.data.table import DataFormatError, OnError, Table
@@ -111,8 +112,9 @@ class GraphDataModule(pl.LightningDataModule, ABC):
             raise UsageError(f"on_error must be 'raise' or 'skip' (--data.on_error), got {on_error!r}")
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1 (--data.batch_size), got {batch_size}")
-        # every graph option is part of the graph cache key (GraphSettings)
-        self.settings = GraphSettings(
+        # every graph option is part of the graph cache key (GraphSettings; composition DataModules replace it
+        # with CompositionSettings)
+        self.settings: GraphSettings | CompositionSettings = GraphSettings(
             cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius
         )
         self.cutoff, self.max_neighbors, self.max_isolated_radius = cutoff, max_neighbors, max_isolated_radius

@@ -26,7 +26,8 @@ from sagnn_lightning.data.cache_format import (
     read_header,
     verify_arrays,
 )
-from sagnn_lightning.data.graph import GraphSettings
+from sagnn_lightning.data.composition import CompositionSettings
+from sagnn_lightning.data.inputs import settings_from_dict
 
 __all__ = ["CACHE_FORMAT_VERSION", "CacheError", "GraphDataset", "SkippedItem"]
 
@@ -41,7 +42,9 @@ class GraphDataset(Dataset):
 
     ``dataset[i]`` is a ``Data`` with ``atomic_numbers [N] long``, ``pos [N, 3] float64`` (Å),
     ``lattice [1, 3, 3] float64`` (Å), ``edge_index [2, E] long``, ``image_offsets [E, 3] long``,
-    ``state [1, S] float32``, ``y [1, T] float32`` and ``sample_id`` (str).
+    ``state [1, S] float32``, ``y [1, T] float32`` and ``sample_id`` (str). A composition cache
+    (``settings`` is a ``CompositionSettings``) gives ``atomic_numbers [N]``, ``fractions [N] float64``,
+    ``edge_index [2, N²]``, ``state``, ``y`` and ``sample_id`` instead (no geometry).
     Attributes: ``path``, ``settings``, ``skipped``, ``fingerprint``; properties ``sample_ids``,
     ``targets [n, T]``, ``num_atoms [n]``, ``num_edges [n]`` (computed on access, O(n)).
     Picklable (DataLoader workers reopen the map; nothing is copied).
@@ -55,7 +58,7 @@ class GraphDataset(Dataset):
         self.header = read_header(self.path)
         if verify:
             verify_arrays(self.path, self.header)
-        self.settings = GraphSettings(**self.header["settings"])
+        self.settings = settings_from_dict(self.header["settings"])
         self.fingerprint: str = self.header["fingerprint"]
         self.skipped = [SkippedItem(str(s), str(r)) for s, r in self.header["skipped"]]
         self._state = torch.tensor([self.settings.state], dtype=torch.float32)
@@ -111,6 +114,16 @@ class GraphDataset(Dataset):
             self.release_pages()
         a0, a1 = (int(x) for x in a["atom_ptr"][index : index + 2])
         e0, e1 = (int(x) for x in a["edge_ptr"][index : index + 2])
+        if isinstance(self.settings, CompositionSettings):
+            return Data(
+                atomic_numbers=torch.from_numpy(a["atomic_numbers"][a0:a1].astype(np.int64)),
+                fractions=torch.from_numpy(np.array(a["fractions"][a0:a1])),
+                edge_index=torch.from_numpy(a["edge_index"][e0:e1].astype(np.int64).T.copy()),
+                state=self._state.clone(),
+                y=torch.from_numpy(a["targets"][index].astype(np.float32)).reshape(1, -1),
+                sample_id=bytes(a["sample_ids"][index]).decode("utf-8"),
+                num_nodes=a1 - a0,
+            )
         return Data(
             atomic_numbers=torch.from_numpy(a["atomic_numbers"][a0:a1].astype(np.int64)),
             pos=torch.from_numpy(np.array(a["pos"][a0:a1])),
@@ -147,5 +160,5 @@ class GraphDataset(Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({len(self)} graphs, {int(self.header['num_targets'])} targets, "
-            f"cutoff={self.settings.cutoff} Å, skipped={len(self.skipped)}, path='{self.path}')"
+            f"{self.settings}, skipped={len(self.skipped)}, path='{self.path}')"
         )

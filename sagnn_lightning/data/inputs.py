@@ -1,8 +1,11 @@
-"""Raw structure input → graph: the one path that training (the graph cache) and ``predict`` both take.
+"""Raw input → graph: the one path that training (the graph cache) and ``predict`` both take.
 
 A raw input is what the readers (:mod:`sagnn_lightning.data.readers`) hand over: a pymatgen ``Structure``, CIF
-text or a ``Structure.as_dict()``. The same input gives the same graph in ``fit`` (built into the cache) and in
-``predict`` (built on the fly), because both call :func:`item_to_graph_arrays`.
+text or a ``Structure.as_dict()`` for crystals, or a formula (string, ``Composition``, ``{element: amount}``) for
+compositions. The settings say which: :class:`~sagnn_lightning.data.graph.GraphSettings` builds crystal graphs,
+:class:`~sagnn_lightning.data.composition.CompositionSettings` element graphs. The same input gives the same
+graph in ``fit`` (built into the cache) and in ``predict`` (built on the fly), because both call
+:func:`item_to_graph_arrays`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,13 @@ import warnings
 from pymatgen.core import Structure
 from torch_geometric.data import Data
 
+from sagnn_lightning.data.composition import (
+    CompositionArrays,
+    CompositionLike,
+    CompositionSettings,
+    composition_arrays_to_data,
+    composition_graph_arrays,
+)
 from sagnn_lightning.data.graph import (
     GraphArrays,
     GraphSettings,
@@ -24,16 +34,34 @@ from sagnn_lightning.data.parsers import describe_cif_problem, parse_simple_cif,
 
 #: what a reader hands over for one crystal
 StructureLike = Structure | dict | str
+#: the graph settings of either kind of input (both are part of the cache key)
+AnySettings = GraphSettings | CompositionSettings
 
 
-def item_to_graph_arrays(item: StructureLike, settings: GraphSettings, name: str = "structure") -> GraphArrays:
-    """Graph arrays of one raw structure input: a pymatgen ``Structure``, CIF text or a
-    ``Structure.as_dict()``. P1 CIFs and ordered dicts go through the fast readers of
+def settings_from_dict(values: dict) -> AnySettings:
+    """Settings back from their :meth:`as_dict` (as stored in a graph cache header)."""
+    values = dict(values)
+    if values.pop("kind", "crystal") == "composition":
+        return CompositionSettings(**values)
+    return GraphSettings(**values)
+
+
+def item_to_graph_arrays(
+    item: StructureLike | CompositionLike, settings: AnySettings, name: str = "structure"
+) -> GraphArrays | CompositionArrays:
+    """Graph arrays of one raw input.
+
+    With :class:`CompositionSettings`: the element graph of a formula
+    (:func:`~sagnn_lightning.data.composition.composition_graph_arrays`). Otherwise a crystal graph of a pymatgen
+    ``Structure``, CIF text or a ``Structure.as_dict()``: P1 CIFs and ordered dicts go through the fast readers of
     :mod:`~sagnn_lightning.data.parsers` (same numbers as pymatgen), anything else through pymatgen.
 
     Raises:
-        StructureError: unparsable, empty, disordered or zero-volume input (the message names ``name``).
+        StructureError: unparsable, empty, disordered or zero-volume input, or a bad formula
+            (:class:`~sagnn_lightning.data.composition.CompositionError`); the message names ``name``.
     """
+    if isinstance(settings, CompositionSettings):
+        return composition_graph_arrays(item, name)  # type: ignore[arg-type]
     if isinstance(item, Structure):
         return structure_graph_arrays(item, settings, name)
     if isinstance(item, (str, dict)):
@@ -68,7 +96,11 @@ def item_to_graph_arrays(item: StructureLike, settings: GraphSettings, name: str
     return structure_graph_arrays(structure, settings, name)
 
 
-def item_to_graph(item: StructureLike, settings: GraphSettings, name: str = "structure") -> Data:
+def item_to_graph(item: StructureLike | CompositionLike, settings: AnySettings, name: str = "structure") -> Data:
     """:func:`item_to_graph_arrays` as a PyG ``Data`` (the dtypes of
-    :func:`~sagnn_lightning.data.graph.structure_to_graph`)."""
-    return arrays_to_data(item_to_graph_arrays(item, settings, name), settings.state)
+    :func:`~sagnn_lightning.data.graph.structure_to_graph` or
+    :func:`~sagnn_lightning.data.composition.composition_to_graph`)."""
+    arrays = item_to_graph_arrays(item, settings, name)
+    if isinstance(arrays, CompositionArrays):
+        return composition_arrays_to_data(arrays, settings.state)
+    return arrays_to_data(arrays, settings.state)

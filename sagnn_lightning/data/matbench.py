@@ -1,4 +1,7 @@
-"""``MatbenchDataModule``: the 9 structure tasks of matbench v0.1 with the official folds.
+"""``MatbenchDataModule``: the 13 tasks of matbench v0.1 (9 structure, 4 composition) with the official folds.
+
+Structure tasks give crystal graphs; composition tasks (``expt_gap``, ``expt_is_metal``, ``glass``, ``steels``)
+give element graphs (:mod:`sagnn_lightning.data.composition`) through the same graph cache and batching.
 
 Folds are matbench's own (KFold 5, shuffle, random_state 18012019), read id by id from the
 ``matbench_v0.1_validation.json`` shipped in the ``matbench`` package. Validation rows are
@@ -31,18 +34,19 @@ from pathlib import Path
 
 import numpy as np
 
+from sagnn_lightning.data.composition import CompositionSettings
 from sagnn_lightning.data.datamodule import GraphDataModule
 from sagnn_lightning.data.fingerprint import fingerprint
 from sagnn_lightning.data.matbench_format import read_matbench_json
 from sagnn_lightning.data.readers import read_table
 from sagnn_lightning.data.table import DataFormatError, InputNotFoundError, Table, base_suffix
 from sagnn_lightning.data.tasks import (  # noqa: F401  (re-exported: the matbench API of this module)
+    ALL_MATBENCH_TASKS,
     MATBENCH_COMPOSITION_TASKS,
     MATBENCH_TASKS,
     NUM_FOLDS,
     MatbenchTask,
     TaskType,
-    UnsupportedTaskError,
     get_task,
 )
 from sagnn_lightning.errors import SAGNNError, UsageError
@@ -181,14 +185,17 @@ def _download(url: str, path: Path, sha256: str, *, progress: bool) -> None:
 
 
 class MatbenchDataModule(GraphDataModule):
-    """A matbench v0.1 structure task, one official fold.
+    """A matbench v0.1 task, one official fold.
 
     Args:
-        task: task name, e.g. ``"matbench_jdft2d"`` (the ``matbench_`` prefix may be left out).
+        task: task name, e.g. ``"matbench_jdft2d"`` or ``"matbench_expt_gap"`` (the ``matbench_`` prefix may be
+            left out). A composition task builds element graphs (:class:`CompositionSettings`); the
+            cutoff options then do not apply.
         fold: official fold, 0–4.
         data_home: folder holding ``<task>.json.gz`` (matbench layout); default: matminer's data home
             (``$MATMINER_DATA``, else matminer's package folder), where a missing file is downloaded.
-        data_file: a matbench-layout ``.json(.gz)`` (or ``.csv(.gz)`` with ``mbid``/``cif``) of this task.
+        data_file: a matbench-layout ``.json(.gz)`` (or ``.csv(.gz)`` with ``mbid`` and ``cif``, or ``composition``
+            for a composition task) of this task.
         cutoff: neighbour cutoff (Å). max_neighbors: optional cap per atom. max_isolated_radius: how far (Å)
             the nearest neighbours of an atom with none inside ``cutoff`` are searched (see ``GraphSettings``).
         batch_size: graphs per batch. val_fraction: share of the fold's training rows used for validation.
@@ -245,6 +252,8 @@ class MatbenchDataModule(GraphDataModule):
         )
         self.save_hyperparameters()
         self.task = get_task(task)
+        if self.task.input_type == "composition":  # element graphs: part of the cache key like GraphSettings
+            self.settings = CompositionSettings()
         if not 0 <= fold < NUM_FOLDS:
             raise UsageError(f"fold must be in 0..{NUM_FOLDS - 1} (--data.fold), got {fold}")
         if not 0.0 <= val_fraction < 1.0:
@@ -308,9 +317,13 @@ class MatbenchDataModule(GraphDataModule):
 
     def _read_table(self) -> Table:
         path = self.source_file()
+        composition = self.task.input_type == "composition"
         if base_suffix(path) == ".csv":
-            return read_table(path, [self.task.target], id_column="mbid", structure_column="cif")
-        return read_matbench_json(path, self.task.name, self.task.n_samples, self.task.target)
+            column = "composition" if composition else "cif"
+            return read_table(
+                path, [self.task.target], id_column="mbid", structure_column=column, input_type=self.task.input_type
+            )
+        return read_matbench_json(path, self.task.name, self.task.n_samples, self.task.target, self.task.input_type)
 
     def _ensure_download(self) -> Path:
         """The official file of the task in matminer's data home, downloaded (sha256-checked) if missing."""

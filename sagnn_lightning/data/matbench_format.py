@@ -25,7 +25,7 @@ from sagnn_lightning.data.table import (
     read_split_json,
     targets_array,
 )
-from sagnn_lightning.data.tasks import MATBENCH_TASKS, MatbenchTask
+from sagnn_lightning.data.tasks import ALL_MATBENCH_TASKS, MatbenchTask
 
 
 def matbench_id_prefix(task: str) -> str:
@@ -51,10 +51,11 @@ def read_matbench_json(
         task: matbench task name (``matbench_jdft2d``), used for the ids.
         n_samples: rows in the *full* task (sets the id zero padding).
         target: target column name.
-        input_column: structure column (``"structure"`` for structure tasks).
+        input_column: input column: ``"structure"`` for structure tasks, ``"composition"`` for composition tasks.
 
     Returns:
-        :class:`Table` with ids ``mb-...`` from the file's ``index``, Structure dicts, targets ``[n, 1]``.
+        :class:`Table` with ids ``mb-...`` from the file's ``index``, Structure dicts (or formula strings),
+        targets ``[n, 1]``.
     """
     path = Path(path)
     doc = read_split_json(path)
@@ -65,7 +66,7 @@ def read_matbench_json(
         )
     columns = list(doc["columns"])
     fix = "Is this the file of another matbench task? Check --data.task / --data.data_file."
-    check_columns(path, columns, [input_column], "structure", fix)
+    check_columns(path, columns, [input_column], input_column, fix)
     check_columns(path, columns, [target], "target", fix)
     s_col, t_col = columns.index(input_column), columns.index(target)
     rows = doc["data"]
@@ -80,9 +81,9 @@ def read_matbench_json(
 
 def matbench_task_of(path: Path) -> MatbenchTask | None:
     """The matbench task a file is named after (``matbench_jdft2d.json.gz`` → its task), else ``None``."""
-    for name in sorted(MATBENCH_TASKS, key=len, reverse=True):
+    for name in sorted(ALL_MATBENCH_TASKS, key=len, reverse=True):
         if path.name.startswith(name):
-            return MATBENCH_TASKS[name]
+            return ALL_MATBENCH_TASKS[name]
     return None
 
 

@@ -47,6 +47,8 @@ from sagnn_lightning.errors import UsageError
 
 #: structure columns tried in this order when none is given
 STRUCTURE_COLUMN_CANDIDATES: tuple[str, ...] = ("structure", "cif", "structure_dict", "atoms")
+#: formula columns tried in this order when none is given (composition tables)
+COMPOSITION_COLUMN_CANDIDATES: tuple[str, ...] = ("composition", "formula", "pretty_formula", "reduced_formula")
 #: id columns tried in this order when none is given
 ID_COLUMN_CANDIDATES: tuple[str, ...] = ("material_id", "mbid", "sample_id", "id", "name")
 
@@ -154,8 +156,9 @@ def read_table(
     id_column: str | None = None,
     structure_column: str | None = None,
     default_ids: DefaultIds | None = None,
+    input_type: str = "structure",
 ) -> Table:
-    """Read a CSV/JSON table with one crystal per row.
+    """Read a CSV/JSON table with one crystal (or, with ``input_type="composition"``, one formula) per row.
 
     Args:
         path: ``.csv``/``.json`` file, optionally gzipped.
@@ -164,6 +167,9 @@ def read_table(
         structure_column: column with CIF text or structure dicts (default: first of
             :data:`STRUCTURE_COLUMN_CANDIDATES` present).
         default_ids: ids when there is no id column (default :func:`row_ids`).
+        input_type: ``"structure"`` (default) or ``"composition"``: ``structure_column`` then names the formula
+            column (default: first of :data:`COMPOSITION_COLUMN_CANDIDATES` present); formulas are parsed later,
+            by the graph cache, which names the row on failure.
     """
     path = Path(path)
     frame = _read_frame(path)
@@ -174,12 +180,18 @@ def read_table(
             f"{path}: no target columns given; available columns: {columns}. Choose them with {COLUMN_FLAGS['target']}."
         )
     check_columns(path, columns, target_columns, "target")
-    s_col = _pick_column(path, columns, structure_column, STRUCTURE_COLUMN_CANDIDATES, "structure", True)
+    if input_type == "composition":
+        s_col = _pick_column(path, columns, structure_column, COMPOSITION_COLUMN_CANDIDATES, "composition", True)
+    else:
+        s_col = _pick_column(path, columns, structure_column, STRUCTURE_COLUMN_CANDIDATES, "structure", True)
     i_col = _pick_column(path, columns, id_column, ID_COLUMN_CANDIDATES, "id", False)
     check_not_empty(path, len(frame))
     ids = [str(v) for v in frame[i_col]] if i_col else (default_ids or row_ids)(path, frame)
     check_unique(path, ids)
-    structures = [_as_structure_input(v) for v in frame[s_col]]
+    if input_type == "composition":  # a missing cell (NaN) becomes "" and is reported by the graph cache
+        structures = ["" if pd.isna(v) else str(v) for v in frame[s_col]]
+    else:
+        structures = [_as_structure_input(v) for v in frame[s_col]]
     targets = targets_array(path, frame, list(target_columns))
     return Table(
         ids=ids,
@@ -250,9 +262,10 @@ def read_data(
     id_column: str | None = None,
     structure_column: str | None = None,
     default_ids: DefaultIds | None = None,
+    input_type: str = "structure",
 ) -> Table:
     """Dispatch on the path: a folder → :func:`read_cif_folder`, else :func:`read_table` (``default_ids``: ids
-    of a table without an id column)."""
+    of a table without an id column; ``input_type``: ``"structure"`` or ``"composition"``)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise InputNotFoundError(
@@ -260,10 +273,17 @@ def read_data(
             "folder of CIFs with id_prop.csv, or a bundled sample such as "
             "sample:mp_abx3_perovskites)."
         )
-    if path.is_dir():
+    if path.is_dir() and input_type == "structure":
         return read_cif_folder(path, target_columns)
+    if path.is_dir():
+        raise DataFormatError(f"{path}: a folder; compositions are read from a CSV/JSON table (--data.data_file).")
     return read_table(
-        path, target_columns, id_column=id_column, structure_column=structure_column, default_ids=default_ids
+        path,
+        target_columns,
+        id_column=id_column,
+        structure_column=structure_column,
+        default_ids=default_ids,
+        input_type=input_type,
     )
 
 

@@ -15,9 +15,13 @@ TaskType = Literal["regression", "classification"]
 NUM_FOLDS = 5
 
 
+#: what a task's rows give: a crystal structure or only a chemical formula
+InputType = Literal["structure", "composition"]
+
+
 @dataclass(frozen=True)
 class MatbenchTask:
-    """Metadata of one matbench v0.1 structure task.
+    """Metadata of one matbench v0.1 task.
 
     Attributes:
         name: ``matbench_<...>``.
@@ -25,6 +29,8 @@ class MatbenchTask:
         unit: target unit (``None`` for classification).
         task_type: ``"regression"`` or ``"classification"``.
         n_samples: rows in the full task.
+        input_type: ``"structure"`` (a crystal per row) or ``"composition"`` (a formula per row); also the
+            name of the input column in matbench's file.
     """
 
     name: str
@@ -32,6 +38,7 @@ class MatbenchTask:
     unit: str | None
     task_type: TaskType
     n_samples: int
+    input_type: InputType = "structure"
 
 
 #: the 9 structure tasks of matbench v0.1 (8 regression, 1 classification)
@@ -50,35 +57,30 @@ MATBENCH_TASKS: dict[str, MatbenchTask] = {
     )
 }
 
-#: composition-only tasks of matbench v0.1 (no crystal structure: not supported by a graph model yet)
-MATBENCH_COMPOSITION_TASKS: tuple[str, ...] = (
-    "matbench_expt_gap",
-    "matbench_expt_is_metal",
-    "matbench_glass",
-    "matbench_steels",
-)
+#: the 4 composition-only tasks of matbench v0.1 (a formula per row; 2 regression, 2 classification)
+MATBENCH_COMPOSITION_TASKS: dict[str, MatbenchTask] = {
+    t.name: t
+    for t in (
+        MatbenchTask("matbench_expt_gap", "gap expt", "eV", "regression", 4604, "composition"),
+        MatbenchTask("matbench_expt_is_metal", "is_metal", None, "classification", 4921, "composition"),
+        MatbenchTask("matbench_glass", "gfa", None, "classification", 5680, "composition"),
+        MatbenchTask("matbench_steels", "yield strength", "MPa", "regression", 312, "composition"),
+    )
+}
 
-
-class UnsupportedTaskError(UsageError, NotImplementedError):
-    """A composition-only matbench task (no structures)."""
+#: all 13 tasks of matbench v0.1
+ALL_MATBENCH_TASKS: dict[str, MatbenchTask] = {**MATBENCH_TASKS, **MATBENCH_COMPOSITION_TASKS}
 
 
 def get_task(name: str) -> MatbenchTask:
-    """Task metadata by name (``"matbench_jdft2d"`` or ``"jdft2d"``).
+    """Task metadata by name (``"matbench_jdft2d"`` or ``"jdft2d"``), structure or composition task.
 
     Raises:
-        UnsupportedTaskError: composition-only task (a ``NotImplementedError``).
         UsageError: unknown task (a ``ValueError``; the message lists the valid ones).
     """
     full = name if name.startswith("matbench_") else f"matbench_{name}"
-    if full in MATBENCH_TASKS:
-        return MATBENCH_TASKS[full]
-    if full in MATBENCH_COMPOSITION_TASKS:
-        raise UnsupportedTaskError(
-            f"--data.task={name}: {full} is a composition-only matbench task (no crystal structures); "
-            "SA-GNN needs structures, "
-            f"so it is not supported yet. Structure tasks: {', '.join(sorted(MATBENCH_TASKS))}."
-        )
+    if full in ALL_MATBENCH_TASKS:
+        return ALL_MATBENCH_TASKS[full]
     raise UsageError(
-        f"unknown matbench task {name!r} (--data.task); valid structure tasks: {', '.join(sorted(MATBENCH_TASKS))}."
+        f"unknown matbench task {name!r} (--data.task); valid tasks: {', '.join(sorted(ALL_MATBENCH_TASKS))}."
     )

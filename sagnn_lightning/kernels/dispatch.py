@@ -8,6 +8,10 @@
   (:class:`~sagnn_lightning.kernels.self_check.KernelSelfCheck`). On a mismatch or a kernel exception (e.g. a
   compile error) it warns once (``KernelFallbackWarning``) and uses the PyTorch path for that device and dtype
   from then on. Everything else (CPU, no Triton) uses the PyTorch path.
+
+Every backend takes an optional ``key_bias`` ``(total,)``: an additive score per key row (see
+:mod:`sagnn_lightning.kernels.reference`); with a bias the kernel is a separate compiled variant, self-checked on
+its own (bias gradient included).
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ def varlen_attention(
     scale: float | None = None,
     backend: Backend = "auto",
     validate: bool = True,
+    key_bias: Tensor | None = None,
 ) -> Tensor:
     """Attention of every packed row over the rows of its own sequence.
 
@@ -98,6 +103,10 @@ def varlen_attention(
             (see the module docstring), else the PyTorch path.
         validate: let the Triton launcher check the values of ``cu_seqlens`` against ``max_seqlen``
             (one device→host read per call); callers whose batches come from ``collate_graphs`` pass False.
+        key_bias: optional ``(total,)`` float additive score per key row, shared by all heads, in natural-log units:
+            ``softmax_j(scale · q_i·k_j + key_bias[j])``. ``key_bias = log(w)`` weights key ``j`` by ``w_j``
+            (fraction-weighted attention over a composition's elements). ``-inf`` masks a key out; every non-empty
+            sequence needs at least one finite key. Differentiable on every backend.
 
     Returns:
         ``(total, heads, head_dim)``.
@@ -110,12 +119,12 @@ def varlen_attention(
 
         if backend == "triton":
             return varlen_attention_triton(
-                q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, validate=validate
+                q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, validate=validate, key_bias=key_bias
             )
         # "auto": torch for what the kernel does not take (float64, head_dim > 128); the kernel once it passed
-        # its self-check for this device, dtype and variant
+        # its self-check for this device, dtype and variant (with or without a bias)
         if supports(q):
             return checked_triton_attention()(
-                q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, validate=validate
+                q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, validate=validate, key_bias=key_bias
             )
-    return varlen_attention_padded(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)
+    return varlen_attention_padded(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, key_bias=key_bias)

@@ -4,6 +4,12 @@ Packed layout (flash-attention's varlen convention): ``q, k, v`` are ``(total, h
 sequence ``b`` occupies rows ``cu_seqlens[b]:cu_seqlens[b+1]`` (int32, ``[B+1]``, = a batch's ``ptr``),
 and ``max_seqlen`` is the longest sequence (a Python int, known on the CPU).
 Each row attends to every row of its own sequence only (no causal mask).
+
+Optional ``key_bias`` ``(total,)``: one additive score per key row, shared by all heads and queries, in
+natural-log units: ``S_ij = scale · q_i·k_j + key_bias[j]`` before the softmax. With ``key_bias = log w``
+this is fraction-weighted attention ``Σ_j w_j exp(s_ij) v_j / Σ_j w_j exp(s_ij)`` (Roost-style attention
+over the elements of a composition). ``-inf`` entries mask keys out; every non-empty sequence needs at least
+one finite key (for an all-masked one this oracle gives NaN rows, the padded path and the Triton kernel zeros).
 """
 
 from __future__ import annotations
@@ -16,11 +22,17 @@ from torch import Tensor
 
 
 def varlen_attention_reference(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    scale: float | None = None,
+    key_bias: Tensor | None = None,
 ) -> Tensor:
     """Naive per-sequence softmax attention, computed in float32 or better (the test oracle).
 
-    Shapes: ``q, k, v`` ``(total, heads, head_dim)``; returns ``(total, heads, head_dim)`` in ``q.dtype``.
+    Shapes: ``q, k, v`` ``(total, heads, head_dim)``, ``key_bias`` ``(total,)`` or None; returns
+    ``(total, heads, head_dim)`` in ``q.dtype``. Differentiable in ``q, k, v`` and ``key_bias``.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     compute = torch.promote_types(q.dtype, torch.float32)
@@ -31,6 +43,8 @@ def varlen_attention_reference(
             continue
         qs, ks, vs = (t[start:end].to(compute).transpose(0, 1) for t in (q, k, v))  # (H, L, D)
         scores = qs @ ks.transpose(-1, -2) * scale
+        if key_bias is not None:
+            scores = scores + key_bias[start:end].to(compute)  # (L,) broadcast over heads and queries
         out[start:end] = (scores.softmax(dim=-1) @ vs).transpose(0, 1).to(q.dtype)
     return out
 
@@ -50,11 +64,14 @@ def varlen_attention_padded(
     max_seqlen: int,
     dropout_p: float = 0.0,
     scale: float | None = None,
+    key_bias: Tensor | None = None,
 ) -> Tensor:
     """Padded ``scaled_dot_product_attention`` with a key-padding mask (the PyTorch backend).
 
     Packs ``(total, H, D)`` into ``(B, H, max_seqlen, D)``, attends with a boolean key mask, and
     unpacks. Memory is ``O(B · max_seqlen²)`` per head: the cost the Triton kernel avoids.
+    With ``key_bias`` ``(total,)`` the mask is a float ``(B, 1, 1, max_seqlen)`` additive mask instead (the
+    bias on valid keys, ``-inf`` on padding, in q's dtype), differentiable in ``key_bias``.
     """
     total, heads, dim = q.shape
     num_seqs = cu_seqlens.numel() - 1
@@ -66,14 +83,22 @@ def varlen_attention_padded(
         dense[seq, slot] = t
         return dense.transpose(1, 2)  # (B, H, L, D)
 
-    valid = torch.zeros(num_seqs, max_seqlen, dtype=torch.bool, device=q.device)
-    valid[seq, slot] = True
-    valid[:, 0] = True  # an empty sequence would give an all-masked row (NaN); its output is discarded anyway
+    mask: Tensor
+    if key_bias is None:
+        valid = torch.zeros(num_seqs, max_seqlen, dtype=torch.bool, device=q.device)
+        valid[seq, slot] = True
+        valid[:, 0] = True  # an empty sequence would give an all-masked row (NaN); its output is discarded anyway
+        mask = valid
+    else:
+        bias = torch.full((num_seqs, max_seqlen), float("-inf"), dtype=q.dtype, device=q.device)
+        bias[:, 0] = 0.0  # as above, for empty sequences; a non-empty one overwrites slot 0 with its bias
+        bias = bias.index_put((seq, slot), key_bias.to(q.dtype))  # out of place: the gradient reaches key_bias
+        mask = bias
     out = F.scaled_dot_product_attention(
         to_dense(q),
         to_dense(k),
         to_dense(v),
-        attn_mask=valid[:, None, None, :],
+        attn_mask=mask[:, None, None, :],
         dropout_p=dropout_p,
         scale=scale,
     )

@@ -3,9 +3,10 @@
 The Triton kernel is tested on every change under ``TRITON_INTERPRET=1`` (CPU), but a compiled GPU build
 can still differ: a Triton/driver release, a GPU generation, a tile configuration the interpreter never
 exercised. :class:`KernelSelfCheck` wraps such a kernel: the first time it meets a new
-``(device, dtype, variant)`` — ``variant`` being what selects a compiled kernel (tiles, warps, head width,
-dot precision; see :func:`sagnn_lightning.kernels.triton_attention.launch_variant`) — it runs the kernel and
-the reference on that very batch, forward and backward, and compares them (:func:`compare_with_reference`).
+``(device, dtype, bias or not, variant)`` — ``variant`` being what selects a compiled kernel (tiles, warps, head
+width, dot precision, dropout, bias; see :func:`sagnn_lightning.kernels.triton_attention.launch_variant`) — it
+runs the kernel and the reference on that very batch, forward and backward (with the key bias and its gradient
+when the call has one), and compares them (:func:`compare_with_reference`).
 On agreement the kernel is used for that variant from then on; on a mismatch or an exception (e.g. a compile
 error) it warns once (:class:`KernelFallbackWarning`) and the reference is used for that
 ``(device, dtype)`` from then on. The verdicts live in the instance, and nothing is decided at import:
@@ -14,10 +15,12 @@ first use.
 
 Callables (the packed varlen convention of :mod:`sagnn_lightning.kernels.reference`):
 
-* ``kernel(q, k, v, cu_seqlens, max_seqlen, *, dropout_p, scale, validate) -> out``
-* ``reference(q, k, v, cu_seqlens, max_seqlen, *, dropout_p, scale) -> out``
+* ``kernel(q, k, v, cu_seqlens, max_seqlen, *, dropout_p, scale, validate[, key_bias]) -> out``
+* ``reference(q, k, v, cu_seqlens, max_seqlen, *, dropout_p, scale[, key_bias]) -> out``
 
-with ``q, k, v, out`` ``(total, heads, head_dim)``, both differentiable in ``q, k, v``.
+with ``q, k, v, out`` ``(total, heads, head_dim)``, both differentiable in ``q, k, v``. ``key_bias`` ``(total,)``
+is passed only to calls that have one (so callables without a ``key_bias`` argument still serve bias-free
+calls); with it both must be differentiable in it too.
 """
 
 from __future__ import annotations
@@ -60,12 +63,27 @@ def tolerance(dtype: torch.dtype) -> float:
     return TOLERANCE.get(dtype, TOLERANCE[torch.float32])
 
 
+def _bias_kwargs(key_bias: Tensor | None) -> dict[str, Tensor]:
+    """``{"key_bias": key_bias}``, or nothing without a bias (callables need not know the argument then)."""
+    return {} if key_bias is None else {"key_bias": key_bias}
+
+
 def _forward_backward(
-    fn: AttentionFn, q: Tensor, k: Tensor, v: Tensor, do: Tensor, cu_seqlens: Tensor, max_seqlen: int, **kwargs: Any
+    fn: AttentionFn,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    do: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    key_bias: Tensor | None = None,
+    **kwargs: Any,
 ) -> list[Tensor]:
-    """``[out, dq, dk, dv]`` of ``fn`` at fresh leaf copies of ``q, k, v`` with upstream gradient ``do``."""
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out = fn(*leaves, cu_seqlens, max_seqlen, **kwargs)
+    """``[out, dq, dk, dv]`` (``+ [dbias]`` with a bias) of ``fn`` at fresh leaf copies of ``q, k, v`` (and
+    ``key_bias``) with upstream gradient ``do``."""
+    inputs = (q, k, v) if key_bias is None else (q, k, v, key_bias)
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves[:3], cu_seqlens, max_seqlen, **_bias_kwargs(None if key_bias is None else leaves[3]), **kwargs)
     grads = torch.autograd.grad(out, leaves, do.to(out.dtype))
     return [out.detach(), *(g.detach() for g in grads)]
 
@@ -86,14 +104,16 @@ def compare_with_reference(
     scale: float | None = None,
     dropout_p: float = 0.0,
     validate: bool = True,
+    key_bias: Tensor | None = None,
 ) -> str | None:
     """Run ``kernel`` and ``reference`` on this batch, forward and backward; ``None`` when they agree.
 
-    Both run without dropout on detached copies of ``q, k, v`` (``(total, heads, head_dim)``) with the same
+    Both run without dropout on detached copies of ``q, k, v`` (``(total, heads, head_dim)``) and, when given,
+    of ``key_bias`` (``(total,)``, always requiring grad so that its gradient is checked too) with the same
     upstream gradient (standard normal, from a private generator), outside any autocast region and with
-    gradients enabled even under ``torch.inference_mode``; out, dq, dk and dv must each agree within
+    gradients enabled even under ``torch.inference_mode``; out, dq, dk, dv (and dbias) must each agree within
     :func:`tolerance` of ``q.dtype`` relative to the reference's largest magnitude (plus a floor of
-    1e-3 × that tolerance × the largest magnitude over all four, for gradients that are ~0). With
+    1e-3 × that tolerance × the largest magnitude over all of them, for gradients that are ~0). With
     ``dropout_p > 0`` the kernel also runs once with dropout (its values cannot be compared: the two paths
     draw different masks) and must give finite outputs and gradients. Neither the global RNG state nor the
     inputs change.
@@ -117,23 +137,34 @@ def compare_with_reference(
         # normal tensors even when the caller is in inference mode: an inference tensor (cu_seqlens included, which
         # the kernel's autograd.Function saves for backward) cannot be saved for backward
         q, k, v, do, cu_seqlens = (t.clone() for t in (q, k, v, do, cu_seqlens))
-        want = _forward_backward(reference, q, k, v, do, cu_seqlens, max_seqlen, dropout_p=0.0, scale=scale)
+        key_bias = None if key_bias is None else key_bias.clone()
+        want = _forward_backward(reference, q, k, v, do, cu_seqlens, max_seqlen, key_bias, dropout_p=0.0, scale=scale)
         if not all(bool(torch.isfinite(t).all()) for t in want):
             raise InconclusiveCheck
         try:
             got = _forward_backward(
-                kernel, q, k, v, do, cu_seqlens, max_seqlen, dropout_p=0.0, scale=scale, validate=validate
+                kernel, q, k, v, do, cu_seqlens, max_seqlen, key_bias, dropout_p=0.0, scale=scale, validate=validate
             )
             if dropout_p > 0.0:
                 dropped = _forward_backward(
-                    kernel, q, k, v, do, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, validate=validate
+                    kernel,
+                    q,
+                    k,
+                    v,
+                    do,
+                    cu_seqlens,
+                    max_seqlen,
+                    key_bias,
+                    dropout_p=dropout_p,
+                    scale=scale,
+                    validate=validate,
                 )
         except Exception as err:  # noqa: BLE001 - any kernel failure (compile, launch, shape) means "do not use it"
             return f"the kernel raised {type(err).__name__}: {err}"
     tol = tolerance(q.dtype)
     magnitudes = [float(w.abs().max()) if w.numel() else 0.0 for w in want]
     floor = 1e-3 * tol * max(magnitudes, default=0.0)
-    for name, g, w, mag in zip(("out", "dq", "dk", "dv"), got, want, magnitudes):
+    for name, g, w, mag in zip(("out", "dq", "dk", "dv", "dbias"), got, want, magnitudes):
         if g.shape != w.shape or g.dtype != w.dtype:
             return f"{name} is {g.dtype} {tuple(g.shape)}, the reference {w.dtype} {tuple(w.shape)}"
         if not g.numel():
@@ -150,13 +181,15 @@ def compare_with_reference(
 
 
 class KernelSelfCheck:
-    """``kernel`` once checked against ``reference`` per ``(device, dtype, variant)``; ``reference`` after a failure.
+    """``kernel`` once checked against ``reference`` per ``(device, dtype, bias?, variant)``; ``reference`` after a
+    failure.
 
     Args:
-        kernel: the fast path, ``kernel(q, k, v, cu_seqlens, max_seqlen, *, dropout_p, scale, validate)``.
-        reference: the trusted path, ``reference(q, k, v, cu_seqlens, max_seqlen, *, dropout_p, scale)``.
-        variant: ``variant(q, max_seqlen, dropout_p) -> hashable`` naming the compiled kernel these inputs
-            select (each new one is checked once); default: one variant per ``(device, dtype)``.
+        kernel: the fast path, ``kernel(q, k, v, cu_seqlens, max_seqlen, *, dropout_p, scale, validate[, key_bias])``.
+        reference: the trusted path, ``reference(q, k, v, cu_seqlens, max_seqlen, *, dropout_p, scale[, key_bias])``.
+        variant: ``variant(q, max_seqlen, dropout_p, key_bias) -> hashable`` naming the compiled kernel these
+            inputs select (each new one is checked once); default: one variant per ``(device, dtype)``. Calls with
+            and without a key bias are always checked separately (the bias is another code path).
         name: how warnings name the kernel.
 
     Calling the instance (same arguments as ``kernel``) returns ``(total, heads, head_dim)`` from the kernel
@@ -171,11 +204,11 @@ class KernelSelfCheck:
         self,
         kernel: AttentionFn,
         reference: AttentionFn,
-        variant: Callable[[Tensor, int, float], Hashable] | None = None,
+        variant: Callable[[Tensor, int, float, Tensor | None], Hashable] | None = None,
         name: str = "kernel",
     ) -> None:
         self.kernel, self.reference, self.variant, self.name = kernel, reference, variant, name
-        self._passed: set[tuple[str, torch.dtype, Hashable]] = set()
+        self._passed: set[tuple[str, torch.dtype, bool, Hashable]] = set()
         self._failed: dict[tuple[str, torch.dtype], str] = {}
 
     @property
@@ -183,20 +216,25 @@ class KernelSelfCheck:
         """``{(device, dtype): reason}`` of every failed check (a copy)."""
         return dict(self._failed)
 
-    def uses_kernel(self, q: Tensor, max_seqlen: int, dropout_p: float = 0.0) -> bool | None:
+    def uses_kernel(
+        self, q: Tensor, max_seqlen: int, dropout_p: float = 0.0, key_bias: Tensor | None = None
+    ) -> bool | None:
         """Whether a call with these inputs would use the kernel (``None``: not checked yet)."""
         device_dtype = (str(q.device), q.dtype)
         if device_dtype in self._failed:
             return False
-        return True if self._key(q, max_seqlen, dropout_p) in self._passed else None
+        return True if self._key(q, max_seqlen, dropout_p, key_bias) in self._passed else None
 
     def reset(self) -> None:
         """Forget every verdict (the next call checks again)."""
         self._passed.clear()
         self._failed.clear()
 
-    def _key(self, q: Tensor, max_seqlen: int, dropout_p: float) -> tuple[str, torch.dtype, Hashable]:
-        return str(q.device), q.dtype, None if self.variant is None else self.variant(q, max_seqlen, dropout_p)
+    def _key(
+        self, q: Tensor, max_seqlen: int, dropout_p: float, key_bias: Tensor | None
+    ) -> tuple[str, torch.dtype, bool, Hashable]:
+        variant = None if self.variant is None else self.variant(q, max_seqlen, dropout_p, key_bias)
+        return str(q.device), q.dtype, key_bias is not None, variant
 
     def __call__(
         self,
@@ -209,8 +247,9 @@ class KernelSelfCheck:
         dropout_p: float = 0.0,
         scale: float | None = None,
         validate: bool = True,
+        key_bias: Tensor | None = None,
     ) -> Tensor:
-        use = self.uses_kernel(q, max_seqlen, dropout_p)
+        use = self.uses_kernel(q, max_seqlen, dropout_p, key_bias)
         if use is None:
             try:
                 reason = compare_with_reference(
@@ -224,18 +263,22 @@ class KernelSelfCheck:
                     scale=scale,
                     dropout_p=dropout_p,
                     validate=validate,
+                    key_bias=key_bias,
                 )
             except InconclusiveCheck:
                 reason, use = None, False
             else:
                 use = reason is None
                 if reason is None:
-                    self._passed.add(self._key(q, max_seqlen, dropout_p))
+                    self._passed.add(self._key(q, max_seqlen, dropout_p, key_bias))
                 else:
                     self._fail(q, reason)
+        bias = _bias_kwargs(key_bias)
         if use:
-            return self.kernel(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, validate=validate)
-        return self.reference(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)
+            return self.kernel(
+                q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, validate=validate, **bias
+            )
+        return self.reference(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, **bias)
 
     def _fail(self, q: Tensor, reason: str) -> None:
         device, dtype = str(q.device), q.dtype

@@ -22,6 +22,13 @@ Reads top-down:
 ``(seed, head, global query row, key index)`` via Philox, so the backward regenerates it exactly
 instead of storing it.
 
+Optional ``key_bias`` ``(total,)`` (one additive score per key row, shared by all heads, in natural-log
+units; see :mod:`sagnn_lightning.kernels.reference`): the launchers hand it to the kernels in float32 and
+already multiplied by ``log2(e)`` (the kernels' scores are base 2), behind a ``HAS_BIAS`` ``constexpr`` so
+the bias-free kernels are unchanged. Its gradient ``Σ_h Σ_i dS_ij`` is summed per ``(head, key row)`` by the
+dK/dV kernel (which owns each key row: no atomics) into a float32 ``[heads, total]`` buffer, then over heads
+in torch.
+
 Testing on CPU: set ``TRITON_INTERPRET=1`` *before* this module is first imported; the kernels then run
 on CPU tensors (slowly) through Triton's interpreter.
 """
@@ -102,6 +109,7 @@ def _fwd_kernel(
     O,
     LSE,
     CU_SEQLENS,
+    BIAS,
     qk_scale,
     seed,
     dropout_p,
@@ -113,9 +121,14 @@ def _fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     PRECISION: tl.constexpr,
     INTERPRET_BF16: tl.constexpr,
 ):
+    """One query block per program; online softmax over the key blocks of its sequence.
+
+    ``BIAS`` (read only when ``HAS_BIAS``): float32 ``[total]`` key bias already in base-2 units.
+    """
     pid_m = tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -145,10 +158,18 @@ def _fwd_kernel(
         k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
         s = _dot(q, tl.trans(k), PRECISION, INTERPRET_BF16) * qk_scale
+        if HAS_BIAS:
+            s += tl.load(BIAS + start + cols, mask=n_valid, other=0.0)[None, :]
         s = tl.where(n_valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        if HAS_BIAS:
+            # a block whose keys all have a -inf bias (so far) leaves m_new = -inf: subtract 0 instead of -inf
+            # (-inf - -inf is NaN), which gives p = 0 and alpha = 0 on the still-empty l_i and acc
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_sub = m_new
+        alpha = tl.exp2(m_i - m_sub)
+        p = tl.exp2(s - m_sub[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if HAS_DROPOUT:
@@ -157,9 +178,17 @@ def _fwd_kernel(
         acc += _dot(_cast_like(p, v, INTERPRET_BF16), v, PRECISION, INTERPRET_BF16)
         m_i = m_new
 
-    acc = acc / l_i[:, None]
+    if HAS_BIAS:
+        # every key at -inf (outside the contract) leaves l_i = 0: output 0, as PyTorch's SDPA gives, not NaN; and
+        # lse = +inf, so the backward recomputes p = 0 there (zero gradients)
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        acc = acc / l_safe[:, None]
+        lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.log2(l_safe))
+    else:
+        acc = acc / l_i[:, None]
+        lse = m_i + tl.log2(l_i)
     tl.store(O + q_off, _round_bf16(acc, INTERPRET_BF16), mask=m_valid[:, None] & d_valid[None, :])
-    tl.store(LSE + head * total + start + offs_m, m_i + tl.log2(l_i), mask=m_valid)
+    tl.store(LSE + head * total + start + offs_m, lse, mask=m_valid)
 
 
 @triton.jit
@@ -197,6 +226,8 @@ def _bwd_dkdv_kernel(
     LSE,
     DELTA,
     CU_SEQLENS,
+    BIAS,
+    DBIAS,
     sm_scale,
     qk_scale,
     seed,
@@ -209,10 +240,14 @@ def _bwd_dkdv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     PRECISION: tl.constexpr,
     INTERPRET_BF16: tl.constexpr,
 ):
-    """One key block per program; loops over the query blocks of its sequence (transposed scores)."""
+    """One key block per program; loops over the query blocks of its sequence (transposed scores).
+
+    With ``HAS_BIAS`` it also writes ``DBIAS[head, key] = Σ_i dS[i, key]`` (float32 ``[heads, total]``).
+    """
     pid_n = tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -230,6 +265,9 @@ def _bwd_dkdv_kernel(
     kv_mask = n_valid[:, None] & d_valid[None, :]
     k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
     v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(BIAS + start + offs_n, mask=n_valid, other=0.0)
+        dbias = tl.zeros([BLOCK_N], dtype=tl.float32)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -245,6 +283,8 @@ def _bwd_dkdv_kernel(
         delta = tl.load(DELTA + head * total + start + rows, mask=m_valid, other=0.0)
         # transposed block: rows of sT are keys, columns are queries
         s_t = _dot(k, tl.trans(q), PRECISION, INTERPRET_BF16) * qk_scale
+        if HAS_BIAS:
+            s_t += bias[:, None]
         p_t = tl.exp2(s_t - lse[None, :])
         p_t = tl.where(n_valid[:, None] & m_valid[None, :], p_t, 0.0)
         dp_t = _dot(v, tl.trans(do), PRECISION, INTERPRET_BF16)
@@ -257,9 +297,13 @@ def _bwd_dkdv_kernel(
         dv += _dot(_cast_like(p_drop, do, INTERPRET_BF16), do, PRECISION, INTERPRET_BF16)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += _dot(_cast_like(ds_t, q, INTERPRET_BF16), q, PRECISION, INTERPRET_BF16)
+        if HAS_BIAS:
+            dbias += tl.sum(ds_t, 1)  # dS before the scale: the bias enters S with coefficient 1
 
     tl.store(DK + kv_off, _round_bf16(dk * sm_scale, INTERPRET_BF16), mask=kv_mask)
     tl.store(DV + kv_off, _round_bf16(dv, INTERPRET_BF16), mask=kv_mask)
+    if HAS_BIAS:
+        tl.store(DBIAS + head * total + start + offs_n, dbias, mask=n_valid)
 
 
 @triton.jit
@@ -272,6 +316,7 @@ def _bwd_dq_kernel(
     LSE,
     DELTA,
     CU_SEQLENS,
+    BIAS,
     sm_scale,
     qk_scale,
     seed,
@@ -284,6 +329,7 @@ def _bwd_dq_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     PRECISION: tl.constexpr,
     INTERPRET_BF16: tl.constexpr,
 ):
@@ -318,6 +364,8 @@ def _bwd_dq_kernel(
         k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
         s = _dot(q, tl.trans(k), PRECISION, INTERPRET_BF16) * qk_scale
+        if HAS_BIAS:
+            s += tl.load(BIAS + start + cols, mask=n_valid, other=0.0)[None, :]
         p = tl.exp2(s - lse[:, None])
         p = tl.where(m_valid[:, None] & n_valid[None, :], p, 0.0)
         dp = _dot(do, tl.trans(v), PRECISION, INTERPRET_BF16)
@@ -368,7 +416,15 @@ def supports(q: Tensor) -> bool:
     return q.dtype in SUPPORTED_DTYPES and MIN_HEAD_DIM <= q.shape[-1] <= MAX_HEAD_DIM
 
 
-def _check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float) -> None:
+def _check_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    dropout_p: float,
+    key_bias: Tensor | None = None,
+) -> None:
     """Shape/dtype/device/layout checks (free: no device synchronisation)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 3:
@@ -409,6 +465,16 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqle
         raise ValueError(f"max_seqlen must be a non-negative Python int, got {max_seqlen!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if key_bias is not None:
+        if key_bias.dim() != 1 or key_bias.shape[0] != q.shape[0]:
+            raise ValueError(
+                f"key_bias must be 1-D (total,) = ({q.shape[0]},), one value per packed key row shared by all heads, "
+                f"got shape {tuple(key_bias.shape)}"
+            )
+        if key_bias.device != q.device:
+            raise ValueError(f"key_bias is on {key_bias.device} but q is on {q.device}: move it to q's device")
+        if not key_bias.is_floating_point():
+            raise ValueError(f"key_bias must be a floating-point tensor, got {key_bias.dtype}")
 
 
 def _check_values(cu_seqlens: Tensor, total: int, max_seqlen: int) -> None:
@@ -464,12 +530,13 @@ def _head_block(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def launch_variant(q: Tensor, max_seqlen: int, dropout_p: float = 0.0) -> tuple:
+def launch_variant(q: Tensor, max_seqlen: int, dropout_p: float = 0.0, key_bias: Tensor | None = None) -> tuple:
     """What selects a compiled variant of the kernels for these inputs (with the device and dtype).
 
-    ``(head_dim, head lanes, forward (tile, warps), backward (tile, warps), dot precision, dropout?)`` — the
-    ``constexpr`` arguments and launch options; ``backend="auto"``'s self-check
-    (:class:`sagnn_lightning.kernels.self_check.KernelSelfCheck`) checks each variant once.
+    ``(head_dim, head lanes, forward (tile, warps), backward (tile, warps), dot precision, dropout?, bias?)`` —
+    the ``constexpr`` arguments and launch options; ``backend="auto"``'s self-check
+    (:class:`sagnn_lightning.kernels.self_check.KernelSelfCheck`) checks each variant once. The bias's dtype does
+    not matter: the kernels always get it in float32.
     """
     head_dim = int(q.shape[-1])
     block_d = _head_block(head_dim)
@@ -480,6 +547,7 @@ def launch_variant(q: Tensor, max_seqlen: int, dropout_p: float = 0.0) -> tuple:
         _tiles(max_seqlen, block_d, q.dtype, backward=True),
         _dot_config(q.dtype)["PRECISION"],
         dropout_p > 0.0,
+        key_bias is not None,
     )
 
 
@@ -494,8 +562,13 @@ def attention_forward(
     seed: int = 0,
     block_m: int | None = None,
     block_n: int | None = None,
+    key_bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Launch the forward kernel. Returns ``out (total, heads, head_dim)`` and ``lse₂ [heads, total]`` (float32)."""
+    """Launch the forward kernel. Returns ``out (total, heads, head_dim)`` and ``lse₂ [heads, total]`` (float32).
+
+    ``key_bias``: contiguous float32 ``(total,)`` **in base-2 units** (``key_bias · log2(e)``, see
+    :func:`_base2_bias`), or None.
+    """
     total, heads, head_dim = q.shape
     num_seqs = cu_seqlens.numel() - 1
     out = torch.empty_like(q)
@@ -513,6 +586,7 @@ def attention_forward(
         out,
         lse,
         cu_seqlens,
+        lse if key_bias is None else key_bias,  # never read without HAS_BIAS
         scale * _LOG2E,
         seed,
         dropout_p,
@@ -524,6 +598,7 @@ def attention_forward(
         BLOCK_N=bn,
         BLOCK_D=block_d,
         HAS_DROPOUT=dropout_p > 0.0,
+        HAS_BIAS=key_bias is not None,
         **_dot_config(q.dtype),
         num_warps=num_warps,
         num_stages=2,
@@ -545,14 +620,21 @@ def attention_backward(
     seed: int = 0,
     block_m: int | None = None,
     block_n: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Launch the backward kernels. Returns ``dq, dk, dv``, each ``(total, heads, head_dim)``."""
+    key_bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Launch the backward kernels. Returns ``dq, dk, dv``, each ``(total, heads, head_dim)``, and ``dbias``.
+
+    ``key_bias`` as for :func:`attention_forward`; ``dbias`` is the float32 ``(total,)`` gradient w.r.t. the
+    natural-log-unit bias (``Σ_h Σ_i dS_ij``), None without a bias.
+    """
     total, heads, head_dim = q.shape
     num_seqs = cu_seqlens.numel() - 1
     do = do.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # per-head partial sums written by the dK/dV kernel (each program owns its key rows): no atomics
+    dbias_heads = None if key_bias is None else torch.empty(heads, total, device=q.device, dtype=torch.float32)
     if total == 0 or max_seqlen == 0:
-        return dq, dk, dv
+        return dq, dk, dv, None if dbias_heads is None else dbias_heads.sum(0)
     block_d = _head_block(head_dim)
     delta = torch.empty(heads, total, device=q.device, dtype=torch.float32)
     pre_block = 64
@@ -575,18 +657,22 @@ def attention_backward(
         BLOCK_N=bn,
         BLOCK_D=block_d,
         HAS_DROPOUT=dropout_p > 0.0,
+        HAS_BIAS=key_bias is not None,
         **_dot_config(q.dtype),
         num_warps=num_warps,
         num_stages=2,
     )
     args = (scale, scale * _LOG2E, seed, dropout_p, total, q.stride(0), q.stride(1))
+    # without a bias, BIAS and DBIAS are never read or written: any float32 pointer will do
+    bias = delta if key_bias is None else key_bias
+    dbias_out = delta if dbias_heads is None else dbias_heads
     _bwd_dkdv_kernel[(triton.cdiv(max_seqlen, bn), num_seqs, heads)](
-        q, k, v, do, dk, dv, lse, delta, cu_seqlens, *args, **common
+        q, k, v, do, dk, dv, lse, delta, cu_seqlens, bias, dbias_out, *args, **common
     )
     _bwd_dq_kernel[(triton.cdiv(max_seqlen, bm), num_seqs, heads)](
-        q, k, v, do, dq, lse, delta, cu_seqlens, *args, **common
+        q, k, v, do, dq, lse, delta, cu_seqlens, bias, *args, **common
     )
-    return dq, dk, dv
+    return dq, dk, dv, None if dbias_heads is None else dbias_heads.sum(0)
 
 
 def dropout_keep_mask(cu_seqlens: Tensor, heads: int, max_seqlen: int, dropout_p: float, seed: int) -> Tensor:
@@ -608,8 +694,14 @@ def dropout_keep_mask(cu_seqlens: Tensor, heads: int, max_seqlen: int, dropout_p
 # ----------------------------------------------------------------------------------------------
 
 
+def _base2_bias(key_bias: Tensor | None) -> Tensor | None:
+    """``key_bias · log2(e)`` as contiguous float32 (what the kernels add to their base-2 scores), or None."""
+    return None if key_bias is None else (key_bias.detach().to(torch.float32) * _LOG2E).contiguous()
+
+
 class VarlenAttentionFunction(torch.autograd.Function):
-    """Fused packed varlen attention; saves ``q, k, v, out`` and the float32 ``lse`` (``O(total · heads)``)."""
+    """Fused packed varlen attention; saves ``q, k, v, out``, the float32 ``lse`` (``O(total · heads)``) and the
+    float32 base-2 key bias, if any (``O(total)``)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -624,21 +716,28 @@ class VarlenAttentionFunction(torch.autograd.Function):
         seed: int,
         block_m: int | None,
         block_n: int | None,
+        key_bias: Tensor | None = None,
     ) -> Tensor:
-        out, lse = attention_forward(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, block_m, block_n)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+        bias2 = _base2_bias(key_bias)
+        out, lse = attention_forward(
+            q, k, v, cu_seqlens, max_seqlen, scale, dropout_p, seed, block_m, block_n, key_bias=bias2
+        )
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, bias2)
         ctx.config = (max_seqlen, scale, dropout_p, seed, block_m, block_n)
+        ctx.bias_dtype = None if key_bias is None else key_bias.dtype
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do: Tensor):  # type: ignore[override]
-        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+        q, k, v, out, lse, cu_seqlens, bias2 = ctx.saved_tensors
         max_seqlen, scale, dropout_p, seed, block_m, block_n = ctx.config
-        dq, dk, dv = attention_backward(
-            do, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed, block_m, block_n
+        dq, dk, dv, dbias = attention_backward(
+            do, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, dropout_p, seed, block_m, block_n, key_bias=bias2
         )
-        return dq, dk, dv, None, None, None, None, None, None, None
+        # the kernels compute dbias whenever there is a bias (one compiled variant); it is handed back only if asked
+        dbias = dbias.to(ctx.bias_dtype) if dbias is not None and ctx.needs_input_grad[10] else None
+        return dq, dk, dv, None, None, None, None, None, None, None, dbias
 
 
 def varlen_attention_triton(
@@ -654,8 +753,9 @@ def varlen_attention_triton(
     validate: bool = True,
     block_m: int | None = None,
     block_n: int | None = None,
+    key_bias: Tensor | None = None,
 ) -> Tensor:
-    """Packed variable-length attention with the fused Triton kernels (differentiable in q, k, v).
+    """Packed variable-length attention with the fused Triton kernels (differentiable in q, k, v and key_bias).
 
     Args:
         q, k, v: contiguous ``(total, heads, head_dim)``, float32/float16/bfloat16, ``1 <= head_dim <= 128``.
@@ -667,13 +767,17 @@ def varlen_attention_triton(
         validate: check ``cu_seqlens`` values (one device→host read); a wrong ``max_seqlen`` would
             otherwise leave rows uncomputed.
         block_m, block_n: tile sizes (powers of two ≥ 16) overriding the heuristic (tests, tuning).
+        key_bias: optional ``(total,)`` floating-point additive score per key row, shared by all heads, in
+            natural-log units: ``S_ij = scale · q_i·k_j + key_bias[j]``. ``-inf`` masks a key; every non-empty
+            sequence needs a finite one. Read in float32 whatever its dtype; its gradient (in its dtype) is
+            returned when it requires grad.
 
     Returns:
         ``(total, heads, head_dim)`` in q's dtype.
     """
     if cu_seqlens.dtype == torch.int64:
         cu_seqlens = cu_seqlens.to(torch.int32)
-    _check_inputs(q, k, v, cu_seqlens, max_seqlen, dropout_p)
+    _check_inputs(q, k, v, cu_seqlens, max_seqlen, dropout_p, key_bias)
     for name, block in (("block_m", block_m), ("block_n", block_n)):
         if block is not None and (block < 16 or block & (block - 1)):
             raise ValueError(f"{name} must be a power of two >= 16, got {block}")
@@ -683,5 +787,5 @@ def varlen_attention_triton(
     if dropout_p > 0.0 and seed is None:
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     return VarlenAttentionFunction.apply(
-        q, k, v, cu_seqlens, max_seqlen, scale, float(dropout_p), seed or 0, block_m, block_n
+        q, k, v, cu_seqlens, max_seqlen, scale, float(dropout_p), seed or 0, block_m, block_n, key_bias
     )

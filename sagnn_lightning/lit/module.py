@@ -39,6 +39,7 @@ from sagnn_lightning.lit import finetune
 from sagnn_lightning.lit.metrics import labels_with_missing, make_metrics
 from sagnn_lightning.lit.schedules import HoldThenLinearDecay
 from sagnn_lightning.lit.wandb import CHECKPOINT_RUN_ID_KEY, active_run_id
+from sagnn_lightning.models.composition import CompositionSAGNN
 from sagnn_lightning.models.sagnn import SAGNN
 
 LossName = Literal["l1", "mse"]
@@ -52,7 +53,8 @@ class SAGNNModule(pl.LightningModule):
     """Train / evaluate / predict with an SA-GNN.
 
     Args:
-        model: the network, ``forward(batch) -> [B, T]`` (default: ``SAGNN()`` with its defaults).
+        model: the network, ``forward(batch) -> [B, T]`` (default: ``SAGNN()`` with its defaults): ``SAGNN``
+            for crystals, ``CompositionSAGNN`` for compositions.
             From YAML: ``model: {class_path: sagnn_lightning.models.SAGNN, init_args: {...}}``; the CLI
             sets ``num_targets`` from the DataModule.
         task_type: ``"regression"`` or ``"classification"`` (binary, targets 0/1); set by the CLI
@@ -81,7 +83,7 @@ class SAGNNModule(pl.LightningModule):
 
     def __init__(
         self,
-        model: SAGNN | None = None,
+        model: SAGNN | CompositionSAGNN | None = None,
         task_type: TaskType = "regression",
         target_mean: Sequence[float] | None = None,
         target_std: Sequence[float] | None = None,

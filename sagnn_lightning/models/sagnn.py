@@ -130,11 +130,16 @@ class SAGNN(nn.Module):
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer with its own scheme (each owner resets its children once)."""
-        _reset_children(self)
+        reset_children(self)
 
     def forward(self, data: Data) -> Tensor:
+        if getattr(data, "pos", None) is None:
+            raise ValueError(
+                "SAGNN needs crystal graphs (pos, lattice, image_offsets); this batch has none (composition "
+                "graphs?): train composition tasks with sagnn_lightning.models.CompositionSAGNN"
+            )
         dtype = self.atom_embedding.weight.dtype
-        batch, ptr, num_graphs, max_num_atoms = _batch_layout(data)
+        batch, ptr, num_graphs, max_num_atoms = batch_layout(data)
         edge_index = data.edge_index
         edge_batch = batch[edge_index[0]]
         state = getattr(data, "state", None)
@@ -166,16 +171,17 @@ class SAGNN(nn.Module):
         return f"num_targets={self.num_targets}, attention={self.attention!r}"
 
 
-def _reset_children(module: nn.Module) -> None:
+def reset_children(module: nn.Module) -> None:
+    """Call ``reset_parameters`` on each child that has one, else recurse into it (each owner resets once)."""
     for child in module.children():
         reset = getattr(child, "reset_parameters", None)
         if callable(reset):
             reset()
         else:
-            _reset_children(child)
+            reset_children(child)
 
 
-def _batch_layout(data: Data) -> tuple[Tensor, Tensor, int, int]:
+def batch_layout(data: Data) -> tuple[Tensor, Tensor, int, int]:
     """``(batch [N] (the crystal of each atom), ptr [B+1], num_graphs, max_num_atoms)`` of a ``Batch`` or a single ``Data``.
 
     ``max_num_atoms`` comes from :func:`~sagnn_lightning.data.collate_graphs` (no device read); a batch

@@ -1,7 +1,11 @@
-"""Neural-network layers: scatter ops, distance basis, MEGNet block, atom self-attention, readout."""
+"""Neural-network layers: scatter ops, distance basis, MEGNet block, atom self-attention, readout, and the
+composition layers (element features, fraction-weighted messages and readout)."""
 
 from sagnn_lightning.nn.attention import AtomSelfAttention
 from sagnn_lightning.nn.basis import GaussianExpansion
+from sagnn_lightning.nn.element_features import ElementFeatures
+from sagnn_lightning.nn.fraction_message import FractionWeightedMessagePassing
+from sagnn_lightning.nn.fraction_pool import FractionWeightedPooling
 from sagnn_lightning.nn.geometry import bond_lengths, bond_vectors
 from sagnn_lightning.nn.megnet_block import MEGNetBlock, ShiftedSoftplus, make_activation, mlp
 from sagnn_lightning.nn.readout import MEGNetReadout, Set2Set
@@ -9,6 +13,9 @@ from sagnn_lightning.nn.scatter import scatter_max, scatter_mean, scatter_softma
 
 __all__ = [
     "AtomSelfAttention",
+    "ElementFeatures",
+    "FractionWeightedMessagePassing",
+    "FractionWeightedPooling",
     "GaussianExpansion",
     "MEGNetBlock",
     "MEGNetReadout",

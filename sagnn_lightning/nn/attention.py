@@ -38,7 +38,12 @@ class AtomSelfAttention(nn.Module):
 
     Shapes:
         ``x [N, dim]`` (atoms of all crystals, packed), ``ptr [B + 1]`` (graph boundaries), ``max_num_atoms``
-        (Python int, largest crystal) → ``[N, dim]``.
+        (Python int, largest crystal), optional ``key_bias [N]`` → ``[N, dim]``.
+
+    ``key_bias`` is added to every query's score for that key before the softmax (shared by the heads): with
+    ``key_bias = log w`` the attention weights become ``w_j exp(s_ij) / Σ_k w_k exp(s_ik)``, i.e. each node
+    is attended to in proportion to its weight ``w`` (an element's fraction of its formula in
+    :class:`~sagnn_lightning.models.CompositionSAGNN`). Both backends and their gradients take it.
     """
 
     def __init__(
@@ -80,7 +85,7 @@ class AtomSelfAttention(nn.Module):
         if isinstance(self.norm, nn.LayerNorm):
             self.norm.reset_parameters()
 
-    def forward(self, x: Tensor, ptr: Tensor, max_num_atoms: int) -> Tensor:
+    def forward(self, x: Tensor, ptr: Tensor, max_num_atoms: int, key_bias: Tensor | None = None) -> Tensor:
         total = x.shape[0]
         shape = (total, self.heads, self.head_dim)
         q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
@@ -94,6 +99,7 @@ class AtomSelfAttention(nn.Module):
             scale=1.0 / math.sqrt(self.head_dim),
             backend=self.backend,
             validate=False,  # ptr / max_num_atoms come from collate_graphs: no GPU read-back
+            key_bias=key_bias,
         )
         out = self.out_proj(out.reshape(total, self.heads * self.head_dim))
         if self.residual:

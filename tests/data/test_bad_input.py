@@ -133,9 +133,14 @@ def test_unknown_task_lists_valid_ones(tmp_path):
 
 
 @pytest.mark.parametrize("task", ["matbench_steels", "expt_gap", "matbench_glass", "matbench_expt_is_metal"])
-def test_composition_task_not_supported_yet(tmp_path, task):
-    with pytest.raises(NotImplementedError, match="composition-only .*not supported yet"):
-        MatbenchDataModule(task, cache_dir=str(tmp_path))
+def test_composition_tasks_are_accepted_and_listed(tmp_path, task):
+    from sagnn_lightning.data.composition import CompositionSettings
+
+    dm = MatbenchDataModule(task, cache_dir=str(tmp_path), download=True)
+    assert dm.task.input_type == "composition" and isinstance(dm.settings, CompositionSettings)
+    with pytest.raises(ValueError, match="unknown matbench task") as info:
+        MatbenchDataModule(task.replace("steels", "steel") + "x", cache_dir=str(tmp_path))
+    assert dm.task.name in str(info.value)
 
 
 def test_empty_dataset(tmp_path):

@@ -5,7 +5,9 @@ The check takes the kernel and the reference as callables, so it runs here with 
 (output × 1.01, a dV × 1.1 gradient, NaN output, an exception in the forward or the backward): each warns
 exactly once and the PyTorch path is used afterwards, with correct values and gradients. The dispatch wiring
 ("auto" on CUDA → checked kernel; "triton" → the kernel, never a fallback) runs on CPU with the backend
-resolution forced to Triton.
+resolution forced to Triton. With a key bias: the real kernel passes (a separate check from the bias-free
+variant), a wrong bias gradient or an ignored bias fails, and callables without a ``key_bias`` argument still
+serve bias-free calls.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ class Counted:
         return self.fn(*args, **kwargs)
 
 
-def torch_path(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=None, validate=True):
+def torch_path(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=None, validate=True, key_bias=None):
     """The PyTorch path with the kernel's signature (a correct "kernel")."""
-    return varlen_attention_padded(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)
+    return varlen_attention_padded(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, key_bias=key_bias)
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -118,8 +120,39 @@ def expected(q, k, v, do, cu, max_seqlen):
 
 
 def assert_correct(got, want) -> None:
-    for label, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+    assert len(got) == len(want)
+    for label, g, w in zip(("out", "dq", "dk", "dv", "dbias"), got, want):
         torch.testing.assert_close(g.double(), w, rtol=2e-4, atol=2e-5, msg=lambda m, label=label: f"{label}: {m}")
+
+
+def key_bias_of(q: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(100 + seed)
+    return (2.0 * torch.randn(q.shape[0], generator=gen)).to(q.device)
+
+
+def run_with_bias(fn, q, k, v, bias, do, cu, max_seqlen, **kwargs):
+    """``[out, dq, dk, dv, dbias]`` of ``fn`` at leaf copies of q, k, v and the key bias."""
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+    out = fn(*leaves[:3], cu, max_seqlen, key_bias=leaves[3], **kwargs)
+    return [out.detach(), *torch.autograd.grad(out, leaves, do)]
+
+
+def expected_with_bias(q, k, v, bias, do, cu, max_seqlen):
+    """The oracle in float64, with the key bias."""
+    return run_with_bias(
+        lambda q, k, v, cu, m, key_bias: varlen_attention_reference(q, k, v, cu, key_bias=key_bias),
+        *(t.double() for t in (q, k, v, bias, do)),
+        cu,
+        max_seqlen,
+    )
+
+
+BROKEN_WITH_BIAS = {
+    "dbias_gradient_x1.1": lambda q, k, v, *a, key_bias, **kw: torch_path(
+        q, k, v, *a, key_bias=_ScaleGradient.apply(key_bias, 1.1), **kw
+    ),
+    "ignores_the_bias": lambda q, k, v, *a, key_bias, **kw: torch_path(q, k, v, *a, key_bias=key_bias * 0.0, **kw),
+}
 
 
 @pytest.mark.parametrize("name", list(BROKEN))
@@ -147,6 +180,73 @@ def test_broken_kernel_warns_once_then_uses_the_torch_path(name: str, device: to
     assert kernel.calls == 1
     # another dtype is another verdict
     assert check.uses_kernel(q.double(), max_seqlen) is None
+
+
+@pytest.mark.parametrize("name", list(BROKEN_WITH_BIAS))
+def test_kernel_broken_with_a_bias_fails_its_bias_check(name: str, device: torch.device) -> None:
+    """Right without a bias, wrong with one: the bias-free call passes, the first call with a bias fails (naming
+    dbias or out), warns once, and gets the reference's values and bias gradient."""
+    broken = BROKEN_WITH_BIAS[name]
+    kernel = Counted(
+        lambda *a, key_bias=None, **kw: (
+            torch_path(*a, **kw) if key_bias is None else broken(*a, key_bias=key_bias, **kw)
+        )
+    )
+    check = KernelSelfCheck(kernel, torch_path, name="test kernel")
+    q, k, v, do, cu, max_seqlen = batch(device, 0)
+    bias = key_bias_of(q)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_correct(run(check, q, k, v, do, cu, max_seqlen), expected(q, k, v, do, cu, max_seqlen))
+        assert check.uses_kernel(q, max_seqlen) is True and check.uses_kernel(q, max_seqlen, key_bias=bias) is None
+        for _ in range(2):
+            assert_correct(
+                run_with_bias(check, q, k, v, bias, do, cu, max_seqlen),
+                expected_with_bias(q, k, v, bias, do, cu, max_seqlen),
+            )
+    fallbacks = [str(w.message) for w in caught if issubclass(w.category, KernelFallbackWarning)]
+    assert len(fallbacks) == 1, fallbacks
+    assert f"({'dbias' if name.startswith('dbias') else 'out'}: max |kernel - reference|" in fallbacks[0]
+    assert kernel.calls == 3  # check + use without a bias, the check with one
+    assert check.uses_kernel(q, max_seqlen, key_bias=bias) is False
+
+
+def test_correct_kernel_passes_with_a_key_bias(triton_attention: ModuleType, device: torch.device) -> None:
+    """The real kernel passes with a bias too; with and without a bias are separate verdicts (checked once each)."""
+    kernel, reference = Counted(triton_attention.varlen_attention_triton), Counted(torch_path)
+    check = KernelSelfCheck(kernel, reference, variant=triton_attention.launch_variant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelFallbackWarning)
+        q, k, v, do, cu, max_seqlen = batch(device, 0)
+        bias = key_bias_of(q)
+        bias[[1, 6, 7, 23]] = float("-inf")  # masked keys (each crystal keeps a finite one)
+        check(q, k, v, cu, max_seqlen)
+        assert (kernel.calls, reference.calls) == (2, 1)
+        assert check.uses_kernel(q, max_seqlen, key_bias=bias) is None
+        for seed in range(2):
+            q, k, v, do, cu, max_seqlen = batch(device, seed)
+            assert_correct(
+                run_with_bias(check, q, k, v, bias, do, cu, max_seqlen),
+                expected_with_bias(q, k, v, bias, do, cu, max_seqlen),
+            )
+        assert (kernel.calls, reference.calls) == (5, 2)  # one more check (kernel + reference), then the kernel
+        assert check.uses_kernel(q, max_seqlen, key_bias=bias) is True
+    assert not check.failures
+
+
+def test_callables_without_key_bias_serve_bias_free_calls(device: torch.device) -> None:
+    """``key_bias`` is only passed to calls that have one: older kernel/reference signatures keep working."""
+
+    def no_bias(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=None, validate=True):
+        return varlen_attention_padded(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)
+
+    q, k, v, do, cu, max_seqlen = batch(device, 0)
+    assert compare_with_reference(no_bias, no_bias, q, k, v, cu, max_seqlen) is None
+    check = KernelSelfCheck(no_bias, no_bias, variant=lambda q, m, p, b: (q.shape[-1], b is not None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelFallbackWarning)
+        assert_correct(run(check, q, k, v, do, cu, max_seqlen), expected(q, k, v, do, cu, max_seqlen))
+    assert check.uses_kernel(q, max_seqlen) is True
 
 
 def test_correct_kernel_passes_and_is_used_afterwards(triton_attention: ModuleType, device: torch.device) -> None:
@@ -209,8 +309,12 @@ def test_check_passes_on_inputs_made_in_inference_mode(triton_attention: ModuleT
         q, k, v, cu = (t.clone() for t in (q, k, v, cu))
         assert q.is_inference() and cu.is_inference()
         out = check(q, k, v, cu, max_seqlen)
+        bias = key_bias_of(q)  # an inference tensor too: the check differentiates a normal copy
+        out_bias = check(q, k, v, cu, max_seqlen, key_bias=bias)
     assert check.uses_kernel(q, max_seqlen) is True and not check.failures
+    assert check.uses_kernel(q, max_seqlen, key_bias=bias) is True
     torch.testing.assert_close(out, varlen_attention_reference(q, k, v, cu), rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(out_bias, varlen_attention_reference(q, k, v, cu, key_bias=bias), rtol=2e-4, atol=2e-5)
 
 
 def test_nonfinite_inputs_give_no_verdict(device: torch.device) -> None:
@@ -231,6 +335,12 @@ def test_compare_with_reference_and_tolerance(device: torch.device) -> None:
     assert compare_with_reference(torch_path, torch_path, q, k, v, cu, max_seqlen) is None
     reason = compare_with_reference(BROKEN["dv_gradient_x1.1"], torch_path, q, k, v, cu, max_seqlen)
     assert reason is not None and reason.startswith("dv:")
+    bias = key_bias_of(q)
+    assert compare_with_reference(torch_path, torch_path, q, k, v, cu, max_seqlen, key_bias=bias) is None
+    reason = compare_with_reference(
+        BROKEN_WITH_BIAS["dbias_gradient_x1.1"], torch_path, q, k, v, cu, max_seqlen, key_bias=bias
+    )
+    assert reason is not None and reason.startswith("dbias:")
     within = lambda q, k, v, *a, **kw: torch_path(q, k, v, *a, **kw) * (1 + tolerance(torch.float32) / 4)  # noqa: E731
     assert compare_with_reference(within, torch_path, q, k, v, cu, max_seqlen) is None
     assert tolerance(torch.float16) > tolerance(torch.float32) and tolerance(torch.bfloat16) > tolerance(torch.float16)
@@ -296,6 +406,17 @@ def test_auto_dispatch_uses_a_passing_kernel(
     # float64 is not the kernel's: "auto" sends it to torch without a check
     varlen_attention(q.double(), k.double(), v.double(), cu, max_seqlen, backend="auto")
     assert kernel.calls == 3
+    # a key bias reaches the kernel through its own check
+    bias = key_bias_of(q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelFallbackWarning)
+        assert_correct(
+            run_with_bias(
+                lambda *a, **kw: varlen_attention(*a, backend="auto", **kw), q, k, v, bias, do, cu, max_seqlen
+            ),
+            expected_with_bias(q, k, v, bias, do, cu, max_seqlen),
+        )
+    assert kernel.calls == 5 and checked_triton_attention().uses_kernel(q, max_seqlen, key_bias=bias) is True
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel's own verdict needs a CUDA GPU")

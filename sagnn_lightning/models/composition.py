@@ -1,0 +1,148 @@
+"""Composition SA-GNN: fraction-weighted message passing + self-attention over the elements of a formula.
+
+For matbench's composition-only tasks (no crystal structure). Pipeline::
+
+    element table (matscholar 200-d) ‖ fraction ─ dense → D ─┐
+                                                             ├─ FractionWeightedMessagePassing × num_blocks
+    log fractions (as attention weights everywhere) ─────────┘      ─ [MHSA over elements, key bias log w]
+                                                                    ─ FractionWeightedPooling ─ MLP → targets
+
+Each element's share ``w`` of the formula enters every aggregation as a weight, ``log w`` added to the
+attention logits: in the messages (Roost, Goodall & Lee 2020), in the multi-head self-attention
+(:class:`~sagnn_lightning.nn.attention.AtomSelfAttention` with ``key_bias``, the same kernel path as the crystal
+model) and in the readout. So the prediction is invariant to the order of the elements and to scaling the
+formula (the graph stores fractions), and continuous as a dopant's fraction goes to 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from sagnn_lightning.errors import UsageError
+from sagnn_lightning.kernels.dispatch import Backend
+from sagnn_lightning.models.sagnn import AttentionPlacement, batch_layout, reset_children
+from sagnn_lightning.nn.attention import AtomSelfAttention
+from sagnn_lightning.nn.element_features import ElementFeatures, ElementSource
+from sagnn_lightning.nn.fraction_message import FractionWeightedMessagePassing
+from sagnn_lightning.nn.fraction_pool import FractionWeightedPooling
+from sagnn_lightning.nn.megnet_block import Activation, mlp
+
+
+class CompositionSAGNN(nn.Module):
+    """SA-GNN for compositions: element nodes, fraction-weighted messages, attention and readout.
+
+    Args:
+        num_targets: outputs per composition ``T`` (set by the CLI from the DataModule).
+        element_features: ``"matscholar"`` (default; 200-d mat2vec embeddings, Tshitoyan et al. 2019, as
+            packaged by matminer), ``"megnet"`` (16-d, MEGNet's learned element embedding) or ``"learned"``.
+        learned_dim: width of the learned element embedding (``element_features="learned"``).
+        hidden_dim: node width ``D`` (default 64).
+        num_blocks: fraction-weighted message-passing blocks (default 3).
+        message_heads: gate heads of each message block (Roost: 3).
+        message_hidden: hidden widths of the message and gate MLPs.
+        heads: self-attention heads (``hidden_dim`` must be divisible by it).
+        attention: where the self-attention sits: ``"each"`` block, after the ``"last"`` block (default), or
+            ``"none"`` (the w/o-MHSA ablation).
+        attention_dropout: dropout on the attention weights (training only).
+        attention_backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :class:`AtomSelfAttention`).
+        pool_heads: heads of the fraction-weighted readout.
+        pool_hidden: hidden widths of the readout's gate and value MLPs.
+        readout_hidden: hidden widths of the output MLP.
+        dropout: dropout on the pooled vector.
+        activation: ``"softplus2"`` (default, MEGNet's shifted softplus), ``"softplus"`` or ``"silu"``.
+        cutoff: ignored (a composition has no bonds); accepted because the CLI links every DataModule's
+            cutoff into the model, so that one CLI serves both models.
+
+    Input: a batch of composition graphs (:func:`sagnn_lightning.data.composition.composition_to_graph`,
+    batched by :func:`sagnn_lightning.data.collate_graphs`): ``atomic_numbers [N]``, ``fractions [N]``,
+    ``edge_index [2, E]``, ``batch [N]``, ``ptr [B + 1]``, ``max_num_atoms``.
+
+    Output: ``[B, num_targets]`` (raw regression values or logits).
+    """
+
+    def __init__(
+        self,
+        num_targets: int = 1,
+        element_features: ElementSource = "matscholar",
+        learned_dim: int = 64,
+        hidden_dim: int = 64,
+        num_blocks: int = 3,
+        message_heads: int = 3,
+        message_hidden: Sequence[int] = (128,),
+        heads: int = 4,
+        attention: AttentionPlacement = "last",
+        attention_dropout: float = 0.0,
+        attention_backend: Backend = "auto",
+        pool_heads: int = 3,
+        pool_hidden: Sequence[int] = (128,),
+        readout_hidden: Sequence[int] = (128, 64),
+        dropout: float = 0.0,
+        activation: Activation = "softplus2",
+        cutoff: float | None = None,
+    ) -> None:
+        super().__init__()
+        if num_targets < 1:
+            raise ValueError(f"CompositionSAGNN: num_targets must be >= 1, got {num_targets}")
+        if num_blocks < 0:
+            raise ValueError(f"CompositionSAGNN: num_blocks must be >= 0, got {num_blocks}")
+        if attention not in ("each", "last", "none"):
+            raise ValueError(
+                f"CompositionSAGNN: attention must be 'each', 'last' or 'none' (--model.model.attention), "
+                f"got {attention!r}"
+            )
+        if attention != "none" and (heads < 1 or hidden_dim % heads):
+            divisors = [h for h in range(1, hidden_dim + 1) if hidden_dim % h == 0]
+            raise UsageError(
+                f"CompositionSAGNN: heads={heads} must divide hidden_dim={hidden_dim} (--model.model.heads, "
+                f"--model.model.hidden_dim); heads that fit: {divisors}"
+            )
+        if attention == "each" and num_blocks == 0:
+            raise ValueError("CompositionSAGNN: attention='each' needs num_blocks >= 1")
+        del cutoff  # see the docstring
+        self.num_targets, self.attention = num_targets, attention
+        self.element_features = ElementFeatures(element_features, learned_dim)
+        # the fraction is a feature too (besides weighting every aggregation): Roost appends it to the embedding
+        self.input = nn.Linear(self.element_features.out_channels + 1, hidden_dim)
+        self.blocks = nn.ModuleList(
+            FractionWeightedMessagePassing(hidden_dim, message_heads, tuple(message_hidden), activation)
+            for _ in range(num_blocks)
+        )
+        num_attention = {"each": num_blocks, "last": 1, "none": 0}[attention]
+        self.attention_layers = nn.ModuleList(
+            AtomSelfAttention(hidden_dim, heads, attention_dropout, attention_backend) for _ in range(num_attention)
+        )
+        self.pool = FractionWeightedPooling(hidden_dim, pool_heads, tuple(pool_hidden), activation)
+        self.readout_dropout = nn.Dropout(dropout)
+        self.head = mlp([hidden_dim, *readout_hidden, num_targets], activation, activate_last=False)
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every layer with its own scheme."""
+        reset_children(self)
+
+    def forward(self, data: Data) -> Tensor:
+        fractions = getattr(data, "fractions", None)
+        if fractions is None:
+            raise ValueError(
+                "CompositionSAGNN needs composition graphs (fractions per element node); this batch has none "
+                "(crystal graphs?): train structure tasks with sagnn_lightning.models.SAGNN"
+            )
+        dtype = self.input.weight.dtype
+        batch, ptr, num_graphs, max_num_atoms = batch_layout(data)
+        fractions = fractions.to(dtype)
+        log_w = torch.log(fractions)  # every aggregation adds log w to its logits: weights ∝ w · exp(logit)
+        x = self.input(torch.cat([self.element_features(data.atomic_numbers).to(dtype), fractions[:, None]], -1))
+        for b, block in enumerate(self.blocks):
+            x = block(x, log_w, data.edge_index)
+            if self.attention == "each":
+                x = self.attention_layers[b](x, ptr, max_num_atoms, key_bias=log_w)
+        if self.attention == "last":
+            x = self.attention_layers[0](x, ptr, max_num_atoms, key_bias=log_w)
+        pooled = self.pool(x, log_w, batch, num_graphs)
+        return self.head(self.readout_dropout(pooled))
+
+    def extra_repr(self) -> str:
+        return f"num_targets={self.num_targets}, attention={self.attention!r}"
