@@ -1071,7 +1071,8 @@ def run(
         graphs, built, seconds = prepare_task_data(cli)
         how = "graphs built into" if built else "graphs read from"
         print(
-            f"[{variant}] {name}: {len(graphs)} crystals loaded in {seconds:.1f} s ({how} the graph cache "
+            f"[{variant}] {name}: {len(graphs)} {'formulas' if get_task(name).input_type == 'composition' else 'crystals'}"
+            f" loaded in {seconds:.1f} s ({how} the graph cache "
             f"{graphs.path})",
             flush=True,
         )

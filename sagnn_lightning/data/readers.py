@@ -327,6 +327,39 @@ def _cif_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CIF_SUFFIXES)
 
 
+def read_formulas(
+    path: str | Path,
+    composition_column: str | None = None,
+    id_column: str | None = None,
+    default_ids: DefaultIds | None = None,
+) -> RawInputs:
+    """Read the formulas of ``predict`` for a composition model (no targets needed), unparsed.
+
+    Args:
+        path: a CSV/JSON table (matbench layout included) with a formula column.
+        composition_column: the formula column (default: the first of :data:`COMPOSITION_COLUMN_CANDIDATES`).
+        id_column: the id column (auto-detected as in :func:`read_table`).
+        default_ids: ids of a table without an id column (default :func:`row_ids`).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputNotFoundError(f"{path} does not exist; give --input a CSV/JSON table with a formula column.")
+    if path.is_dir() or base_suffix(path) not in (".csv", ".json"):
+        raise DataFormatError(
+            f"{path}: a composition model predicts from a CSV/JSON table with a formula column "
+            f"(one of {list(COMPOSITION_COLUMN_CANDIDATES)}, or --composition-column <name>), not from structures."
+        )
+    frame = _read_frame(path)
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    check_not_empty(path, len(frame))
+    s_col = _pick_column(path, columns, composition_column, COMPOSITION_COLUMN_CANDIDATES, "composition", True)
+    i_col = _pick_column(path, columns, id_column, ID_COLUMN_CANDIDATES, "id", False)
+    ids = [str(v) for v in frame[i_col]] if i_col else (default_ids or row_ids)(path, frame)
+    formulas = ["" if pd.isna(v) else str(v) for v in frame[s_col]]
+    return RawInputs(ids=ids, items=formulas, labels=list(ids), errors=[])
+
+
 def read_inputs(
     path: str | Path,
     structure_column: str | None = None,

@@ -39,7 +39,7 @@ COLUMN_FLAGS: dict[str, str] = {
     "target": "--data.target_columns=[<name>, ...]",
     "structure": "--data.structure_column=<name> (predict: --structure-column <name>)",
     "id": "--data.id_column=<name> (predict: --id-column <name>)",
-    "composition": "--data.composition_column=<name>",
+    "composition": "--data.composition_column=<name> (predict: --composition-column <name>)",
 }
 
 

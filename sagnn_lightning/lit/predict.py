@@ -15,7 +15,10 @@ with the package (:mod:`sagnn_lightning.pretrained`).
   reason; all the others are still predicted. The exit status is 0 when at least one structure was
   predicted, 1 when none was.
 * The graph settings (cutoff, max_neighbors, max_isolated_radius) are those the model was trained with
-  (read from the checkpoint). The CSV is written atomically (temporary file in the same folder, then rename).
+  (read from the checkpoint).
+* A composition model (:class:`~sagnn_lightning.models.CompositionSAGNN`) predicts from a CSV/JSON table with a
+  formula column (``--composition-column``), or from a composition task's official split
+  (``--input matbench_expt_gap --fold k``); a bad formula is reported by id like a bad structure. The CSV is written atomically (temporary file in the same folder, then rename).
 * User errors (missing or unreadable checkpoint, input or output) raise
   :class:`~sagnn_lightning.errors.SAGNNError` naming the option; ``python -m sagnn_lightning`` prints them
   as one ``error: ...`` line. The output is checked to be writable before anything is computed.
@@ -36,17 +39,19 @@ from typing import Any
 import torch
 
 from sagnn_lightning.data.batch import collate_graphs
+from sagnn_lightning.data.composition import CompositionSettings
 from sagnn_lightning.data.graph import GraphSettings, StructureError
-from sagnn_lightning.data.inputs import item_to_graph
-from sagnn_lightning.data.matbench_format import matbench_default_ids
-from sagnn_lightning.data.readers import RawInputs, read_inputs
+from sagnn_lightning.data.inputs import AnySettings, item_to_graph
+from sagnn_lightning.data.matbench_format import matbench_default_ids, read_matbench_json
+from sagnn_lightning.data.readers import RawInputs, read_formulas, read_inputs
 from sagnn_lightning.data.table import InputNotFoundError
-from sagnn_lightning.data.tasks import MATBENCH_TASKS
+from sagnn_lightning.data.tasks import ALL_MATBENCH_TASKS, get_task
 from sagnn_lightning.errors import SAGNNError, UsageError
 from sagnn_lightning.files import atomic_write
 from sagnn_lightning.lit.checkpoints import check_checkpoint_file, read_checkpoint
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.lit.pretrained import checkpoint_file
+from sagnn_lightning.models.composition import CompositionSAGNN
 
 #: ``--ckpt`` keywords resolved from ``--run-dir``
 CKPT_KEYWORDS: tuple[str, ...] = ("best", "last")
@@ -219,22 +224,27 @@ def predict_structures(
     errors: list[tuple[str, str]] | None = None,
     max_isolated_radius: float = 20.0,
     labels: Sequence[str] | None = None,
+    settings: CompositionSettings | None = None,
 ) -> Predictions:
     """Graphs → batched forward passes.
 
-    ``structures`` are raw inputs (``Structure``, CIF text or ``Structure.as_dict()``), turned into graphs by
+    ``structures`` are raw inputs (``Structure``, CIF text or ``Structure.as_dict()``; or formulas, with
+    ``settings=CompositionSettings()`` for a composition model, when the cutoff arguments are unused), turned into
+    graphs by
     :func:`~sagnn_lightning.data.inputs.item_to_graph`, the path the training cache takes, so an input gives
     the same graph here as in ``fit``. Inputs whose graph fails are added to ``errors`` as ``(label, reason)``
     (``labels`` default to the ids).
     """
     errors = list(errors or [])
     device = next(module.parameters()).device
-    settings = GraphSettings(cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius)
+    graph_settings: AnySettings = settings or GraphSettings(
+        cutoff=cutoff, max_neighbors=max_neighbors, max_isolated_radius=max_isolated_radius
+    )
     graphs, kept = [], []
     for k, (sample_id, structure) in enumerate(zip(ids, structures)):
         label = str(labels[k]) if labels is not None else str(sample_id)
         try:
-            graph = item_to_graph(structure, settings, name=label)
+            graph = item_to_graph(structure, graph_settings, name=label)
         except StructureError as err:
             errors.append((label, str(err)))
             continue
@@ -284,9 +294,9 @@ def write_predictions_csv(path: str | os.PathLike, result: Predictions, id_heade
 
 
 def is_matbench_task(value: str) -> bool:
-    """``value`` names a matbench structure task (``matbench_jdft2d`` or ``jdft2d``) and is not an existing path."""
+    """``value`` names a matbench task (``matbench_jdft2d`` or ``jdft2d``) and is not an existing path."""
     name = value if value.startswith("matbench_") else f"matbench_{value}"
-    return name in MATBENCH_TASKS and not Path(value).exists()
+    return name in ALL_MATBENCH_TASKS and not Path(value).exists()
 
 
 def read_matbench_split(task: str, fold: int, split: str, data_home: str | None = None) -> RawInputs:
@@ -303,7 +313,17 @@ def read_matbench_split(task: str, fold: int, split: str, data_home: str | None 
         raise UsageError(str(err).replace("--data.fold", "--fold").replace("--data.data_home", "--data-home")) from err
     train_ids, test_ids = official_fold(datamodule.task.name, fold)
     wanted = test_ids if split == "test" else train_ids
-    inputs = read_inputs(datamodule.source_file(), default_ids=matbench_default_ids)
+    if datamodule.task.input_type == "composition":
+        table = read_matbench_json(
+            datamodule.source_file(),
+            datamodule.task.name,
+            datamodule.task.n_samples,
+            datamodule.task.target,
+            "composition",
+        )
+        inputs = RawInputs(ids=table.ids, items=list(table.structures or []), labels=list(table.ids), errors=[])
+    else:
+        inputs = read_inputs(datamodule.source_file(), default_ids=matbench_default_ids)
     position = {sid: k for k, sid in enumerate(inputs.ids)}
     missing = [sid for sid in wanted if sid not in position and not any(e[0] == sid for e in inputs.errors)]
     if missing:
@@ -358,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", required=True, help="CSV file to write (atomically)")
     parser.add_argument("--structure-column", default=None, help="table column with CIF text / structure dicts")
+    parser.add_argument(
+        "--composition-column",
+        default=None,
+        help="composition models: table column with formulas (default composition/formula/pretty_formula/...)",
+    )
     parser.add_argument("--id-column", default=None, help="table column with ids")
     parser.add_argument(
         "--id-header",
@@ -409,8 +434,23 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     module, settings = load_module(ckpt, device)
     if args.max_isolated_radius is not None:
         settings["max_isolated_radius"] = args.max_isolated_radius
+    composition = isinstance(module.model, CompositionSAGNN)
     if is_matbench_task(args.input):
+        task = get_task(args.input)
+        if (task.input_type == "composition") != composition:
+            kind = "composition (formula)" if composition else "crystal-structure"
+            raise UsageError(
+                f"--input {args.input}: a {task.input_type} task, but the checkpoint is a {kind} model; "
+                f"predict {task.input_type} tasks with a model trained on one"
+            )
         inputs = read_matbench_split(args.input, args.fold, args.split, args.data_home)
+    elif composition:
+        inputs = read_formulas(
+            args.input,
+            composition_column=args.composition_column,
+            id_column=args.id_column,
+            default_ids=matbench_default_ids,
+        )
     else:
         inputs = read_inputs(
             args.input,
@@ -428,12 +468,13 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         errors=inputs.errors,
         max_isolated_radius=settings["max_isolated_radius"],
         labels=inputs.labels,
+        settings=CompositionSettings() if composition else None,
     )
     for name, reason in result.errors:
         print(f"skipped: {reason}" if reason.startswith(name) else f"skipped {name}: {reason}", file=sys.stderr)
     if not result.ids:
         print(
-            f"error: no structure of {args.input} could be predicted ({len(result.errors)} skipped); nothing written",
+            f"error: no {'formula' if composition else 'structure'} of {args.input} could be predicted ({len(result.errors)} skipped); nothing written",
             file=sys.stderr,
         )
         return 1

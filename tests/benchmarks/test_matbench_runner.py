@@ -585,3 +585,49 @@ def test_inner_fold_members_are_averaged_into_the_fold_record(runner, one_thread
     with open(prefix.with_name("jdft2d_curves.csv"), newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * 2  # two configs x two members x one epoch
     assert prefix.with_name("jdft2d.png").stat().st_size > 10_000
+
+
+TINY_COMPOSITION = {
+    "element_features": "megnet",
+    "hidden_dim": 8,
+    "num_blocks": 1,
+    "message_hidden": [8],
+    "heads": 2,
+    "pool_hidden": [8],
+    "readout_hidden": [8],
+}
+
+
+def test_a_composition_task_fold_runs_on_the_composition_recipe(runner, one_thread, tmp_path):
+    """matbench_steels (formulas only): the runner takes the composition recipe (composition.yaml + the task's
+    YAML), trains the official fold through the CLI and predicts exactly its test ids; info.json describes the
+    composition model."""
+    if not (DATA / "matbench_steels.json.gz").is_file():
+        pytest.skip("needs the shared matbench_steels data")
+    spec = runner.fold_spec(
+        "matbench_steels",
+        1,
+        variant="sagnn",
+        max_epochs=1,
+        seed=0,
+        work_dir=tmp_path,
+        config_dir=runner.DEFAULT_CONFIG_DIR,
+        data_home=DATA,
+        cache_dir=tmp_path / "cache",
+        graph_workers=0,
+        model_overrides=TINY_COMPOSITION,
+        threads=1,
+        deadline=None,
+        checkpoint_dir=None,
+        cli_args=[],
+    )
+    assert [Path(c).name for c in spec["configs"]] == ["composition.yaml", "matbench_steels.yaml"]
+    spec["config"] = config = runner.config_summary(runner.build_cli(spec), spec)
+    assert config["training"]["model_class"] == "sagnn_lightning.models.CompositionSAGNN"
+    assert config["model"]["attention"] == "last" and config["model"]["heads"] == 8 - 6  # variant, then overrides
+    result = runner.train_fold(spec)
+    _, test_ids = official_fold("matbench_steels", 1)
+    assert result["status"] == "done" and result["ids"] == test_ids
+    assert np.all(np.isfinite(result["predictions"]))
+    info = runner.info_json("sagnn", {"matbench_steels": config}, {})
+    assert "Composition SA-GNN" in info["algorithm_long"] and "MEGNet graph network" not in info["algorithm_long"]

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pymatgen.core import Composition
 
-from tests.lit.conftest import SHARED, run_python
+from sagnn_lightning.data import collate_graphs, composition_to_graph
+from sagnn_lightning.data.matbench import official_fold
+from sagnn_lightning.lit.module import SAGNNModule
+from tests.lit.conftest import REPO, SHARED, run_python
 
 MATBENCH = SHARED / "matbench"
 
@@ -44,6 +51,40 @@ def test_steels_recipe_fits_and_tests_with_its_own_config(tmp_path, offline_env)
         offline_env,
     )
     assert "sagnn test done:" in proc.stdout and "test/mae=" in proc.stdout
+
+    # the predict command on the task's official test split equals the module on pymatgen-parsed formulas
+    out = tmp_path / "steels_fold0.csv"
+    args = ["-m", "sagnn_lightning", "predict", "--ckpt", str(root / "checkpoints" / "last.ckpt")]
+    run_python([*args, "--input", "matbench_steels", "--data-home", str(MATBENCH), "--output", str(out)], offline_env)
+    predicted = pd.read_csv(out)
+    _, test_ids = official_fold("matbench_steels", 0)
+    assert predicted["id"].tolist() == test_ids
+    with gzip.open(MATBENCH / "matbench_steels.json.gz", "rt") as fh:
+        doc = json.load(fh)
+    formula = {f"mb-steels-{i + 1:03d}": row[0] for i, row in zip(doc["index"], doc["data"])}
+    module = SAGNNModule.load_from_checkpoint(root / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    with torch.no_grad():
+        batch = collate_graphs([composition_to_graph(Composition(formula[i])) for i in test_ids])
+        expected = module.predict_step(batch, 0)["prediction"].reshape(-1).numpy()
+    np.testing.assert_allclose(predicted["prediction"].to_numpy(), expected, rtol=1e-5)
+    # a formula table with one bad row: the rest is predicted, the bad one named on stderr
+    table = tmp_path / "mine.csv"
+    pd.DataFrame({"name": ["ok", "bad"], "composition": ["Fe0.7Ni0.2Co0.1", "Qz2"]}).to_csv(table, index=False)
+    proc = run_python([*args, "--input", str(table), "--output", str(tmp_path / "mine_pred.csv")], offline_env)
+    assert pd.read_csv(tmp_path / "mine_pred.csv")["id"].tolist() == ["ok"]
+    assert "skipped: bad: cannot read the formula 'Qz2': unknown element symbol Qz." in proc.stderr
+    wrong = subprocess.run(
+        [sys.executable, *args, "--input", "matbench_jdft2d", "--output", str(tmp_path / "x.csv")],
+        cwd=REPO,
+        env=offline_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
+        "error: --input matbench_jdft2d: a structure task, but the checkpoint is a composition (formula) model; "
+        "predict structure tasks with a model trained on one"
+    ]
 
 
 @pytest.mark.shared_data
