@@ -22,9 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from sagnn_lightning.errors import UsageError
 from sagnn_lightning.kernels.dispatch import Backend
-from sagnn_lightning.models.sagnn import AttentionPlacement, batch_layout, reset_children
+from sagnn_lightning.models.sagnn import AttentionPlacement, batch_layout, check_attention_args, reset_children
 from sagnn_lightning.nn.attention import AtomSelfAttention
 from sagnn_lightning.nn.element_features import ElementFeatures, ElementSource
 from sagnn_lightning.nn.fraction_message import FractionWeightedMessagePassing
@@ -89,17 +88,7 @@ class CompositionSAGNN(nn.Module):
             raise ValueError(f"CompositionSAGNN: num_targets must be >= 1, got {num_targets}")
         if num_blocks < 0:
             raise ValueError(f"CompositionSAGNN: num_blocks must be >= 0, got {num_blocks}")
-        if attention not in ("each", "last", "none"):
-            raise ValueError(
-                f"CompositionSAGNN: attention must be 'each', 'last' or 'none' (--model.model.attention), "
-                f"got {attention!r}"
-            )
-        if attention != "none" and (heads < 1 or hidden_dim % heads):
-            divisors = [h for h in range(1, hidden_dim + 1) if hidden_dim % h == 0]
-            raise UsageError(
-                f"CompositionSAGNN: heads={heads} must divide hidden_dim={hidden_dim} (--model.model.heads, "
-                f"--model.model.hidden_dim); heads that fit: {divisors}"
-            )
+        check_attention_args("CompositionSAGNN", attention, heads, hidden_dim)
         if attention == "each" and num_blocks == 0:
             raise ValueError("CompositionSAGNN: attention='each' needs num_blocks >= 1")
         del cutoff  # see the docstring

@@ -96,16 +96,7 @@ class SAGNN(nn.Module):
             raise ValueError(f"SAGNN: num_targets must be >= 1, got {num_targets}")
         if num_blocks < 1:
             raise ValueError(f"SAGNN: num_blocks must be >= 1, got {num_blocks}")
-        if attention not in ("each", "last", "none"):
-            raise ValueError(
-                f"SAGNN: attention must be 'each', 'last' or 'none' (--model.model.attention), got {attention!r}"
-            )
-        if attention != "none" and (heads < 1 or hidden_dim % heads):
-            divisors = [h for h in range(1, hidden_dim + 1) if hidden_dim % h == 0]
-            raise UsageError(
-                f"SAGNN: heads={heads} must divide hidden_dim={hidden_dim} (--model.model.heads, "
-                f"--model.model.hidden_dim); heads that fit: {divisors}"
-            )
+        check_attention_args("SAGNN", attention, heads, hidden_dim)
         self.num_targets, self.state_dim, self.attention = num_targets, state_dim, attention
         self.max_atomic_number = max_atomic_number
 
@@ -169,6 +160,20 @@ class SAGNN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_targets={self.num_targets}, attention={self.attention!r}"
+
+
+def check_attention_args(model: str, attention: str, heads: int, hidden_dim: int) -> None:
+    """The attention placement is known and ``heads`` divides ``hidden_dim`` (errors name the CLI flags)."""
+    if attention not in ("each", "last", "none"):
+        raise ValueError(
+            f"{model}: attention must be 'each', 'last' or 'none' (--model.model.attention), got {attention!r}"
+        )
+    if attention != "none" and (heads < 1 or hidden_dim % heads):
+        divisors = [h for h in range(1, hidden_dim + 1) if hidden_dim % h == 0]
+        raise UsageError(
+            f"{model}: heads={heads} must divide hidden_dim={hidden_dim} (--model.model.heads, "
+            f"--model.model.hidden_dim); heads that fit: {divisors}"
+        )
 
 
 def reset_children(module: nn.Module) -> None:
