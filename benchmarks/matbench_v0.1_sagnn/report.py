@@ -4,10 +4,12 @@ Reads what ``run.py`` wrote for each variant — ``results.json.gz`` (matbench's
 parameters) and the fold run dirs' ``history.csv`` (validation MAE and training seconds per epoch) — and writes:
 
 * ``<prefix>_history.csv``: ``variant, task, fold, epoch, val_mae, lr, train_seconds, sitting`` (every epoch);
-* ``<prefix>_summary.csv``: per variant, task and fold the test MAE (matbench's), the best epoch and its
-  validation MAE, seconds per epoch, training seconds, and the first epoch (and training seconds) at which
-  validation reached ``--reference`` (e.g. MEGNet's leaderboard MAE);
-* ``<prefix>.png``: validation MAE against epoch, one panel per task, one line per fold and variant;
+* ``<prefix>_summary.csv``: per variant, task and fold the test score (matbench's: MAE, or for classification
+  its ``rocauc`` on rounded predictions, with the ROC-AUC of the probabilities beside it), the best epoch and its
+  validation score, seconds per epoch, training seconds, and the first epoch (and training seconds) at which
+  validation MAE reached ``--reference`` (e.g. MEGNet's leaderboard MAE);
+* ``<prefix>.png``: validation MAE (ROC-AUC for classification) against epoch, one panel per task, one line per
+  fold and variant;
 
 and prints the summary as a Markdown table.
 
@@ -32,7 +34,11 @@ def read_history(path: Path) -> list[dict[str, float]]:
     """Rows of one fold's ``history.csv`` (numbers as floats)."""
     with path.open(newline="") as fh:
         return [
-            {k: float(v) for k, v in row.items() if k in ("epoch", "val_mae", "lr", "train_seconds", "sitting")}
+            {
+                k: (float(v) if v not in ("", None) else None)
+                for k, v in row.items()
+                if k in ("epoch", "val_mae", "val_auroc", "lr", "train_seconds", "sitting")
+            }
             for row in csv.DictReader(fh)
         ]
 
@@ -42,7 +48,7 @@ def first_reaching(history: Sequence[dict[str, float]], level: float | None) -> 
     if level is None:
         return None, None
     for row in history:
-        if row["val_mae"] <= level:
+        if row.get("val_mae") is not None and row["val_mae"] <= level:
             return int(row["epoch"]), row["train_seconds"]
     return None, None
 
@@ -65,15 +71,22 @@ def collect(
                 history = read_history(work / task / fold_key / "history.csv")
                 history_rows += [{"variant": variant, "task": task, "fold": fold, **row} for row in history]
                 epoch, seconds = first_reaching(history, references.get(task))
+                regression = "mae" in record["scores"]
+                metric = "mae" if regression else "rocauc"
+                best_val = params.get("best_val_mae" if regression else "best_val_auroc")
                 summary.append(
                     {
                         "variant": variant,
                         "task": task,
                         "fold": fold,
-                        "test_mae": round(record["scores"]["mae"], 3),
+                        "metric": metric,
+                        "test_score": round(record["scores"][metric], 4),
+                        "rocauc_from_probabilities": params.get("rocauc_from_probabilities"),
+                        "test_mae": round(record["scores"]["mae"], 3) if regression else None,
                         "epochs_run": params["epochs_run"],
                         "best_epoch": params["best_epoch"],
-                        "best_val_mae": round(params["best_val_mae"], 3),
+                        "best_val": round(best_val, 4) if best_val is not None else None,
+                        "best_val_mae": round(params["best_val_mae"], 3) if regression else None,
                         "seconds_per_epoch": params["seconds_per_epoch"],
                         "train_seconds": params["train_seconds"],
                         "reference_mae": references.get(task),
@@ -95,12 +108,14 @@ def plot(history_rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any
     colors = {v: c for v, c in zip(variants, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False)}
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
+        regression = next(r["metric"] for r in summary if r["task"] == task) == "mae"
+        key = "val_mae" if regression else "val_auroc"
         for variant in variants:
             for fold in sorted({r["fold"] for r in summary if r["task"] == task and r["variant"] == variant}):
                 rows = [r for r in history_rows if (r["task"], r["variant"], r["fold"]) == (task, variant, fold)]
                 ax.plot(
                     [r["epoch"] for r in rows],
-                    [r["val_mae"] for r in rows],
+                    [r.get(key) for r in rows],
                     color=colors[variant],
                     lw=0.8,
                     alpha=0.7,
@@ -109,10 +124,14 @@ def plot(history_rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any
         ref = next((r["reference_mae"] for r in summary if r["task"] == task), None)
         if ref is not None:
             ax.axhline(ref, color="k", ls="--", lw=0.8, label=f"reference {ref}")
-        values = [r["val_mae"] for r in history_rows if r["task"] == task]
+        values = [r[key] for r in history_rows if r["task"] == task and r.get(key) is not None]
         low = min(values)
-        ax.set_ylim(low * 0.9, min(max(values), low * 3))
-        ax.set(title=task, xlabel="epoch", ylabel="validation MAE (one line per fold)")
+        if regression:
+            ax.set_ylim(low * 0.9, min(max(values), low * 3))
+        else:
+            ax.set_ylim(max(0.5, low - 0.02), 1.0)
+        label = "validation MAE" if regression else "validation ROC-AUC"
+        ax.set(title=task, xlabel="epoch", ylabel=f"{label} (one line per fold)")
         ax.legend()
     fig.tight_layout()
     with atomic_write(path, "wb") as fh:
@@ -122,18 +141,21 @@ def plot(history_rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any
 
 def markdown(summary: Sequence[dict[str, Any]]) -> str:
     head = (
-        "| variant | task | fold | test MAE | best epoch | best val MAE | s/epoch | train s | first epoch ≤ ref (s) |"
+        "| variant | task | fold | test score (matbench) | ROC-AUC of probabilities | best epoch | best val | s/epoch "
+        "| train s | first epoch ≤ ref (s) |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in summary:
         reached = (
             f"{r['first_epoch_at_reference']} ({r['seconds_to_reference']:.0f})"
             if r["first_epoch_at_reference"] is not None
-            else "never"
+            else ("never" if r["reference_mae"] is not None else "")
         )
+        auc = r["rocauc_from_probabilities"]
         lines.append(
-            f"| {r['variant']} | {r['task']} | {r['fold']} | {r['test_mae']} | {r['best_epoch']} | "
-            f"{r['best_val_mae']} | {r['seconds_per_epoch']} | {r['train_seconds']:.0f} | {reached} |"
+            f"| {r['variant']} | {r['task']} | {r['fold']} | {r['metric']} {r['test_score']} | "
+            f"{'' if auc is None else round(auc, 4)} | {r['best_epoch']} | {r['best_val']} | "
+            f"{r['seconds_per_epoch']} | {r['train_seconds']:.0f} | {reached} |"
         )
     return "\n".join(lines)
 

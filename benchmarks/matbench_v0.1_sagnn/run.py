@@ -332,11 +332,21 @@ class Deadline(Callback):
 
 class EpochHistory(Callback):
     """Writes ``history.csv`` in the fold's run dir: one row per validated epoch (``epoch, global_step, val_mae,
-    val_loss, lr, train_seconds, sitting, finished_utc``). ``train_seconds`` is the training wall clock (training +
+    val_auroc, val_loss, lr, train_seconds, sitting, finished_utc``; ``val_auroc`` for classification). ``train_seconds`` is the training wall clock (training +
     validation) summed over the sittings; rows and sum are saved in the checkpoints, so a resumed fold continues
     them from exactly where its ``last.ckpt`` stopped."""
 
-    columns = ("epoch", "global_step", "val_mae", "val_loss", "lr", "train_seconds", "sitting", "finished_utc")
+    columns = (
+        "epoch",
+        "global_step",
+        "val_mae",
+        "val_auroc",
+        "val_loss",
+        "lr",
+        "train_seconds",
+        "sitting",
+        "finished_utc",
+    )
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -366,6 +376,7 @@ class EpochHistory(Callback):
                 "epoch": trainer.current_epoch + 1,
                 "global_step": trainer.global_step,
                 "val_mae": _float(metrics.get("val/mae")),
+                "val_auroc": _float(metrics.get("val/auroc")),  # classification tasks
                 "val_loss": _float(metrics.get("val/loss")),
                 "lr": lrs[0] if lrs else None,
                 "train_seconds": round(self.train_seconds, 3),

@@ -631,3 +631,39 @@ def test_a_composition_task_fold_runs_on_the_composition_recipe(runner, one_thre
     assert np.all(np.isfinite(result["predictions"]))
     info = runner.info_json("sagnn", {"matbench_steels": config}, {})
     assert "Composition SA-GNN" in info["algorithm_long"] and "MEGNet graph network" not in info["algorithm_long"]
+
+
+def test_report_handles_classification_histories(tmp_path):
+    """A classification fold's history has no validation MAE (empty cells) but a validation ROC-AUC: ``report.py``
+    reads it, never counts it as reaching an MAE level, and prints matbench's score beside the probabilities'."""
+    spec = importlib.util.spec_from_file_location("mb_report", RUNNER.parent / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    path = tmp_path / "history.csv"
+    path.write_text(
+        "epoch,global_step,val_mae,val_auroc,val_loss,lr,train_seconds,sitting,finished_utc\n1,10,,0.91,0.3,0.001,2.0,1,x\n"
+    )
+    rows = report.read_history(path)
+    assert rows == [
+        {"epoch": 1.0, "val_mae": None, "val_auroc": 0.91, "lr": 0.001, "train_seconds": 2.0, "sitting": 1.0}
+    ]
+    assert report.first_reaching(rows, 1e9) == (None, None)
+    summary = [
+        {
+            "variant": "sagnn",
+            "task": "matbench_glass",
+            "fold": 0,
+            "metric": "rocauc",
+            "test_score": 0.8612,
+            "rocauc_from_probabilities": 0.93456,
+            "best_epoch": 40,
+            "best_val": 0.94,
+            "seconds_per_epoch": 2.5,
+            "train_seconds": 250.0,
+            "reference_mae": None,
+            "first_epoch_at_reference": None,
+        }
+    ]
+    assert "| sagnn | matbench_glass | 0 | rocauc 0.8612 | 0.9346 | 40 | 0.94 | 2.5 | 250 |  |" in report.markdown(
+        summary
+    )
