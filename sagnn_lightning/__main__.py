@@ -5,6 +5,8 @@
   runs/<recipe>`` picks the best checkpoint of the latest run in that folder; ``--model NAME`` a pretrained model);
 * ``models [NAME ...]``: the pretrained models shipped with the package, one line each, or their full cards
   (:mod:`sagnn_lightning.pretrained`);
+* ``attention-plots DIR``: heatmaps and the element-pair map of an attention export (``predict --attention DIR``;
+  :mod:`sagnn_lightning.lit.attention_plots`);
 * ``fit``/``validate``/``test`` go to the LightningCLI (:func:`sagnn_lightning.cli.cli_main`).
 
 :func:`main` returns the exit status: 0 on success; a user error prints one ``error: ...`` line on stderr
@@ -26,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sagnn_lightning.lit.pretrained import models_main
 
         return exit_status(lambda: models_main(argv[1:]))
+    if argv[:1] == ["attention-plots"]:
+        from sagnn_lightning.lit.attention_plots import attention_plots_main
+
+        return exit_status(lambda: attention_plots_main(argv[1:]))
     if argv[:1] == ["predict"]:
         from sagnn_lightning.lit.predict import predict_main
 

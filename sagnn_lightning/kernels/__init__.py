@@ -6,7 +6,11 @@ from sagnn_lightning.kernels.dispatch import (
     triton_available,
     varlen_attention,
 )
-from sagnn_lightning.kernels.reference import varlen_attention_padded, varlen_attention_reference
+from sagnn_lightning.kernels.reference import (
+    varlen_attention_padded,
+    varlen_attention_reference,
+    varlen_attention_weights,
+)
 from sagnn_lightning.kernels.self_check import KernelFallbackWarning, KernelSelfCheck
 
 __all__ = [
@@ -18,4 +22,5 @@ __all__ = [
     "varlen_attention",
     "varlen_attention_padded",
     "varlen_attention_reference",
+    "varlen_attention_weights",
 ]

@@ -1,4 +1,4 @@
-"""Plain-torch packed variable-length attention: the oracle and the CPU path.
+"""Plain-torch packed variable-length attention: the oracle, the CPU path, and the path that returns the weights.
 
 Packed layout (flash-attention's varlen convention): ``q, k, v`` are ``(total, heads, head_dim)``,
 sequence ``b`` occupies rows ``cu_seqlens[b]:cu_seqlens[b+1]`` (int32, ``[B+1]``, = a batch's ``ptr``),
@@ -103,3 +103,59 @@ def varlen_attention_padded(
         scale=scale,
     )
     return out.transpose(1, 2)[seq, slot]
+
+
+def varlen_attention_weights(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    key_bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Packed attention with an explicit softmax that also returns the attention weights (the inspectable path).
+
+    The formula of :func:`varlen_attention_padded` written out: per sequence and head,
+    ``W = softmax_j(scale · q_i·k_j + key_bias[j])`` over the keys of the sequence, ``out_i = Σ_j W_ij v_j``.
+    Padded layout ``(B, H, max_seqlen, ·)``, keys past a sequence's end masked with ``-inf``; computed in q's dtype.
+
+    Args:
+        q: queries ``(total, heads, head_dim)``, packed over the sequences.
+        k: keys, same shape.
+        v: values, same shape.
+        cu_seqlens: ``[B + 1]`` cumulative lengths (a batch's ``ptr``), int32 or int64.
+        max_seqlen: longest sequence (Python int).
+        dropout_p: dropout on the weights that make the output (training); the returned weights are the softmax
+            before dropout.
+        scale: softmax scale, default ``1 / sqrt(head_dim)``.
+        key_bias: optional ``(total,)`` additive score per key, shared by the heads (natural-log units).
+
+    Returns:
+        ``(out (total, heads, head_dim), weights (B, heads, max_seqlen, max_seqlen))``: ``weights[b, h, i, j]`` is the
+        weight of key ``j`` in the output of query ``i`` (positions within sequence ``b``); every row of a real query
+        sums to 1, rows and columns past the sequence's end are 0. Differentiable like the other paths.
+    """
+    total, heads, dim = q.shape
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    num_seqs = cu_seqlens.numel() - 1
+    seq = seqlens_to_batch(cu_seqlens, total)
+    slot = torch.arange(total, device=q.device) - cu_seqlens.long()[seq]
+
+    def to_dense(t: Tensor) -> Tensor:
+        dense = t.new_zeros(num_seqs, max_seqlen, heads, dim)
+        dense[seq, slot] = t
+        return dense.transpose(1, 2)  # (B, H, L, D)
+
+    valid = torch.zeros(num_seqs, max_seqlen, dtype=torch.bool, device=q.device)
+    valid[seq, slot] = True
+    bias = torch.full((num_seqs, max_seqlen), float("-inf"), dtype=q.dtype, device=q.device)
+    bias[:, 0] = 0.0  # an empty sequence would give all-masked rows (NaN, also in the gradient); they are zeroed below
+    values = torch.zeros(total, dtype=q.dtype, device=q.device) if key_bias is None else key_bias.to(q.dtype)
+    bias = bias.index_put((seq, slot), values)  # out of place: the gradient reaches key_bias
+    scores = to_dense(q) @ to_dense(k).transpose(-1, -2) * scale + bias[:, None, None, :]
+    weights = scores.softmax(dim=-1) * valid[:, None, :, None].to(q.dtype)  # rows of padding queries → 0
+    attend = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+    out = (attend @ to_dense(v)).transpose(1, 2)[seq, slot]
+    return out, weights

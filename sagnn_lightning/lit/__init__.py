@@ -1,10 +1,12 @@
-"""LightningModule, callbacks (checkpoints, parity plot, throughput, summary), W&B logger, prediction."""
+"""LightningModule, callbacks (checkpoints, parity plot, throughput, summary, attention maps), W&B logger, prediction."""
 
+from sagnn_lightning.lit.attention_logger import AttentionMapsLogger
 from sagnn_lightning.lit.callbacks import BestAndLastCheckpoint, ParityPlot, PredictionsCSV, RunSummary, Throughput
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.lit.wandb import WandbLogger
 
 __all__ = [
+    "AttentionMapsLogger",
     "BestAndLastCheckpoint",
     "ParityPlot",
     "PredictionsCSV",

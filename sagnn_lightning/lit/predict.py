@@ -19,6 +19,9 @@ with the package (:mod:`sagnn_lightning.pretrained`).
 * A composition model (:class:`~sagnn_lightning.models.CompositionSAGNN`) predicts from a CSV/JSON table with a
   formula column (``--composition-column``), or from a composition task's official split
   (``--input matbench_expt_gap --fold k``); a bad formula is reported by id like a bad structure. The CSV is written atomically (temporary file in the same folder, then rename).
+* ``--attention DIR`` also writes the attention weights of every predicted crystal: one ``.npz`` each plus
+  ``index.json`` (:mod:`sagnn_lightning.lit.attention_export` describes the format); the CSV is the same with or
+  without it. A model without attention layers (``attention="none"``) is a one-line error.
 * User errors (missing or unreadable checkpoint, input or output) raise
   :class:`~sagnn_lightning.errors.SAGNNError` naming the option; ``python -m sagnn_lightning`` prints them
   as one ``error: ...`` line. The output is checked to be writable before anything is computed.
@@ -31,7 +34,7 @@ import csv
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,7 @@ from sagnn_lightning.data.table import InputNotFoundError
 from sagnn_lightning.data.tasks import ALL_MATBENCH_TASKS, get_task
 from sagnn_lightning.errors import SAGNNError, UsageError
 from sagnn_lightning.files import atomic_write
+from sagnn_lightning.lit.attention_export import AttentionExport
 from sagnn_lightning.lit.checkpoints import check_checkpoint_file, read_checkpoint
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.lit.pretrained import checkpoint_file
@@ -225,6 +229,7 @@ def predict_structures(
     max_isolated_radius: float = 20.0,
     labels: Sequence[str] | None = None,
     settings: CompositionSettings | None = None,
+    on_batch: Callable[[Any, dict[str, Any]], None] | None = None,
 ) -> Predictions:
     """Graphs → batched forward passes.
 
@@ -233,7 +238,8 @@ def predict_structures(
     graphs by
     :func:`~sagnn_lightning.data.inputs.item_to_graph`, the path the training cache takes, so an input gives
     the same graph here as in ``fit``. Inputs whose graph fails are added to ``errors`` as ``(label, reason)``
-    (``labels`` default to the ids).
+    (``labels`` default to the ids). ``on_batch(batch, outputs)``, if given, is called after each batch with the
+    module's ``predict_step`` outputs (e.g. :class:`~sagnn_lightning.lit.attention_export.AttentionExport`).
     """
     errors = list(errors or [])
     device = next(module.parameters()).device
@@ -256,6 +262,8 @@ def predict_structures(
         for start in range(0, len(graphs), batch_size):
             batch = collate_graphs(graphs[start : start + batch_size]).to(device)
             out = module.predict_step(batch, start // batch_size)
+            if on_batch is not None:
+                on_batch(batch, out)
             preds.append(out["prediction"].float().cpu())
             if "probability" in out:
                 probs.append(out["probability"].float().cpu())
@@ -389,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="id",
         help="name of the output's id column (default 'id'; e.g. 'mbid' for a matbench file)",
     )
+    parser.add_argument(
+        "--attention",
+        default=None,
+        metavar="DIR",
+        help="also write each crystal's attention weights to DIR: one .npz per crystal + index.json "
+        "(then: python -m sagnn_lightning attention-plots DIR)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument(
@@ -422,6 +437,8 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     if args.max_isolated_radius is not None and not args.max_isolated_radius > 0:
         raise UsageError(f"--max-isolated-radius must be > 0 Å, got {args.max_isolated_radius}")
     check_writable(args.output, "--output")  # before any work
+    if args.attention is not None:
+        check_writable(args.attention, "--attention", kind="dir")
     if args.model is not None:
         if args.run_dir is not None:
             raise UsageError("--run-dir goes with --ckpt best|last, not with --model")
@@ -435,6 +452,9 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     if args.max_isolated_radius is not None:
         settings["max_isolated_radius"] = args.max_isolated_radius
     composition = isinstance(module.model, CompositionSAGNN)
+    export = None
+    if args.attention is not None:  # before reading the input: a model without attention is refused at once
+        export = AttentionExport(args.attention, module, source=args.model or str(ckpt))
     if is_matbench_task(args.input):
         task = get_task(args.input)
         if (task.input_type == "composition") != composition:
@@ -469,6 +489,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         max_isolated_radius=settings["max_isolated_radius"],
         labels=inputs.labels,
         settings=CompositionSettings() if composition else None,
+        on_batch=export,
     )
     for name, reason in result.errors:
         print(f"skipped: {reason}" if reason.startswith(name) else f"skipped {name}: {reason}", file=sys.stderr)
@@ -486,4 +507,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     print(
         f"wrote {len(result.ids)} predictions to {out}" + (f" ({len(result.errors)} skipped)" if result.errors else "")
     )
+    if export is not None:
+        index = export.finish()
+        print(f"wrote the attention weights of {len(export.crystals)} crystals to {index.parent} ({index.name})")
     return 0

@@ -17,14 +17,21 @@ formula (the graph stores fractions), and continuous as a dopant's fraction goes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from sagnn_lightning.kernels.dispatch import Backend
-from sagnn_lightning.models.sagnn import AttentionPlacement, batch_layout, check_attention_args, reset_children
-from sagnn_lightning.nn.attention import AtomSelfAttention
+from sagnn_lightning.models.sagnn import (
+    AttentionPlacement,
+    apply_attention,
+    batch_layout,
+    check_attention_args,
+    reset_children,
+)
+from sagnn_lightning.nn.attention import AtomSelfAttention, AttentionMaps
 from sagnn_lightning.nn.element_features import ElementFeatures, ElementSource
 from sagnn_lightning.nn.fraction_message import FractionWeightedMessagePassing
 from sagnn_lightning.nn.fraction_pool import FractionWeightedPooling
@@ -60,7 +67,10 @@ class CompositionSAGNN(nn.Module):
     batched by :func:`sagnn_lightning.data.collate_graphs`): ``atomic_numbers [N]``, ``fractions [N]``,
     ``edge_index [2, E]``, ``batch [N]``, ``ptr [B + 1]``, ``max_num_atoms``.
 
-    Output: ``[B, num_targets]`` (raw regression values or logits).
+    Output: ``[B, num_targets]`` (raw regression values or logits). ``forward(data, return_attention=True)``
+    returns ``(output, maps)`` as :class:`~sagnn_lightning.models.SAGNN` does: per attention layer, each
+    composition's weights ``[heads, n_elements, n_elements]`` (rows sum to 1; the ``log w`` key bias included, so
+    element ``j``'s weight is proportional to its fraction times ``exp(score)``).
     """
 
     def __init__(
@@ -112,7 +122,13 @@ class CompositionSAGNN(nn.Module):
         """Re-initialise every layer with its own scheme."""
         reset_children(self)
 
-    def forward(self, data: Data) -> Tensor:
+    @overload
+    def forward(self, data: Data, return_attention: Literal[False] = False) -> Tensor: ...
+
+    @overload
+    def forward(self, data: Data, return_attention: Literal[True]) -> tuple[Tensor, AttentionMaps]: ...
+
+    def forward(self, data: Data, return_attention: bool = False) -> Tensor | tuple[Tensor, AttentionMaps]:
         fractions = getattr(data, "fractions", None)
         if fractions is None:
             raise ValueError(
@@ -124,14 +140,16 @@ class CompositionSAGNN(nn.Module):
         fractions = fractions.to(dtype)
         log_w = torch.log(fractions)  # every aggregation adds log w to its logits: weights ∝ w · exp(logit)
         x = self.input(torch.cat([self.element_features(data.atomic_numbers).to(dtype), fractions[:, None]], -1))
+        maps: AttentionMaps | None = {} if return_attention else None
         for b, block in enumerate(self.blocks):
             x = block(x, log_w, data.edge_index)
             if self.attention == "each":
-                x = self.attention_layers[b](x, ptr, max_num_atoms, key_bias=log_w)
+                x = apply_attention(self.attention_layers, b, x, ptr, max_num_atoms, maps, key_bias=log_w)
         if self.attention == "last":
-            x = self.attention_layers[0](x, ptr, max_num_atoms, key_bias=log_w)
+            x = apply_attention(self.attention_layers, 0, x, ptr, max_num_atoms, maps, key_bias=log_w)
         pooled = self.pool(x, log_w, batch, num_graphs)
-        return self.head(self.readout_dropout(pooled))
+        out = self.head(self.readout_dropout(pooled))
+        return out if maps is None else (out, maps)
 
     def extra_repr(self) -> str:
         return f"num_targets={self.num_targets}, attention={self.attention!r}"

@@ -16,7 +16,7 @@ runs fully in float64. ``attention="none"`` *is* MEGNet (the paper's "w/o MHSA" 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ from torch_geometric.data import Data
 
 from sagnn_lightning.errors import UsageError
 from sagnn_lightning.kernels.dispatch import Backend
-from sagnn_lightning.nn.attention import AtomSelfAttention
+from sagnn_lightning.nn.attention import AtomSelfAttention, AttentionMaps, split_by_crystal
 from sagnn_lightning.nn.basis import GaussianExpansion
 from sagnn_lightning.nn.geometry import bond_lengths
 from sagnn_lightning.nn.megnet_block import Activation, MEGNetBlock, mlp
@@ -65,7 +65,12 @@ class SAGNN(nn.Module):
     ``pos [N, 3]`` (Å), ``lattice [B, 3, 3]`` (Å), ``edge_index [2, E]``, ``image_offsets [E, 3]``,
     ``state [B, S]``, ``batch [N]``, ``ptr [B + 1]``, ``max_num_atoms`` (int).
 
-    Output: ``[B, num_targets]`` (raw regression values or logits).
+    Output: ``[B, num_targets]`` (raw regression values or logits). ``forward(data, return_attention=True)``
+    returns ``(output, maps)``: ``maps`` is ``{"attention_layers.<k>": [weights [heads, n_b, n_b] for each crystal
+    b]}`` (one entry per attention layer, in order; empty for ``attention="none"``), row ``i`` = atom ``i``'s
+    weights over the atoms of its crystal (sums to 1). The attention then runs on the plain-PyTorch path with an
+    explicit softmax (same formula, same output up to rounding; see :class:`AtomSelfAttention`); without the flag
+    the forward pass is the usual one (the Triton kernel on CUDA).
     """
 
     def __init__(
@@ -123,7 +128,13 @@ class SAGNN(nn.Module):
         """Re-initialise every layer with its own scheme (each owner resets its children once)."""
         reset_children(self)
 
-    def forward(self, data: Data) -> Tensor:
+    @overload
+    def forward(self, data: Data, return_attention: Literal[False] = False) -> Tensor: ...
+
+    @overload
+    def forward(self, data: Data, return_attention: Literal[True]) -> tuple[Tensor, AttentionMaps]: ...
+
+    def forward(self, data: Data, return_attention: bool = False) -> Tensor | tuple[Tensor, AttentionMaps]:
         if getattr(data, "pos", None) is None:
             raise ValueError(
                 "SAGNN needs crystal graphs (pos, lattice, image_offsets); this batch has none (composition "
@@ -148,15 +159,17 @@ class SAGNN(nn.Module):
         v = self.atom_encoder(self.atom_embedding(data.atomic_numbers))
         u = self.state_encoder(state)
 
+        maps: AttentionMaps | None = {} if return_attention else None
         for b, block in enumerate(self.blocks):
             e, v, u = block(e, v, u, edge_index, batch, edge_batch, num_graphs)
             if self.attention == "each":
-                v = self.attention_layers[b](v, ptr, max_num_atoms)
+                v = apply_attention(self.attention_layers, b, v, ptr, max_num_atoms, maps)
         if self.attention == "last":
-            v = self.attention_layers[0](v, ptr, max_num_atoms)
+            v = apply_attention(self.attention_layers, 0, v, ptr, max_num_atoms, maps)
 
         pooled = self.readout(v, e, u, batch, edge_batch, num_graphs)
-        return self.head(self.readout_dropout(pooled))
+        out = self.head(self.readout_dropout(pooled))
+        return out if maps is None else (out, maps)
 
     def extra_repr(self) -> str:
         return f"num_targets={self.num_targets}, attention={self.attention!r}"
@@ -174,6 +187,25 @@ def check_attention_args(model: str, attention: str, heads: int, hidden_dim: int
             f"{model}: heads={heads} must divide hidden_dim={hidden_dim} (--model.model.heads, "
             f"--model.model.hidden_dim); heads that fit: {divisors}"
         )
+
+
+def apply_attention(
+    layers: nn.ModuleList,
+    index: int,
+    x: Tensor,
+    ptr: Tensor,
+    max_num_atoms: int,
+    maps: AttentionMaps | None,
+    key_bias: Tensor | None = None,
+) -> Tensor:
+    """``layers[index]`` on the node features ``x [N, D]``; with a ``maps`` dict (``return_attention``), on the
+    weight-returning path, storing its per-crystal weights as ``maps["attention_layers.<index>"]``."""
+    layer = layers[index]
+    if maps is None:
+        return layer(x, ptr, max_num_atoms, key_bias=key_bias)
+    x, weights = layer(x, ptr, max_num_atoms, key_bias=key_bias, return_weights=True)
+    maps[f"attention_layers.{index}"] = split_by_crystal(weights, ptr)
+    return x
 
 
 def reset_children(module: nn.Module) -> None:

@@ -1,7 +1,7 @@
 """Neural-network layers: scatter ops, distance basis, MEGNet block, atom self-attention, readout, and the
 composition layers (element features, fraction-weighted messages and readout)."""
 
-from sagnn_lightning.nn.attention import AtomSelfAttention
+from sagnn_lightning.nn.attention import AtomSelfAttention, AttentionMaps, split_by_crystal
 from sagnn_lightning.nn.basis import GaussianExpansion
 from sagnn_lightning.nn.element_features import ElementFeatures
 from sagnn_lightning.nn.fraction_message import FractionWeightedMessagePassing
@@ -13,6 +13,7 @@ from sagnn_lightning.nn.scatter import scatter_max, scatter_mean, scatter_softma
 
 __all__ = [
     "AtomSelfAttention",
+    "AttentionMaps",
     "ElementFeatures",
     "FractionWeightedMessagePassing",
     "FractionWeightedPooling",
@@ -29,5 +30,6 @@ __all__ = [
     "scatter_mean",
     "scatter_softmax",
     "scatter_sum",
+    "split_by_crystal",
     "torch_scatter_available",
 ]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
 
 from sagnn_lightning.kernels import varlen_attention
 from sagnn_lightning.kernels.dispatch import Backend
+from sagnn_lightning.kernels.reference import varlen_attention_weights
+
+#: attention maps of a model: ``{layer name: [weights of crystal b, [heads, n_b, n_b]] for b in the batch}``
+AttentionMaps = dict[str, list[Tensor]]
 
 
 class AtomSelfAttention(nn.Module):
@@ -38,7 +43,14 @@ class AtomSelfAttention(nn.Module):
 
     Shapes:
         ``x [N, dim]`` (atoms of all crystals, packed), ``ptr [B + 1]`` (graph boundaries), ``max_num_atoms``
-        (Python int, largest crystal), optional ``key_bias [N]`` → ``[N, dim]``.
+        (Python int, largest crystal), optional ``key_bias [N]`` → ``[N, dim]``; with ``return_weights=True``
+        → ``([N, dim], weights [B, heads, max_num_atoms, max_num_atoms])``.
+
+    ``return_weights=True`` computes the same formula on a plain-PyTorch path with an explicit softmax
+    (:func:`~sagnn_lightning.kernels.reference.varlen_attention_weights`, whatever ``backend`` says) and also returns
+    the weights: ``weights[b, h, i, j]`` is how much atom ``i`` (query) of crystal ``b`` takes from atom ``j`` (key),
+    positions within the crystal, each query's row summing to 1 (padding rows and columns are 0;
+    :func:`split_by_crystal` cuts them off). For inspection: it costs the padded ``B × heads × L²`` weights in memory.
 
     ``key_bias`` is added to every query's score for that key before the softmax (shared by the heads): with
     ``key_bias = log w`` the attention weights become ``w_j exp(s_ij) / Σ_k w_k exp(s_ik)``, i.e. each node
@@ -85,26 +97,70 @@ class AtomSelfAttention(nn.Module):
         if isinstance(self.norm, nn.LayerNorm):
             self.norm.reset_parameters()
 
-    def forward(self, x: Tensor, ptr: Tensor, max_num_atoms: int, key_bias: Tensor | None = None) -> Tensor:
+    @overload
+    def forward(
+        self,
+        x: Tensor,
+        ptr: Tensor,
+        max_num_atoms: int,
+        key_bias: Tensor | None = None,
+        return_weights: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def forward(
+        self,
+        x: Tensor,
+        ptr: Tensor,
+        max_num_atoms: int,
+        key_bias: Tensor | None = None,
+        *,
+        return_weights: Literal[True],
+    ) -> tuple[Tensor, Tensor]: ...
+
+    def forward(
+        self,
+        x: Tensor,
+        ptr: Tensor,
+        max_num_atoms: int,
+        key_bias: Tensor | None = None,
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         total = x.shape[0]
         shape = (total, self.heads, self.head_dim)
         q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
-        out = varlen_attention(
-            q,
-            k,
-            v,
-            cu_seqlens=ptr.to(torch.int32),
-            max_seqlen=int(max_num_atoms),
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=1.0 / math.sqrt(self.head_dim),
-            backend=self.backend,
-            validate=False,  # ptr / max_num_atoms come from collate_graphs: no GPU read-back
-            key_bias=key_bias,
-        )
+        scale = 1.0 / math.sqrt(self.head_dim)
+        dropout_p = self.dropout if self.training else 0.0
+        weights: Tensor | None = None
+        if return_weights:  # explicit softmax, weights kept (for inspection)
+            out, weights = varlen_attention_weights(
+                q, k, v, ptr, int(max_num_atoms), dropout_p=dropout_p, scale=scale, key_bias=key_bias
+            )
+        else:
+            out = varlen_attention(
+                q,
+                k,
+                v,
+                cu_seqlens=ptr.to(torch.int32),
+                max_seqlen=int(max_num_atoms),
+                dropout_p=dropout_p,
+                scale=scale,
+                backend=self.backend,
+                validate=False,  # ptr / max_num_atoms come from collate_graphs: no GPU read-back
+                key_bias=key_bias,
+            )
         out = self.out_proj(out.reshape(total, self.heads * self.head_dim))
         if self.residual:
             out = x + out
-        return self.norm(out)
+        out = self.norm(out)
+        return out if weights is None else (out, weights)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, head_dim={self.head_dim}, dropout={self.dropout}, backend={self.backend!r}"
+
+
+def split_by_crystal(weights: Tensor, ptr: Tensor) -> list[Tensor]:
+    """Padded weights ``[B, heads, L, L]`` (from ``AtomSelfAttention(..., return_weights=True)``) → one
+    ``[heads, n_b, n_b]`` view per crystal (``n_b = ptr[b+1] - ptr[b]``; reads ``ptr`` back to the host once)."""
+    sizes = (ptr[1:] - ptr[:-1]).tolist()
+    return [weights[b, :, :n, :n] for b, n in enumerate(sizes)]
