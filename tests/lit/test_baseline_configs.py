@@ -81,8 +81,10 @@ def test_fit_with_the_kgcnn_schedule(sample_run, offline_env):
 
 
 def test_every_task_recipe_trains_the_one_configuration(capsys):
-    """Issue 11: one configuration for every task — the task YAMLs add data settings only."""
-    task_yamls = sorted((RECIPES / "configs").glob("matbench_*.yaml"))
+    """Issue 11: one configuration for every structure task — the task YAMLs add data settings only."""
+    from sagnn_lightning.data.tasks import MATBENCH_TASKS
+
+    task_yamls = [p for p in sorted((RECIPES / "configs").glob("matbench_*.yaml")) if p.stem in MATBENCH_TASKS]
     assert len(task_yamls) == 9
     seen = []
     for task_yaml in task_yamls:
@@ -149,3 +151,27 @@ def test_fit_with_the_recipes_schedule_decays_to_the_last_epoch(sample_run, offl
     schedule = cli.trainer.lr_scheduler_configs[0].scheduler
     assert isinstance(schedule, HoldThenLinearDecay) and schedule.decay_epochs == 2 and schedule.last_epoch == 3
     assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-4 * 0.01)
+
+
+def test_composition_recipes_share_one_configuration_but_steels_documented_changes(capsys):
+    """The 4 composition tasks: composition.yaml for all; steels (312 rows) changes only batch size, learning rate
+    and epochs (chosen on validation, docs/guide/compositions.md)."""
+    from sagnn_lightning.data.tasks import MATBENCH_COMPOSITION_TASKS
+
+    printed = {
+        task: _print_config(
+            ["fit"], [RECIPES / "configs" / "composition.yaml", RECIPES / "configs" / f"{task}.yaml"], capsys
+        )
+        for task in MATBENCH_COMPOSITION_TASKS
+    }
+    assert all(p["model"]["model"]["class_path"] == "sagnn_lightning.models.CompositionSAGNN" for p in printed.values())
+    large = [printed[t] for t in ("matbench_expt_gap", "matbench_expt_is_metal", "matbench_glass")]
+    assert all(
+        (p["model"], p["trainer"]["max_epochs"], p["data"]["init_args"]["batch_size"]) == (large[0]["model"], 100, 64)
+        for p in large
+    )
+    steels = printed["matbench_steels"]
+    assert steels["model"]["model"] == large[0]["model"]["model"]
+    assert steels["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(3e-4)
+    assert large[0]["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(1e-3)
+    assert (steels["trainer"]["max_epochs"], steels["data"]["init_args"]["batch_size"]) == (200, 16)
