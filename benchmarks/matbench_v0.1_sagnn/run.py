@@ -852,7 +852,17 @@ def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[st
             descriptions.append(text)
     budget = ", ".join(f"{name}: {c['max_epochs']} epochs" for name, c in sorted(configs.items()))
     optimizer = training.get("optimizer") or {}
-    lr = (optimizer.get("init_args") or {}).get("lr") if isinstance(optimizer, dict) else None
+
+    def _lr(cfg: dict[str, Any]) -> Any:
+        opt = cfg["training"].get("optimizer") or {}
+        return (opt.get("init_args") or {}).get("lr") if isinstance(opt, dict) else None
+
+    rates = {name: _lr(cfg) for name, cfg in sorted(configs.items())}
+    lr = (
+        next(iter(rates.values()))
+        if len(set(map(str, rates.values()))) == 1
+        else ", ".join(f"{name} {rate}" for name, rate in rates.items())
+    )
     return {
         "authors": "sagnn-lightning contributors",
         "algorithm": ALGORITHM_NAMES[variant],
