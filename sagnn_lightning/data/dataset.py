@@ -114,27 +114,21 @@ class GraphDataset(Dataset):
             self.release_pages()
         a0, a1 = (int(x) for x in a["atom_ptr"][index : index + 2])
         e0, e1 = (int(x) for x in a["edge_ptr"][index : index + 2])
-        if isinstance(self.settings, CompositionSettings):
-            return Data(
-                atomic_numbers=torch.from_numpy(a["atomic_numbers"][a0:a1].astype(np.int64)),
-                fractions=torch.from_numpy(np.array(a["fractions"][a0:a1])),
-                edge_index=torch.from_numpy(a["edge_index"][e0:e1].astype(np.int64).T.copy()),
-                state=self._state.clone(),
-                y=torch.from_numpy(a["targets"][index].astype(np.float32)).reshape(1, -1),
-                sample_id=bytes(a["sample_ids"][index]).decode("utf-8"),
-                num_nodes=a1 - a0,
-            )
-        return Data(
-            atomic_numbers=torch.from_numpy(a["atomic_numbers"][a0:a1].astype(np.int64)),
-            pos=torch.from_numpy(np.array(a["pos"][a0:a1])),
-            lattice=torch.from_numpy(np.array(a["lattice"][index])).reshape(1, 3, 3),
-            edge_index=torch.from_numpy(a["edge_index"][e0:e1].astype(np.int64).T.copy()),
-            image_offsets=torch.from_numpy(a["image_offsets"][e0:e1].astype(np.int64)),
-            state=self._state.clone(),
-            y=torch.from_numpy(a["targets"][index].astype(np.float32)).reshape(1, -1),
-            sample_id=bytes(a["sample_ids"][index]).decode("utf-8"),
-            num_nodes=a1 - a0,
-        )
+        fields = {
+            "atomic_numbers": torch.from_numpy(a["atomic_numbers"][a0:a1].astype(np.int64)),
+            "edge_index": torch.from_numpy(a["edge_index"][e0:e1].astype(np.int64).T.copy()),
+            "state": self._state.clone(),
+            "y": torch.from_numpy(a["targets"][index].astype(np.float32)).reshape(1, -1),
+            "sample_id": bytes(a["sample_ids"][index]).decode("utf-8"),
+            "num_nodes": a1 - a0,
+        }
+        if isinstance(self.settings, CompositionSettings):  # element graphs: fractions instead of geometry
+            fields["fractions"] = torch.from_numpy(np.array(a["fractions"][a0:a1]))
+        else:
+            fields["pos"] = torch.from_numpy(np.array(a["pos"][a0:a1]))
+            fields["lattice"] = torch.from_numpy(np.array(a["lattice"][index])).reshape(1, 3, 3)
+            fields["image_offsets"] = torch.from_numpy(a["image_offsets"][e0:e1].astype(np.int64))
+        return Data(**fields)
 
     # -- metadata ----------------------------------------------------------------------------
     @property

@@ -122,6 +122,30 @@ def _pick_column(
     return None
 
 
+def _input_column_and_ids(
+    path: Path,
+    frame: pd.DataFrame,
+    input_column: str | None,
+    candidates: Sequence[str],
+    role: str,
+    id_column: str | None,
+    default_ids: DefaultIds | None,
+) -> tuple[str, str | None, list[str]]:
+    """``(input column, id column or None, row ids)``: the structures' or formulas' column (``input_column``, else
+    the first of ``candidates``), the id column (``id_column``, else the first of :data:`ID_COLUMN_CANDIDATES`)
+    and the ids (that column, else ``default_ids``/:func:`row_ids`); errors list the columns and the flag."""
+    columns = list(frame.columns)
+    s_col = _pick_column(path, columns, input_column, candidates, role, True)
+    i_col = _pick_column(path, columns, id_column, ID_COLUMN_CANDIDATES, "id", False)
+    ids = [str(v) for v in frame[i_col]] if i_col else (default_ids or row_ids)(path, frame)
+    return str(s_col), i_col, ids
+
+
+def _formula_cells(values: pd.Series) -> list[str]:
+    """Formula cells as text; a missing cell (NaN) becomes "" and is reported, by row, by the graph builder."""
+    return ["" if pd.isna(v) else str(v) for v in values]
+
+
 def _read_frame(path: Path) -> pd.DataFrame:
     suffix = base_suffix(path)
     if suffix == ".csv":
@@ -180,18 +204,19 @@ def read_table(
             f"{path}: no target columns given; available columns: {columns}. Choose them with {COLUMN_FLAGS['target']}."
         )
     check_columns(path, columns, target_columns, "target")
-    if input_type == "composition":
-        s_col = _pick_column(path, columns, structure_column, COMPOSITION_COLUMN_CANDIDATES, "composition", True)
-    else:
-        s_col = _pick_column(path, columns, structure_column, STRUCTURE_COLUMN_CANDIDATES, "structure", True)
-    i_col = _pick_column(path, columns, id_column, ID_COLUMN_CANDIDATES, "id", False)
+    composition = input_type == "composition"
+    s_col, i_col, ids = _input_column_and_ids(
+        path,
+        frame,
+        structure_column,
+        COMPOSITION_COLUMN_CANDIDATES if composition else STRUCTURE_COLUMN_CANDIDATES,
+        "composition" if composition else "structure",
+        id_column,
+        default_ids,
+    )
     check_not_empty(path, len(frame))
-    ids = [str(v) for v in frame[i_col]] if i_col else (default_ids or row_ids)(path, frame)
     check_unique(path, ids)
-    if input_type == "composition":  # a missing cell (NaN) becomes "" and is reported by the graph cache
-        structures = ["" if pd.isna(v) else str(v) for v in frame[s_col]]
-    else:
-        structures = [_as_structure_input(v) for v in frame[s_col]]
+    structures = _formula_cells(frame[s_col]) if composition else [_as_structure_input(v) for v in frame[s_col]]
     targets = targets_array(path, frame, list(target_columns))
     return Table(
         ids=ids,
@@ -350,14 +375,12 @@ def read_formulas(
             f"(one of {list(COMPOSITION_COLUMN_CANDIDATES)}, or --composition-column <name>), not from structures."
         )
     frame = _read_frame(path)
-    columns = [str(c) for c in frame.columns]
-    frame.columns = columns
+    frame.columns = [str(c) for c in frame.columns]
     check_not_empty(path, len(frame))
-    s_col = _pick_column(path, columns, composition_column, COMPOSITION_COLUMN_CANDIDATES, "composition", True)
-    i_col = _pick_column(path, columns, id_column, ID_COLUMN_CANDIDATES, "id", False)
-    ids = [str(v) for v in frame[i_col]] if i_col else (default_ids or row_ids)(path, frame)
-    formulas = ["" if pd.isna(v) else str(v) for v in frame[s_col]]
-    return RawInputs(ids=ids, items=formulas, labels=list(ids), errors=[])
+    s_col, _, ids = _input_column_and_ids(
+        path, frame, composition_column, COMPOSITION_COLUMN_CANDIDATES, "composition", id_column, default_ids
+    )
+    return RawInputs(ids=ids, items=_formula_cells(frame[s_col]), labels=list(ids), errors=[])
 
 
 def read_inputs(
@@ -405,12 +428,11 @@ def read_inputs(
             items, names = [(str(path), lambda: doc)], [path.name.split(".")[0]]
         else:
             frame = _read_frame(path)
-            columns = [str(c) for c in frame.columns]
-            frame.columns = columns
+            frame.columns = [str(c) for c in frame.columns]
             check_not_empty(path, len(frame))
-            s_col = _pick_column(path, columns, structure_column, STRUCTURE_COLUMN_CANDIDATES, "structure", True)
-            i_col = _pick_column(path, columns, id_column, ID_COLUMN_CANDIDATES, "id", False)
-            names = [str(v) for v in frame[i_col]] if i_col else (default_ids or row_ids)(path, frame)
+            s_col, _, names = _input_column_and_ids(
+                path, frame, structure_column, STRUCTURE_COLUMN_CANDIDATES, "structure", id_column, default_ids
+            )
             items = [(n, partial(_same, v)) for n, v in zip(names, frame[s_col])]
     else:  # POSCAR, *.vasp, *.xsf, ...: whatever pymatgen reads
 

@@ -15,6 +15,7 @@ one finite key (for an all-masked one this oracle gives NaN rows, the padded pat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,31 @@ def seqlens_to_batch(cu_seqlens: Tensor, total: int) -> Tensor:
     return torch.repeat_interleave(ids, lengths, output_size=total)
 
 
+def _padded_layout(q: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+    """``(seq [total], slot [total], to_dense)``: each packed row's sequence and position in it, and the map
+    ``(total, H, D)`` → zero-padded ``(B, H, max_seqlen, D)`` that the padded paths attend in."""
+    total, heads, dim = q.shape
+    num_seqs = cu_seqlens.numel() - 1
+    seq = seqlens_to_batch(cu_seqlens, total)
+    slot = torch.arange(total, device=q.device) - cu_seqlens.long()[seq]
+
+    def to_dense(t: Tensor) -> Tensor:
+        dense = t.new_zeros(num_seqs, max_seqlen, heads, dim)
+        dense[seq, slot] = t
+        return dense.transpose(1, 2)  # (B, H, L, D)
+
+    return seq, slot, to_dense
+
+
+def _additive_key_mask(seq: Tensor, slot: Tensor, num_seqs: int, max_seqlen: int, values: Tensor) -> Tensor:
+    """``(B, max_seqlen)`` additive key mask: ``values [total]`` (the key bias) on each sequence's keys, ``-inf`` on
+    padding; slot 0 of an empty sequence is 0 (its all-masked row would be NaN; such rows are discarded).
+    Built out of place, so the gradient reaches ``values``."""
+    bias = torch.full((num_seqs, max_seqlen), float("-inf"), dtype=values.dtype, device=values.device)
+    bias[:, 0] = 0.0  # a non-empty sequence overwrites slot 0 with its own value
+    return bias.index_put((seq, slot), values)
+
+
 def varlen_attention_padded(
     q: Tensor,
     k: Tensor,
@@ -73,27 +99,15 @@ def varlen_attention_padded(
     With ``key_bias`` ``(total,)`` the mask is a float ``(B, 1, 1, max_seqlen)`` additive mask instead (the
     bias on valid keys, ``-inf`` on padding, in q's dtype), differentiable in ``key_bias``.
     """
-    total, heads, dim = q.shape
-    num_seqs = cu_seqlens.numel() - 1
-    seq = seqlens_to_batch(cu_seqlens, total)
-    slot = torch.arange(total, device=q.device) - cu_seqlens.long()[seq]
-
-    def to_dense(t: Tensor) -> Tensor:
-        dense = t.new_zeros(num_seqs, max_seqlen, heads, dim)
-        dense[seq, slot] = t
-        return dense.transpose(1, 2)  # (B, H, L, D)
-
+    seq, slot, to_dense = _padded_layout(q, cu_seqlens, max_seqlen)
     mask: Tensor
     if key_bias is None:
-        valid = torch.zeros(num_seqs, max_seqlen, dtype=torch.bool, device=q.device)
+        valid = torch.zeros(cu_seqlens.numel() - 1, max_seqlen, dtype=torch.bool, device=q.device)
         valid[seq, slot] = True
         valid[:, 0] = True  # an empty sequence would give an all-masked row (NaN); its output is discarded anyway
         mask = valid
     else:
-        bias = torch.full((num_seqs, max_seqlen), float("-inf"), dtype=q.dtype, device=q.device)
-        bias[:, 0] = 0.0  # as above, for empty sequences; a non-empty one overwrites slot 0 with its bias
-        bias = bias.index_put((seq, slot), key_bias.to(q.dtype))  # out of place: the gradient reaches key_bias
-        mask = bias
+        mask = _additive_key_mask(seq, slot, cu_seqlens.numel() - 1, max_seqlen, key_bias.to(q.dtype))
     out = F.scaled_dot_product_attention(
         to_dense(q),
         to_dense(k),
@@ -137,23 +151,15 @@ def varlen_attention_weights(
         weight of key ``j`` in the output of query ``i`` (positions within sequence ``b``); every row of a real query
         sums to 1, rows and columns past the sequence's end are 0. Differentiable like the other paths.
     """
-    total, heads, dim = q.shape
+    total, _, dim = q.shape
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     num_seqs = cu_seqlens.numel() - 1
-    seq = seqlens_to_batch(cu_seqlens, total)
-    slot = torch.arange(total, device=q.device) - cu_seqlens.long()[seq]
-
-    def to_dense(t: Tensor) -> Tensor:
-        dense = t.new_zeros(num_seqs, max_seqlen, heads, dim)
-        dense[seq, slot] = t
-        return dense.transpose(1, 2)  # (B, H, L, D)
-
+    seq, slot, to_dense = _padded_layout(q, cu_seqlens, max_seqlen)
     valid = torch.zeros(num_seqs, max_seqlen, dtype=torch.bool, device=q.device)
     valid[seq, slot] = True
-    bias = torch.full((num_seqs, max_seqlen), float("-inf"), dtype=q.dtype, device=q.device)
-    bias[:, 0] = 0.0  # an empty sequence would give all-masked rows (NaN, also in the gradient); they are zeroed below
+    # empty sequences' all-masked rows (NaN, also in the gradient) are zeroed below
     values = torch.zeros(total, dtype=q.dtype, device=q.device) if key_bias is None else key_bias.to(q.dtype)
-    bias = bias.index_put((seq, slot), values)  # out of place: the gradient reaches key_bias
+    bias = _additive_key_mask(seq, slot, num_seqs, max_seqlen, values)
     scores = to_dense(q) @ to_dense(k).transpose(-1, -2) * scale + bias[:, None, None, :]
     weights = scores.softmax(dim=-1) * valid[:, None, :, None].to(q.dtype)  # rows of padding queries → 0
     attend = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
