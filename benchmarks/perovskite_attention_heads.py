@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout, even when an installed copy exists
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from perovskite_attention_roles import ROLES, site_roles  # noqa: E402 (after the sys.path setup above)
+from perovskite_attention_roles import ROLES, site_attention  # noqa: E402 (after the sys.path setup above)
 
 from sagnn_lightning.files import write_csv_rows  # noqa: E402
 from sagnn_lightning.lit.attention_export import load_crystal, read_index  # noqa: E402
@@ -86,13 +86,12 @@ def analyse_export(folder: Path, layer: int | str = -1) -> dict[str, Any]:
             sums[name] += stats[name]
         spread += float(stats["head_spread"])
         mean_maps[sample_id] = a.mean(0)
-        roles = site_roles(arrays["elements"], arrays["frac_coords"], arrays["lattice"])
-        if roles is None:
+        sites = site_attention(arrays, k)  # [H, 3] or None
+        if sites is None:
             left_out += 1
             continue
-        received = a.mean(1) * len(roles)  # [H, n]: attention received × n = relative to uniform
-        for role in ROLES:
-            site_sums[role] += received[:, [i for i, r in enumerate(roles) if r == role]].mean(1)
+        for s, role in enumerate(ROLES):
+            site_sums[role] += sites[:, s]
         used += 1
     total = len(mean_maps)
     if total == 0:

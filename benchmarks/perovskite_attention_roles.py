@@ -39,6 +39,16 @@ def site_roles(elements: np.ndarray, frac: np.ndarray, lattice: np.ndarray) -> l
     return ["X" if anion[i] else ("B" if i == b else "A") for i in range(len(elements))]
 
 
+def site_attention(arrays: dict[str, np.ndarray], layer: int = -1) -> np.ndarray | None:
+    """``[heads, 3]``: attention received per atom of sites A, B, X (averaged over the crystal's queries and the
+    site's atoms) relative to uniform, in one layer of one exported crystal; ``None`` when it is not one ABX3."""
+    roles = site_roles(arrays["elements"], arrays["frac_coords"], arrays["lattice"])
+    if roles is None:
+        return None
+    received = np.asarray(arrays["attention"][layer], dtype=np.float64).mean(axis=1) * len(roles)  # [heads, atoms]
+    return np.stack([received[:, [i for i, r in enumerate(roles) if r == role]].mean(axis=1) for role in ROLES], 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("export_dir", type=Path)
@@ -46,20 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="CSV of the per-head means (written atomically)")
     args = parser.parse_args(argv)
     index = json.loads((args.export_dir / "index.json").read_text())
-    sums: dict[str, np.ndarray] = {}
+    total: np.ndarray | float = 0.0
     used = skipped = 0
     for entry in index["crystals"].values():
-        z = np.load(args.export_dir / entry["file"])
-        roles = site_roles(z["elements"], z["frac_coords"], z["lattice"])
-        if roles is None:
+        with np.load(args.export_dir / entry["file"]) as npz:
+            sites = site_attention(dict(npz), args.layer)
+        if sites is None:
             skipped += 1
             continue
-        received = z["attention"][args.layer].mean(axis=1) * len(roles)  # [heads, atoms]: × n = relative to uniform
-        for role in ROLES:
-            cols = [i for i, r in enumerate(roles) if r == role]
-            sums[role] = sums.get(role, 0) + received[:, cols].mean(axis=1)
+        total = total + sites
         used += 1
-    means = {role: sums[role] / used for role in ROLES}
+    means = {role: np.asarray(total)[:, k] / used for k, role in enumerate(ROLES)}
     heads = len(means["A"])
     print(
         f"{used} crystals ({skipped} left out: not ABX3 with three O/N/F/S anions); layer {index['layers'][args.layer]}"
