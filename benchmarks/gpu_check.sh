@@ -8,7 +8,8 @@
 #   1. install     only when the package's imports fail: pip install -e ".[test,triton]"
 #                  (from the wheelhouse $SAGNN_WHEELHOUSE or ./.whl when present, offline)
 #   2. kernels     tests/kernels with the Triton kernels COMPILED (TRITON_INTERPRET unset), incl. the
-#                  backend="auto" self-check on the real GPU
+#                  backend="auto" self-check on the real GPU and the attention maps that
+#                  `predict --attention` exports against the compiled kernel (4/8/16 heads)
 #   3. attention   benchmarks/attention.py (Triton varlen vs padded SDPA vs loop), bfloat16
 #   4. peers       benchmarks/peers.py --device cuda (a missing optional peer such as matgl is recorded in its
 #                  CSV, not fatal)
