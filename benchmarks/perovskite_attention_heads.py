@@ -8,7 +8,8 @@ crystals, and reports for one attention layer (default the last):
   is (``entropy``: row entropy / log n, 1 = uniform, 0 = all on one key; ``max_weight``: the largest weight of a
   row) and how far it is from uniform (``from_uniform``: total-variation distance ½ Σ_j |a_ij − 1/n|, 0–1);
 * per model: the same, averaged over heads, plus ``head_spread``: the mean total-variation distance between the
-  rows of two different heads (0 = all heads attend alike, 1 = to disjoint atoms);
+  rows of two different heads (0 = all heads attend alike, 1 = to disjoint atoms), and ``mean_map_from_uniform``:
+  the distance of the head-averaged rows from uniform (the scale for ``map_distance`` below);
 * per pair of models: ``map_distance``, the total-variation distance between their head-averaged rows, crystal by
   crystal; ``received_corr``, the correlation of the head-averaged attention each atom receives (× n);
   ``element_pair_corr``, the correlation of the element-pair maps (``relative_to_uniform`` of
@@ -74,7 +75,7 @@ def analyse_export(folder: Path, layer: int | str = -1) -> dict[str, Any]:
     k = resolve_layer(index["layers"], layer)
     heads = int(index["heads"])
     sums: dict[str, np.ndarray] = {name: np.zeros(heads) for name in SHARPNESS}
-    spread = 0.0
+    spread = averaged_from_uniform = 0.0
     site_sums = {role: np.zeros(heads) for role in ROLES}
     mean_maps: dict[str, np.ndarray] = {}
     used = left_out = 0
@@ -86,6 +87,7 @@ def analyse_export(folder: Path, layer: int | str = -1) -> dict[str, Any]:
             sums[name] += stats[name]
         spread += float(stats["head_spread"])
         mean_maps[sample_id] = a.mean(0)
+        averaged_from_uniform += 0.5 * np.abs(mean_maps[sample_id] - 1.0 / a.shape[-1]).sum(-1).mean()
         sites = site_attention(arrays, k)  # [H, 3] or None
         if sites is None:
             left_out += 1
@@ -103,7 +105,8 @@ def analyse_export(folder: Path, layer: int | str = -1) -> dict[str, Any]:
         "site_crystals": used,
         "left_out": left_out,
         "sites": {role: site_sums[role] / max(used, 1) for role in ROLES},
-        "stats": {**{name: sums[name] / total for name in SHARPNESS}, "head_spread": spread / total},
+        "stats": {name: sums[name] / total for name in SHARPNESS}
+        | {"head_spread": spread / total, "mean_map_from_uniform": averaged_from_uniform / total},
         "mean_maps": mean_maps,
     }
 
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             | {f"site_{role}_head_min": round(float(r["sites"][role].min()), 6) for role in ROLES}
             | {f"site_{role}_head_max": round(float(r["sites"][role].max()), 6) for role in ROLES}
             | {name: round(float(r["stats"][name].mean()), 6) for name in SHARPNESS}
-            | {"head_spread": round(float(r["stats"]["head_spread"]), 6)}
+            | {key: round(float(r["stats"][key]), 6) for key in ("head_spread", "mean_map_from_uniform")}
         )
     pairs = [
         {"model_a": x, "model_b": y}
@@ -216,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         for x, y in itertools.combinations(results, 2)
     ]
 
-    print("| model | heads | crystals | A | B | X (each) | entropy | max weight | from uniform | head spread |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | heads | crystals | A | B | X (each) | entropy | max weight | from uniform | head spread "
+        "| head mean from uniform |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m in models:
         sites = " | ".join(
             f"{m[f'site_{role}']:.2f} ({m[f'site_{role}_head_min']:.2f}–{m[f'site_{role}_head_max']:.2f})"
@@ -225,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"| {m['model']} | {m['heads']} | {m['site_crystals']} | {sites} | {m['entropy']:.3f} | "
-            f"{m['max_weight']:.3f} | {m['from_uniform']:.3f} | {m['head_spread']:.3f} |"
+            f"{m['max_weight']:.3f} | {m['from_uniform']:.3f} | {m['head_spread']:.3f} | "
+            f"{m['mean_map_from_uniform']:.3f} |"
         )
     print()
     print("| models | crystals | map distance | received corr | element pairs | element-pair corr |")

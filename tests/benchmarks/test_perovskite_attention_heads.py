@@ -115,6 +115,9 @@ def test_compares_exports_of_different_head_counts(tmp_path, capsys) -> None:
     assert float(models["2"]["entropy"]) == pytest.approx(1 / 3)
     assert float(models["2"]["head_spread"]) == pytest.approx(2 / 3)  # 1 in both perovskites, 0 in NaCl
     assert float(models["1"]["site_X"]) == pytest.approx(1.0) and float(models["1"]["head_spread"]) == 0.0
+    # head-averaged rows: half on A, half on B in the perovskites (½ (0.3 + 0.3 + 3 × 0.2)), uniform in NaCl
+    assert float(models["2"]["mean_map_from_uniform"]) == pytest.approx(0.4)
+    assert float(models["1"]["mean_map_from_uniform"]) == pytest.approx(0.0, abs=1e-12)
     per_head = [r for r in _rows(Path(f"{out}_per_head.csv")) if r["model"] == "4"]
     assert [r["head"] for r in per_head] == ["0", "1", "2", "3"]
     assert float(per_head[0]["site_B"]) == pytest.approx(5.0) and float(per_head[2]["site_B"]) == pytest.approx(2.5)
@@ -129,7 +132,7 @@ def test_compares_exports_of_different_head_counts(tmp_path, capsys) -> None:
     assert pairs[("2", "1")]["crystals"] == "3"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "| 2 | 2 | 2 | 2.50 (0.00–5.00) | 2.50 (0.00–5.00) | 0.00 (0.00–0.00) |" in printed
+    assert "| 2 | 2 | 2 | 2.50 (0.00–5.00) | 2.50 (0.00–5.00) | 0.00 (0.00–0.00) | 0.333 | " in printed
 
 
 def test_exports_without_common_crystals_are_one_error(tmp_path) -> None:
