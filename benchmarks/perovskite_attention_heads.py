@@ -13,7 +13,8 @@ crystals, and reports for one attention layer (default the last):
 * per pair of models: ``map_distance``, the total-variation distance between their head-averaged rows, crystal by
   crystal; ``received_corr``, the correlation of the head-averaged attention each atom receives (× n);
   ``element_pair_corr``, the correlation of the element-pair maps (``relative_to_uniform`` of
-  ``attention-plots``), over pairs of elements seen in at least ``--min-pairs`` atom pairs in both exports.
+  ``attention-plots``), over pairs of elements seen in at least ``--min-pairs`` atom pairs in both exports
+  (NaN with fewer than two such pairs, e.g. on a small export: lower ``--min-pairs``).
 
 Rows with a total-variation distance are averaged over crystals and queries. Crystals that are not one ABX3 cell
 with three O/N/F/S anions are counted and left out of the site columns only.
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from perovskite_attention_roles import ROLES, site_attention  # noqa: E402 (after the sys.path setup above)
 
+from sagnn_lightning.errors import SAGNNError  # noqa: E402
 from sagnn_lightning.files import write_csv_rows  # noqa: E402
 from sagnn_lightning.lit.attention_export import load_crystal, read_index  # noqa: E402
 from sagnn_lightning.lit.attention_plots import element_pair_table, resolve_layer, save_png  # noqa: E402
@@ -190,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"expected LABEL=DIR, got {item!r}")
         folders[label] = Path(folder)
     layer: int | str = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
-    results = {label: analyse_export(folder, layer) for label, folder in folders.items()}
-    pair_tables = {label: element_pair_table(folder, results[label]["layer"]) for label, folder in folders.items()}
+    try:
+        results = {label: analyse_export(folder, layer) for label, folder in folders.items()}
+        pair_tables = {label: element_pair_table(folder, results[label]["layer"]) for label, folder in folders.items()}
+    except SAGNNError as err:  # no export there, unknown --layer: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
     per_head, models = [], []
     for label, r in results.items():

@@ -135,6 +135,14 @@ def test_compares_exports_of_different_head_counts(tmp_path, capsys) -> None:
     assert "| 2 | 2 | 2 | 2.50 (0.00–5.00) | 2.50 (0.00–5.00) | 0.00 (0.00–0.00) | 0.333 | " in printed
 
 
+def test_a_missing_export_is_one_line(tmp_path, capsys) -> None:
+    heads = _load()
+    assert heads.main([f"4={tmp_path / 'nowhere'}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nowhere does not exist" in err and "--attention" in err
+    assert "\n" not in err and "Traceback" not in err
+
+
 def test_exports_without_common_crystals_are_one_error(tmp_path) -> None:
     heads = _load()
     a = _export(tmp_path / "a", {"c1": _one_hot_heads(1)})
