@@ -20,14 +20,20 @@ def packed(lengths, dim, seed=0, dtype=torch.float64):
     return x, ptr, max(lengths)
 
 
-def torch_mha_reference(layer: AtomSelfAttention, x, ptr):
-    """The same weights in ``nn.MultiheadAttention``, applied to each crystal separately."""
-    mha = nn.MultiheadAttention(layer.dim, layer.heads, batch_first=True, dtype=x.dtype)
+def mha_copy(layer: AtomSelfAttention, dtype: torch.dtype) -> nn.MultiheadAttention:
+    """``nn.MultiheadAttention`` holding the layer's q/k/v and output projections (eval mode)."""
+    mha = nn.MultiheadAttention(layer.dim, layer.heads, batch_first=True, dtype=dtype)
     with torch.no_grad():
         mha.in_proj_weight.copy_(torch.cat([layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight]))
         mha.in_proj_bias.copy_(torch.cat([layer.q_proj.bias, layer.k_proj.bias, layer.v_proj.bias]))
         mha.out_proj.weight.copy_(layer.out_proj.weight)
         mha.out_proj.bias.copy_(layer.out_proj.bias)
+    return mha.eval()
+
+
+def torch_mha_reference(layer: AtomSelfAttention, x, ptr):
+    """The same weights in ``nn.MultiheadAttention``, applied to each crystal separately."""
+    mha = mha_copy(layer, x.dtype)
     outs = []
     for a, b in zip(ptr[:-1].tolist(), ptr[1:].tolist()):
         xs = x[a:b].unsqueeze(0)

@@ -4,10 +4,9 @@ zero, the output is the usual one, and a crystal's weights do not depend on its 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from sagnn_lightning.nn.attention import AtomSelfAttention, split_by_crystal
-from tests.nn.test_attention import LENGTHS, packed
+from tests.nn.test_attention import LENGTHS, mha_copy, packed
 
 
 def _layer(dim: int, heads: int, seed: int = 0) -> AtomSelfAttention:
@@ -21,20 +20,9 @@ def _layer(dim: int, heads: int, seed: int = 0) -> AtomSelfAttention:
     return layer.eval()
 
 
-def _mha_copy(layer: AtomSelfAttention) -> nn.MultiheadAttention:
-    """``nn.MultiheadAttention`` holding the layer's q/k/v and output projections."""
-    mha = nn.MultiheadAttention(layer.dim, layer.heads, batch_first=True, dtype=torch.float64)
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(torch.cat([layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight]))
-        mha.in_proj_bias.copy_(torch.cat([layer.q_proj.bias, layer.k_proj.bias, layer.v_proj.bias]))
-        mha.out_proj.weight.copy_(layer.out_proj.weight)
-        mha.out_proj.bias.copy_(layer.out_proj.bias)
-    return mha.eval()
-
-
 def test_weights_equal_multihead_attention_on_one_crystal():
     layer = _layer(32, 8)
-    mha = _mha_copy(layer)
+    mha = mha_copy(layer, torch.float64)
     x, ptr, n = packed([9], 32, seed=1)
     with torch.no_grad():
         out, weights = layer(x, ptr, n, return_weights=True)
@@ -49,7 +37,7 @@ def test_weights_equal_multihead_attention_on_one_crystal():
 def test_key_bias_weights_equal_multihead_attention_with_an_additive_mask():
     """The composition model's ``key_bias = log w`` is MultiheadAttention's float ``attn_mask`` on every row."""
     layer = _layer(16, 4, seed=2)
-    mha = _mha_copy(layer)
+    mha = mha_copy(layer, torch.float64)
     x, ptr, n = packed([5], 16, seed=3)
     fractions = torch.tensor([0.05, 0.4, 0.2, 0.3, 0.05], dtype=torch.float64)
     bias = fractions.log()
