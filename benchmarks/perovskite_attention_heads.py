@@ -45,7 +45,7 @@ from perovskite_attention_roles import ROLES, site_attention  # noqa: E402 (afte
 from sagnn_lightning.errors import SAGNNError  # noqa: E402
 from sagnn_lightning.files import write_csv_rows  # noqa: E402
 from sagnn_lightning.lit.attention_export import load_crystal, read_index  # noqa: E402
-from sagnn_lightning.lit.attention_plots import element_pair_table, resolve_layer, save_png  # noqa: E402
+from sagnn_lightning.lit.attention_plots import element_pair_rows, resolve_layer, save_png  # noqa: E402
 
 SHARPNESS = ("entropy", "max_weight", "from_uniform")
 
@@ -70,9 +70,9 @@ def head_statistics(attention: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def analyse_export(folder: Path, layer: int | str = -1) -> dict[str, Any]:
-    """Site profile and sharpness per head of one export, and each crystal's head-averaged map (for comparing
-    exports): ``{"heads", "layer", "crystals", "site_crystals", "left_out", "sites": {role: [H]},
-    "stats": {name: [H] or scalar}, "mean_maps": {id: [n, n]}}``."""
+    """Site profile and sharpness per head of one export, each crystal's head-averaged map and the element-pair
+    table (for comparing exports): ``{"heads", "layer", "crystals", "site_crystals", "left_out",
+    "sites": {role: [H]}, "stats": {name: [H] or scalar}, "mean_maps": {id: [n, n]}, "element_pairs": [row]}``."""
     index = read_index(folder)
     k = resolve_layer(index["layers"], layer)
     heads = int(index["heads"])
@@ -80,6 +80,7 @@ def analyse_export(folder: Path, layer: int | str = -1) -> dict[str, Any]:
     spread = averaged_from_uniform = 0.0
     site_sums = {role: np.zeros(heads) for role in ROLES}
     mean_maps: dict[str, np.ndarray] = {}
+    numbers: list[np.ndarray] = []
     used = left_out = 0
     for sample_id, entry in index["crystals"].items():
         arrays = load_crystal(folder, entry)
@@ -89,6 +90,7 @@ def analyse_export(folder: Path, layer: int | str = -1) -> dict[str, Any]:
             sums[name] += stats[name]
         spread += float(stats["head_spread"])
         mean_maps[sample_id] = a.mean(0)
+        numbers.append(arrays["atomic_numbers"])
         averaged_from_uniform += 0.5 * np.abs(mean_maps[sample_id] - 1.0 / a.shape[-1]).sum(-1).mean()
         sites = site_attention(arrays, k)  # [H, 3] or None
         if sites is None:
@@ -110,6 +112,7 @@ def analyse_export(folder: Path, layer: int | str = -1) -> dict[str, Any]:
         "stats": {name: sums[name] / total for name in SHARPNESS}
         | {"head_spread": spread / total, "mean_map_from_uniform": averaged_from_uniform / total},
         "mean_maps": mean_maps,
+        "element_pairs": element_pair_rows(zip(mean_maps.values(), numbers)),
     }
 
 
@@ -120,9 +123,7 @@ def correlation(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def agreement(
-    a: dict[str, Any], b: dict[str, Any], pairs_a: list[dict], pairs_b: list[dict], min_pairs: int
-) -> dict[str, float]:
+def agreement(a: dict[str, Any], b: dict[str, Any], min_pairs: int) -> dict[str, float]:
     """How alike two exports' head-averaged attention is, on the crystals both hold (module docstring)."""
     common = [i for i in a["mean_maps"] if i in b["mean_maps"]]
     if not common:
@@ -130,10 +131,10 @@ def agreement(
     distance = np.mean([0.5 * np.abs(a["mean_maps"][i] - b["mean_maps"][i]).sum(-1).mean() for i in common])
     received_a = np.concatenate([a["mean_maps"][i].mean(0) * len(a["mean_maps"][i]) for i in common])
     received_b = np.concatenate([b["mean_maps"][i].mean(0) * len(b["mean_maps"][i]) for i in common])
-    table_b = {(r["query_Z"], r["key_Z"]): r for r in pairs_b}
+    table_b = {(r["query_Z"], r["key_Z"]): r for r in b["element_pairs"]}
     matched = [
         (r["relative_to_uniform"], table_b[key]["relative_to_uniform"])
-        for r in pairs_a
+        for r in a["element_pairs"]
         if (key := (r["query_Z"], r["key_Z"])) in table_b
         and min(r["atom_pairs"], table_b[key]["atom_pairs"]) >= min_pairs
     ]
@@ -194,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     layer: int | str = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
     try:
         results = {label: analyse_export(folder, layer) for label, folder in folders.items()}
-        pair_tables = {label: element_pair_table(folder, results[label]["layer"]) for label, folder in folders.items()}
     except SAGNNError as err:  # no export there, unknown --layer: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         {"model_a": x, "model_b": y}
         | {
             key: round(value, 6) if isinstance(value, float) else value
-            for key, value in agreement(results[x], results[y], pair_tables[x], pair_tables[y], args.min_pairs).items()
+            for key, value in agreement(results[x], results[y], args.min_pairs).items()
         }
         for x, y in itertools.combinations(results, 2)
     ]

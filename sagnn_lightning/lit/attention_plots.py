@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,19 +165,28 @@ def element_pair_table(folder: str | os.PathLike, layer: int | str = -1) -> list
     """
     index = read_index(folder)
     k = resolve_layer(index["layers"], layer)
+
+    def crystals() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for entry in index["crystals"].values():
+            arrays = load_crystal(folder, entry)
+            yield np.asarray(arrays["attention"][k], dtype=np.float64).mean(axis=0), arrays["atomic_numbers"]
+
+    return element_pair_rows(crystals())
+
+
+def element_pair_rows(crystals: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
+    """:func:`element_pair_table` from ``(head-averaged weights [n, n], atomic_numbers [n])`` per crystal."""
     size = MAX_Z + 1
     weight_sum, relative_sum = np.zeros((size, size)), np.zeros((size, size))
-    pairs, crystals = np.zeros((size, size), dtype=np.int64), np.zeros((size, size), dtype=np.int64)
-    for entry in index["crystals"].values():
-        arrays = load_crystal(folder, entry)
-        a = np.asarray(arrays["attention"][k], dtype=np.float64).mean(axis=0)  # heads averaged: [n, n]
-        z = arrays["atomic_numbers"].astype(np.int64)
+    pairs, counts = np.zeros((size, size), dtype=np.int64), np.zeros((size, size), dtype=np.int64)
+    for a, numbers in crystals:
+        z = np.asarray(numbers).astype(np.int64)
         rows, cols = np.broadcast_arrays(z[:, None], z[None, :])
         np.add.at(weight_sum, (rows, cols), a)
         np.add.at(relative_sum, (rows, cols), a * len(z))
         np.add.at(pairs, (rows, cols), 1)
         present = np.unique(z)
-        crystals[np.ix_(present, present)] += 1
+        counts[np.ix_(present, present)] += 1
     table = []
     for qz, kz in zip(*np.nonzero(pairs)):  # row-major: by query Z, then key Z
         count = int(pairs[qz, kz])
@@ -190,7 +199,7 @@ def element_pair_table(folder: str | os.PathLike, layer: int | str = -1) -> list
                 "mean_weight": float(weight_sum[qz, kz] / count),
                 "relative_to_uniform": float(relative_sum[qz, kz] / count),
                 "atom_pairs": count,
-                "crystals": int(crystals[qz, kz]),
+                "crystals": int(counts[qz, kz]),
             }
         )
     return table
