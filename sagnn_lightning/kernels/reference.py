@@ -99,15 +99,16 @@ def varlen_attention_padded(
     With ``key_bias`` ``(total,)`` the mask is a float ``(B, 1, 1, max_seqlen)`` additive mask instead (the
     bias on valid keys, ``-inf`` on padding, in q's dtype), differentiable in ``key_bias``.
     """
+    num_seqs = cu_seqlens.numel() - 1
     seq, slot, to_dense = _padded_layout(q, cu_seqlens, max_seqlen)
     mask: Tensor
     if key_bias is None:
-        valid = torch.zeros(cu_seqlens.numel() - 1, max_seqlen, dtype=torch.bool, device=q.device)
+        valid = torch.zeros(num_seqs, max_seqlen, dtype=torch.bool, device=q.device)
         valid[seq, slot] = True
         valid[:, 0] = True  # an empty sequence would give an all-masked row (NaN); its output is discarded anyway
         mask = valid
     else:
-        mask = _additive_key_mask(seq, slot, cu_seqlens.numel() - 1, max_seqlen, key_bias.to(q.dtype))
+        mask = _additive_key_mask(seq, slot, num_seqs, max_seqlen, key_bias.to(q.dtype))
     out = F.scaled_dot_product_attention(
         to_dense(q),
         to_dense(k),
