@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import json
 import os
 import platform
 import statistics
@@ -61,9 +62,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import Subset
 
+from sagnn_lightning.cli import cli_main, quiet_upstream_warnings
 from sagnn_lightning.data.matbench import MatbenchDataModule
 from sagnn_lightning.files import atomic_write
-from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.models import SAGNN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,11 +123,13 @@ CURVE_FIELDS = ["variant", "seed", "epoch", "val_mae", "train_mae", "epoch_train
 
 
 class AblationMonitor(pl.Callback):
-    """Per-epoch validation MAE and training-batch time / crystals.
+    """Per-epoch validation and training MAE, training-batch time / crystals, and the wall time of ``fit``.
 
     Training time of an epoch runs from ``on_train_epoch_start`` to the end of its last training batch
     (data loading + collate + forward + backward + step); validation, which Lightning runs before
-    ``on_train_epoch_end``, is timed separately.
+    ``on_train_epoch_end``, is timed separately. The training MAE of an epoch is read after the module logged it
+    (the module's epoch-end hook runs after the callbacks'): at the next epoch's start, and at the end of ``fit``.
+    The wall time runs from ``on_fit_start`` to ``on_train_end`` (training + validation epochs).
     """
 
     def __init__(self) -> None:
@@ -136,11 +139,21 @@ class AblationMonitor(pl.Callback):
         self.epoch_train_cpu: list[float] = []
         self.val_time = 0.0
         self.crystals = 0
+        self.wall_time = 0.0
+        self._fit_start = 0.0
         self._epoch_start = 0.0
         self._last_batch_end = 0.0
         self._val_start = 0.0
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.wall_time = time.perf_counter() - self._fit_start
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch > 0 and "train/mae" in trainer.callback_metrics:
+            self.train_mae.append(float(trainer.callback_metrics["train/mae"]))
         self._epoch_start = self._last_batch_end = time.perf_counter()
         self._epoch_cpu_start = self._last_batch_cpu = time.process_time()
 
@@ -163,20 +176,29 @@ class AblationMonitor(pl.Callback):
         self.epoch_train_time.append(self._last_batch_end - self._epoch_start)
         self.epoch_train_cpu.append(self._last_batch_cpu - self._epoch_cpu_start)
 
-
-class TrainMAE(pl.Callback):
-    """Reads ``train/mae`` after the module logged it (the module's epoch-end hook runs after callbacks')."""
-
-    def __init__(self, monitor: AblationMonitor) -> None:
-        self.monitor = monitor
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch > 0 and "train/mae" in trainer.callback_metrics:
-            self.monitor.train_mae.append(float(trainer.callback_metrics["train/mae"]))
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "train/mae" in trainer.callback_metrics:
-            self.monitor.train_mae.append(float(trainer.callback_metrics["train/mae"]))
+            self.train_mae.append(float(trainer.callback_metrics["train/mae"]))
+
+
+class FirstRowsDataModule(MatbenchDataModule):
+    """``MatbenchDataModule`` whose training and validation splits keep only their first ``limit_train`` /
+    ``limit_val`` crystals (``--limit-train`` / ``--limit-val``; ``None``: all). The target statistics are those
+    of the whole training split, as without limits."""
+
+    def __init__(self, *args: Any, limit_train: int | None = None, limit_val: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.limit_train, self.limit_val = limit_train, limit_val
+        self.full_sizes: dict[str, int] = {}  # split sizes before the limits
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        for split, limit in (("train", self.limit_train), ("val", self.limit_val)):
+            dataset = getattr(self, f"{split}_dataset")
+            if dataset is not None:
+                self.full_sizes[split] = len(dataset)
+            if limit and dataset is not None:
+                setattr(self, f"{split}_dataset", Subset(dataset, range(min(limit, len(dataset)))))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -227,73 +249,80 @@ def machine(threads: int) -> str:
     return f"{os.cpu_count()}-core CPU ({cpu}), torch {torch.__version__}, {threads} thread(s)"
 
 
-def build_data(args: argparse.Namespace) -> MatbenchDataModule:
-    """Graphs (cached) + the fixed train/val split of fold 0's training rows."""
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def cli_args(args: argparse.Namespace) -> list[str]:
+    """The recipes' CLI options of every run: ``FirstRowsDataModule`` on the fold-0 training file (validation
+    carved with ``--split-seed``), L1 loss on standardised targets, Adam at ``--lr`` without a scheduler, the
+    SAGNN defaults, CPU, deterministic, nothing logged or saved (no recipe YAML: these options are the whole
+    configuration)."""
+    data = {
+        "task": "matbench_perovskites",
+        "fold": 0,
+        "data_file": str(args.data),
+        "batch_size": args.batch_size,
+        "val_fraction": args.val_fraction,
+        "split_seed": args.split_seed,
+        "cache_dir": args.cache_dir,
+        "download": False,
+        "progress": False,
+        "limit_train": args.limit_train,
+        "limit_val": args.limit_val,
+    }
+    return [
+        f"--data={json.dumps({'class_path': _class_path(FirstRowsDataModule), 'init_args': data})}",
+        "--model.loss=l1",
+        "--model.optimizer=torch.optim.Adam",
+        f"--model.optimizer.lr={args.lr}",
+        "--model.scheduler=null",
+        f"--trainer.max_epochs={args.epochs}",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.deterministic=true",
+        "--checkpoint.save_top_k=0",
+        "--checkpoint.save_last=false",
+        f"--trainer.callbacks+={_class_path(AblationMonitor)}",
+    ]
+
+
+def build_data(args: argparse.Namespace, tmp: Path) -> FirstRowsDataModule:
+    """Graphs (cached) + the fixed train/val split of fold 0's training rows, built once before the runs (each run's
+    DataModule then reads the graph cache); ``--speed-rounds`` measures on its batches."""
     if not args.data.is_file():
         sys.exit(f"ablation: data file {args.data} not found; pass --data <matbench_perovskites_fold0_train.json.gz>")
-    dm = MatbenchDataModule(
-        task="matbench_perovskites",
-        fold=0,
-        data_file=str(args.data),
-        batch_size=args.batch_size,
-        val_fraction=args.val_fraction,
-        split_seed=args.split_seed,
-        cache_dir=args.cache_dir,
-        download=False,
-        progress=False,
-    )
     t0 = time.perf_counter()
+    with quiet_upstream_warnings():
+        dm = cli_main([*cli_args(args), f"--trainer.default_root_dir={tmp}"], name="ablation", run=False).datamodule
     dm.prepare_data()
     dm.setup("fit")
     print(
-        f"graphs ready in {time.perf_counter() - t0:.1f} s: {len(dm.train_dataset)} train / "
-        f"{len(dm.val_dataset)} val crystals",
+        f"graphs ready in {time.perf_counter() - t0:.1f} s: {dm.full_sizes['train']} train / "
+        f"{dm.full_sizes['val']} val crystals",
         flush=True,
     )
-    train, val = dm.train_dataset, dm.val_dataset
-    if args.limit_train:
-        train = Subset(train, range(min(args.limit_train, len(train))))
-    if args.limit_val:
-        val = Subset(val, range(min(args.limit_val, len(val))))
-    dm.train_dataset, dm.val_dataset = train, val  # the loaders read these attributes
     return dm
 
 
 def run_variant(
-    name: str, seed: int, dm: MatbenchDataModule, args: argparse.Namespace, tmp: Path
+    name: str, seed: int, args: argparse.Namespace, tmp: Path
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One run through the recipes' CLI (:func:`cli_args` + the variant's SAGNN arguments + ``seed``)."""
     description, kwargs = VARIANTS[name]
-    pl.seed_everything(seed, workers=True, verbose=False)
-    model = SAGNN(num_targets=1, **kwargs)
-    lr = args.lr
-    module = SAGNNModule(
-        model=model,
-        task_type="regression",
-        target_mean=dm.target_mean,
-        target_std=dm.target_std,
-        target_names=dm.target_names,
-        loss="l1",
-        optimizer=lambda params: torch.optim.Adam(params, lr=lr),
-    )
-    monitor = AblationMonitor()
-    trainer = pl.Trainer(
-        max_epochs=args.epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-        callbacks=[monitor, TrainMAE(monitor)],
-        default_root_dir=str(tmp),
-    )
-    # loaders built here so that every run sees the same shuffle (generator seeded with split_seed)
-    train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
-    t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-    wall = time.perf_counter() - t0
+    variant = [
+        f"--model.model.init_args.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in kwargs.items()
+    ]
+    argv = [*cli_args(args), *variant, f"--seed_everything={seed}", f"--trainer.default_root_dir={tmp / name}"]
+    with quiet_upstream_warnings():
+        cli = cli_main(argv, name="ablation", run=False)
+        trainer, module, dm = cli.trainer, cli.model, cli.datamodule
+        monitor = next(c for c in trainer.callbacks if isinstance(c, AblationMonitor))  # type: ignore[attr-defined]
+        trainer.fit(module, datamodule=dm)
     train_time = sum(monitor.epoch_train_time)
     best = min(range(len(monitor.val_mae)), key=monitor.val_mae.__getitem__)
     row = {
@@ -302,10 +331,10 @@ def run_variant(
         "heads": kwargs.get("heads", "-"),
         "attention": kwargs["attention"],
         "seed": seed,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(p.numel() for p in module.model.parameters()),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "lr": lr,
+        "lr": args.lr,
         "train_crystals": len(dm.train_dataset),
         "val_crystals": len(dm.val_dataset),
         "val_mae_best": f"{monitor.val_mae[best]:.5f}",
@@ -316,7 +345,7 @@ def run_variant(
         "train_crystals_per_cpu_s": f"{monitor.crystals / max(sum(monitor.epoch_train_cpu), 1e-9):.1f}",
         "train_time_s": f"{train_time:.1f}",
         "val_time_s": f"{monitor.val_time:.1f}",
-        "wall_time_s": f"{wall:.1f}",
+        "wall_time_s": f"{monitor.wall_time:.1f}",
         "threads": args.threads,
         "machine": machine(args.threads),
     }
@@ -466,6 +495,21 @@ def markdown_report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def speed_table(dm: FirstRowsDataModule, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--speed-rounds``: :func:`measure_speed`, merged into ``<out stem>_speed.csv`` and printed."""
+    speed = measure_speed(dm, args)
+    speed_path = args.out.with_name(args.out.stem + "_speed.csv")
+    merge_write(speed_path, speed, SPEED_FIELDS, ("variant",))
+    print(f"{'variant':<9} {'params':>8} {'crystals/s median (min-max)':>28} {'crystals/CPU-s':>15}")
+    for r in speed:
+        print(
+            f"{r['variant']:<9} {r['params']:>8,} {r['crystals_per_s_median']:>12} "
+            f"({r['crystals_per_s_min']}-{r['crystals_per_s_max']}) {r['crystals_per_cpu_s_median']:>15}"
+        )
+    print(f"\nwrote {speed_path}")
+    return speed
+
+
 def main(argv: list[str] | None = None) -> list[dict] | str:
     args = parse_args(argv)
     if args.report:
@@ -473,26 +517,16 @@ def main(argv: list[str] | None = None) -> list[dict] | str:
         print(report)
         return report
     torch.set_num_threads(args.threads)
-    dm = build_data(args)
-    if args.speed_rounds > 0:
-        speed = measure_speed(dm, args)
-        speed_path = args.out.with_name(args.out.stem + "_speed.csv")
-        merge_write(speed_path, speed, SPEED_FIELDS, ("variant",))
-        print(f"{'variant':<9} {'params':>8} {'crystals/s median (min-max)':>28} {'crystals/CPU-s':>15}")
-        for r in speed:
-            print(
-                f"{r['variant']:<9} {r['params']:>8,} {r['crystals_per_s_median']:>12} "
-                f"({r['crystals_per_s_min']}-{r['crystals_per_s_max']}) {r['crystals_per_cpu_s_median']:>15}"
-            )
-        print(f"\nwrote {speed_path}")
-        return speed
-    curves_path = args.out.with_name(args.out.stem + "_curves.csv")
-    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="sagnn_ablation_") as tmp:
+        dm = build_data(args, Path(tmp))
+        if args.speed_rounds > 0:
+            return speed_table(dm, args)
+        curves_path = args.out.with_name(args.out.stem + "_curves.csv")
+        rows: list[dict] = []
         for seed in args.seeds:
             for name in args.variants:
                 print(f"== {name} seed {seed}: {args.epochs} epochs", flush=True)
-                row, curves = run_variant(name, seed, dm, args, Path(tmp))
+                row, curves = run_variant(name, seed, args, Path(tmp))
                 rows.append(row)
                 merge_write(args.out, [row], FIELDS, ("variant", "seed"))
                 merge_write(curves_path, curves, CURVE_FIELDS, ("variant", "seed"))

@@ -28,6 +28,7 @@ import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,8 @@ def _runner_ensemble(folder: Path, task: str, fold: int) -> tuple[list[dict], li
     params = result["parameters"]
     if "val_folds" not in params:
         return None
-    curves, rows = [], []
+    curves: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     for k, (member, mae) in enumerate(zip(params["members"], params["member_test_mae"])):
         history = folder / "work" / task / f"fold_{fold}" / f"inner_{k}" / "history.csv"
         curves += [{"inner_fold": k, "epoch": e, "val_mae": v} for e, v in read_history(history)]

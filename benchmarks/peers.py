@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -243,7 +243,9 @@ def peak_memory_subprocess(name: str, data: Path, batch_size: int, num_batches: 
 
 
 def size_scaling(
-    rounds: int, names: list[str] = ("sagnn_mhsa8", "sagnn_no_mhsa", "matgl_megnet"), device: str | torch.device = "cpu"
+    rounds: int,
+    names: Sequence[str] = ("sagnn_mhsa8", "sagnn_no_mhsa", "matgl_megnet"),
+    device: str | torch.device = "cpu",
 ) -> list[dict]:
     """Forward+backward cost vs atoms per cell, on supercells of one real perovskite."""
     from pymatgen.core import Structure

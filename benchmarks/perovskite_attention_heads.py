@@ -174,6 +174,7 @@ def site_figure(results: dict[str, dict[str, Any]]):
         heads = f"{table.shape[0]} heads"
         ax.set_title(heads if label in (str(table.shape[0]), heads) else f"{label}: {heads}", fontsize=9)
         ax.set_ylabel("head", fontsize=8)
+    assert image is not None, "no table to draw"
     fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label="attention received per atom (1 = uniform)")
     return fig
 

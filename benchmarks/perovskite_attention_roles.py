@@ -35,7 +35,7 @@ def site_roles(elements: np.ndarray, frac: np.ndarray, lattice: np.ndarray) -> l
         d = frac[anion][None, :, :] - frac[c][None, None, :] + shifts[:, None, :]
         return float(np.linalg.norm(d @ lattice, axis=-1).min())
 
-    b = min(cations, key=nearest_anion)
+    b = min(cations.tolist(), key=nearest_anion)
     return ["X" if anion[i] else ("B" if i == b else "A") for i in range(len(elements))]
 
 

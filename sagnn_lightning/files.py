@@ -19,13 +19,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "file_lock"]
+from sagnn_lightning.errors import SAGNNError, UsageError, param
+
+__all__ = ["atomic_write", "check_writable", "file_lock", "safe_name"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,8 @@ def atomic_write(
     Args:
         path: the file to (re)place. Its folder must exist.
         mode: ``"w"`` (text) or ``"wb"`` (binary), optionally with ``"+"``.
-        encoding, newline: as for :func:`open` (text mode; ``encoding`` defaults to UTF-8).
+        encoding: as for :func:`open` (text mode; default UTF-8).
+        newline: as for :func:`open` (text mode).
         fsync: flush the data to disk before the rename (a crash then leaves the old or the new file).
 
     Yields:
@@ -141,3 +146,44 @@ def write_csv_rows(path: str | os.PathLike, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def check_writable(path: str | os.PathLike, name: str, kind: str = "file", what: str | None = None) -> Path:
+    """Fail early, before any work, when ``path`` (a ``"file"`` or ``"dir"``) cannot be written.
+
+    ``name`` is the parameter that sets it (named in the message, see :func:`sagnn_lightning.errors.param`),
+    ``what`` an optional description. Creates nothing: a probe file is made and removed in the nearest existing
+    folder.
+
+    Raises:
+        UsageError: ``path`` is a folder where a file is wanted, or the reverse (exit status 2).
+        SAGNNError: the folder is not writable, or a parent is a file (exit status 1).
+    """
+    path = Path(path).expanduser()
+    label = f"{what} {path} ({param(name)})" if what else f"{param(name)} {path}"
+    try:
+        if kind == "file" and path.is_dir():
+            raise UsageError(f"{label} is a folder; give a file name, e.g. {path / 'predictions.csv'}")
+        if kind == "dir" and path.exists() and not path.is_dir():
+            raise UsageError(f"{label} is a file; give a folder")
+        folder = path if kind == "dir" else path.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise SAGNNError(f"cannot write {label}: {folder} is a file, not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".sagnn-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise SAGNNError(
+            f"cannot write {label}: {err.strerror or err}" + (f" ({err.filename})" if err.filename else "")
+        ) from err
+    return path
+
+
+def safe_name(text: str, fallback: str, strip: str = "_", max_length: int | None = None) -> str:
+    """``text`` with letters, digits, ``.``, ``_`` and ``-`` kept and every other run of characters made one ``_``,
+    ``strip`` characters removed at both ends, cut to ``max_length``; ``fallback`` when nothing is left. Safe as a
+    file-name stem and as a metric key."""
+    name = re.sub(r"[^0-9A-Za-z._-]+", "_", str(text)).strip(strip)[:max_length]
+    return name or fallback

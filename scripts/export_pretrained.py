@@ -28,8 +28,9 @@ import yaml
 
 import sagnn_lightning
 from sagnn_lightning.files import atomic_write
-from sagnn_lightning.lit.predict import load_module
-from sagnn_lightning.lit.pretrained import MODELS_DIR, ModelCard, sha256_of, training_datamodule
+from sagnn_lightning.lit.loading import load_module
+from sagnn_lightning.lit.pretrained import training_datamodule
+from sagnn_lightning.lit.registry import MODELS_DIR, ModelCard, sha256_of
 
 ROOT = Path(__file__).resolve().parents[1]
 #: checkpoint entries a shipped model does not need

@@ -27,10 +27,13 @@ from pymatgen.core import Structure
 
 from sagnn_lightning.__main__ import main as module_main
 from sagnn_lightning.cli import recipe_main
+from sagnn_lightning.cli.predict import FLAGS as PREDICT_FLAGS
 from sagnn_lightning.data.cache import cache_key
 from sagnn_lightning.data.crystal import CrystalDataModule
 from sagnn_lightning.errors import SAGNNError, UsageError
-from sagnn_lightning.lit.predict import load_module, predict_structures, resolve_checkpoint
+from sagnn_lightning.lit.checkpoints import resolve_checkpoint
+from sagnn_lightning.lit.inference import predict_structures
+from sagnn_lightning.lit.loading import load_module
 from tests.lit.conftest import REPO, SHARED, TINY_MODEL_YAML, crystal_data_yaml, read_rows, write_sample_csv
 
 RECIPES = REPO / "recipes"
@@ -299,18 +302,24 @@ def test_table_without_structure_column(work, same_env, capsys):
     )
 
 
-def _pm_instead_of_angstrom(work: dict) -> tuple[str, Path]:
-    """The CSV with one real crystal whose lattice was written in pm instead of Å (every atom isolated)."""
+def _scaled_lattice(work: dict, factor: float, name: str) -> tuple[str, Path]:
+    """The CSV with one real crystal whose lattice was scaled by ``factor``: x12 leaves every atom > 20 Å from the
+    others (isolated), x100 is a lattice written in pm instead of Å."""
     frame = pd.read_csv(work["csv"])
     structure = Structure.from_str(frame.loc[7, "cif"], fmt="cif")
-    wrong = Structure(structure.lattice.matrix * 100, structure.species, structure.frac_coords).to(fmt="cif")
+    wrong = Structure(structure.lattice.matrix * factor, structure.species, structure.frac_coords).to(fmt="cif")
     return frame.loc[7, "material_id"], csv_variant(
-        work, "pm.csv", lambda f: f.__setitem__("cif", f["cif"].where(f.index != 7, wrong))
+        work, name, lambda f: f.__setitem__("cif", f["cif"].where(f.index != 7, wrong))
     )
 
 
+def test_a_lattice_in_pm_is_refused_before_the_neighbour_search(work, same_env, capsys):
+    bad_id, path = _scaled_lattice(work, 100.0, "pm.csv")
+    user_error(quickstart_here(work, capsys, f"--data.data_file={path}"), 1, bad_id, "lattice lengths")
+
+
 def test_isolated_atom_names_an_option_that_exists(work, same_env, capsys):
-    bad_id, path = _pm_instead_of_angstrom(work)
+    bad_id, path = _scaled_lattice(work, 12.0, "isolated.csv")
     user_error(
         quickstart_here(work, capsys, f"--data.data_file={path}"),
         1,
@@ -571,8 +580,9 @@ def test_resolve_checkpoint_forms(two_runs, tmp_path):
     assert resolve_checkpoint("last", root) == newest_last
     assert resolve_checkpoint(str(first)) == first
     assert torch.load(newest_last, weights_only=True)["callbacks"]  # the best path is read from its state
-    with pytest.raises(UsageError, match="--ckpt best needs --run-dir"):
+    with pytest.raises(UsageError, match="ckpt=best needs run_dir=") as info:
         resolve_checkpoint("best", None)
+    assert info.value.render(PREDICT_FLAGS).startswith("--ckpt=best needs --run-dir=")
     with pytest.raises(UsageError, match="does not exist"):
         resolve_checkpoint("last", tmp_path / "no_run")
     (tmp_path / "empty").mkdir()

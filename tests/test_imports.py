@@ -1,6 +1,6 @@
 """The package's import structure, read from the source (every ``import`` statement, module level and inside
-functions): layers import only downwards, ``sagnn_lightning.data`` has no import cycle, and no module imports
-another module's private (``_name``) objects."""
+functions, ``TYPE_CHECKING`` blocks included): layers import only downwards, inside ``lit`` too, the package has no
+import cycle, and no module imports another module's private (``_name``) objects."""
 
 from __future__ import annotations
 
@@ -10,7 +10,32 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "sagnn_lightning"
 
 #: a layer may import itself and the layers after it in this list, never one before it
-LAYERS = ("cli", "pretrained", "lit", "models", "nn", "kernels", "data")
+LAYERS = ("__main__", "cli", "pretrained", "lit", "models", "nn", "kernels", "data", "files", "errors")
+
+#: the modules of ``lit``, top to bottom: each may import those after it, never one before it (a module not listed
+#: fails the test, so that a new one is placed deliberately)
+LIT_ORDER = (
+    "sagnn_lightning.lit",
+    "sagnn_lightning.lit.attention_logger",
+    "sagnn_lightning.lit.attention_plots",
+    "sagnn_lightning.lit.pretrained",
+    "sagnn_lightning.lit.loading",
+    "sagnn_lightning.lit.callbacks",
+    "sagnn_lightning.lit.attention_export",
+    "sagnn_lightning.lit.module",
+    "sagnn_lightning.lit.inference",
+    "sagnn_lightning.lit.predictions_csv",
+    "sagnn_lightning.lit.finetune",
+    "sagnn_lightning.lit.checkpoints",
+    "sagnn_lightning.lit.registry",
+    "sagnn_lightning.lit.metrics",
+    "sagnn_lightning.lit.schedules",
+    "sagnn_lightning.lit.progress",
+    "sagnn_lightning.lit.signals",
+    "sagnn_lightning.lit.wandb",
+    "sagnn_lightning.lit.deadline",
+    "sagnn_lightning.lit.history",
+)
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -19,13 +44,20 @@ def _module_name(path: Path, root: Path) -> str:
 
 
 def package_imports(root: Path = PACKAGE) -> dict[str, list[tuple[str, list[str]]]]:
-    """``module -> [(imported module, [imported names])]`` for imports of ``sagnn_lightning.*``."""
+    """``module -> [(imported module, [imported names])]`` for imports of ``sagnn_lightning.*``; ``from package import
+    submodule`` is an edge to the submodule."""
     found: dict[str, list[tuple[str, list[str]]]] = {}
+    modules = {_module_name(path, root) for path in root.rglob("*.py")}
     for path in sorted(root.rglob("*.py")):
         edges = found.setdefault(_module_name(path, root), [])
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sagnn_lightning"):
-                edges.append((node.module, [a.name for a in node.names]))
+                names = [a.name for a in node.names]
+                submodules = [n for n in names if f"{node.module}.{n}" in modules]
+                edges += [(f"{node.module}.{n}", []) for n in submodules]
+                rest = [n for n in names if n not in submodules]
+                if rest or not submodules:
+                    edges.append((node.module, rest))
             elif isinstance(node, ast.Import):
                 edges += [(a.name, []) for a in node.names if a.name.startswith("sagnn_lightning")]
     return found
@@ -49,11 +81,27 @@ def upward_imports(imports: dict) -> list[str]:
     return wrong
 
 
-def data_import_cycle(imports: dict) -> list[str] | None:
+def lit_upward_imports(imports: dict) -> list[str]:
+    """Imports inside ``lit`` against :data:`LIT_ORDER` (and ``lit`` modules missing from it)."""
+    wrong = []
+    for module, edges in imports.items():
+        if not module.startswith("sagnn_lightning.lit"):
+            continue
+        if module not in LIT_ORDER:
+            wrong.append(f"{module} is not in LIT_ORDER")
+            continue
+        for target, _ in edges:
+            if target in LIT_ORDER and target != module and LIT_ORDER.index(target) < LIT_ORDER.index(module):
+                wrong.append(f"{module} imports {target}")
+    return wrong
+
+
+def import_cycle(imports: dict, prefix: str = "sagnn_lightning") -> list[str] | None:
+    """A cycle of imports among the modules under ``prefix`` (function-level imports count), or ``None``."""
     graph = {
-        m: {t for t, _ in edges if t.startswith("sagnn_lightning.data.") and t != m}
+        m: {t for t, _ in edges if t.startswith(prefix) and t != m}
         for m, edges in imports.items()
-        if m.startswith("sagnn_lightning.data.")
+        if m.startswith(prefix)
     }
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
@@ -91,9 +139,14 @@ def test_layers_import_only_downwards():
     assert upward_imports(package_imports()) == []
 
 
-def test_data_modules_have_no_import_cycle():
-    cycle = data_import_cycle(package_imports())
+def test_the_package_has_no_import_cycle():
+    """Function-level imports are edges too: a cycle held apart only by a lazy import is still a cycle."""
+    cycle = import_cycle(package_imports())
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_lit_modules_import_only_downwards():
+    assert lit_upward_imports(package_imports()) == []
 
 
 def test_no_module_imports_private_names_of_another():
@@ -110,9 +163,14 @@ def test_the_checks_see_an_upward_import_a_cycle_and_a_private_import(tmp_path):
     (fake / "data" / "a.py").write_text("from sagnn_lightning.data.b import _hidden\n")
     (fake / "data" / "b.py").write_text("def f():\n    from sagnn_lightning.data.a import thing\n")
     (fake / "nn" / "layer.py").write_text("from sagnn_lightning.lit.module import SAGNNModule\n")
+    (fake / "lit").mkdir()
+    (fake / "lit" / "__init__.py").write_text("")
+    (fake / "lit" / "registry.py").write_text("def f():\n    from sagnn_lightning.lit import module\n")
+    (fake / "lit" / "module.py").write_text("")
     imports = package_imports(fake)
+    assert lit_upward_imports(imports) == ["sagnn_lightning.lit.registry imports sagnn_lightning.lit.module"]
     assert upward_imports(imports) == ["sagnn_lightning.nn.layer imports sagnn_lightning.lit.module"]
-    assert data_import_cycle(imports) == ["sagnn_lightning.data.a", "sagnn_lightning.data.b", "sagnn_lightning.data.a"]
+    assert import_cycle(imports) == ["sagnn_lightning.data.a", "sagnn_lightning.data.b", "sagnn_lightning.data.a"]
     assert private_imports(imports) == ["sagnn_lightning.data.a imports sagnn_lightning.data.b._hidden"]
 
 

@@ -30,8 +30,8 @@ from typing import Any
 from sagnn_lightning.files import atomic_write, write_csv_rows
 
 
-def read_history(path: Path) -> list[dict[str, float]]:
-    """Rows of one fold's ``history.csv`` (numbers as floats)."""
+def read_history(path: Path) -> list[dict[str, float | None]]:
+    """Rows of one fold's ``history.csv`` (numbers as floats, empty cells as ``None``)."""
     with path.open(newline="") as fh:
         return [
             {
@@ -43,13 +43,14 @@ def read_history(path: Path) -> list[dict[str, float]]:
         ]
 
 
-def first_reaching(history: Sequence[dict[str, float]], level: float | None) -> tuple[int | None, float | None]:
+def first_reaching(history: Sequence[dict[str, float | None]], level: float | None) -> tuple[int | None, float | None]:
     """``(epoch, training seconds)`` at which validation MAE first went to ``level`` or below (``None``: never)."""
     if level is None:
         return None, None
     for row in history:
-        if row.get("val_mae") is not None and row["val_mae"] <= level:
-            return int(row["epoch"]), row["train_seconds"]
+        mae, epoch = row.get("val_mae"), row.get("epoch")
+        if mae is not None and epoch is not None and mae <= level:
+            return int(epoch), row.get("train_seconds")
     return None, None
 
 

@@ -37,6 +37,7 @@ from sagnn_lightning.data.composition import CompositionArrays, CompositionLike,
 from sagnn_lightning.data.dataset import GraphDataset
 from sagnn_lightning.data.graph import StructureError
 from sagnn_lightning.data.inputs import AnySettings, StructureLike, item_to_graph_arrays
+from sagnn_lightning.errors import param, raw_message, render_params
 from sagnn_lightning.files import file_lock
 
 __all__ = [
@@ -101,7 +102,7 @@ def _build_chunk(items: Sequence[Any], names: Sequence[str], settings: AnySettin
         try:
             g = item_to_graph_arrays(item, settings, name)
         except StructureError as exc:
-            errors.append((k, str(exc)))
+            errors.append((k, raw_message(exc)))
             continue
         parts["z"].append(g.atomic_numbers)
         parts["edges"].append(g.edge_index.T)
@@ -328,12 +329,17 @@ def _build_graphs(
                     if not reason.startswith(f"{sid}:"):
                         reason = f"{sid}: {reason}"
                     if on_error == "raise":
+                        # most reasons already end with their fix ("... or remove this entry.")
+                        fix = (
+                            "; or"
+                            if reason.rstrip(".").endswith("remove this entry")
+                            else ". Fix or remove this entry, or"
+                        )
                         raise StructureError(
-                            f"sample {reason.rstrip('.')}. Fix or remove this entry, or leave bad {noun} out with "
-                            "--data.on_error=skip (on_error='skip')."
+                            f"sample {reason.rstrip('.')}{fix} leave bad {noun} out with {param('data.on_error')}=skip."
                         )
                     keep[start + k] = False
-                    skipped.append(SkippedItem(sid, reason))
+                    skipped.append(SkippedItem(sid, render_params(reason)))
                 writer.append("atomic_numbers", res["z"])
                 writer.append("pos", res["pos"])
                 writer.append("lattice", res["lattice"])

@@ -24,10 +24,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from pymatgen.core import Composition, Element
+from pymatgen.core import Composition, DummySpecies, Element
 from torch_geometric.data import Data
 
-from sagnn_lightning.data.graph import DEFAULT_STATE, StructureError, new_data
+from sagnn_lightning.data.graph import DEFAULT_STATE, MAX_ATOMIC_NUMBER, StructureError, new_data
 
 #: what a reader hands over for one composition
 CompositionLike = Composition | str | Mapping[str, float]
@@ -105,8 +105,15 @@ def parse_composition(item: CompositionLike, name: str = "composition") -> Compo
     if not np.isfinite(amounts).all() or (amounts <= 0).any():
         bad = {str(el): amt for el, amt in composition.items() if not (np.isfinite(amt) and amt > 0)}
         raise CompositionError(f"{name}: every amount must be a positive number, got {bad} in {item!r}.")
-    if any(not getattr(el, "Z", 0) for el in composition):
-        raise CompositionError(f"{name}: formula {item!r} contains a symbol that is not a chemical element.")
+    # a DummySpecies' Z is the hash of its symbol: check the type, not only the number
+    unknown = [
+        el for el in composition if isinstance(el, DummySpecies) or not 1 <= getattr(el, "Z", 0) <= MAX_ATOMIC_NUMBER
+    ]
+    if unknown:
+        symbols = ", ".join(repr(str(getattr(el, "symbol", el))) for el in unknown)
+        raise CompositionError(
+            f"{name}: formula {item!r} contains {symbols}, not a chemical element; fix the formula or remove this row."
+        )
     return composition
 
 

@@ -20,7 +20,7 @@ from sagnn_lightning.data.readers import read_data
 from sagnn_lightning.data.samples import get_sample, is_sample_ref, resolve_preset, sample_path
 from sagnn_lightning.data.table import InputNotFoundError, Table
 from sagnn_lightning.data.tasks import TaskType
-from sagnn_lightning.errors import UsageError
+from sagnn_lightning.errors import UsageError, param
 
 
 def random_split_ids(ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
@@ -28,7 +28,7 @@ def random_split_ids(ids: list[str], val_fraction: float, test_fraction: float, 
     if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
         raise UsageError(
             f"need 0 <= val_fraction, test_fraction and val_fraction + test_fraction < 1 "
-            f"(--data.val_fraction, --data.test_fraction), got {val_fraction}, {test_fraction}"
+            f"({param('data.val_fraction')}, {param('data.test_fraction')}), got {val_fraction}, {test_fraction}"
         )
     n = len(ids)
     n_test, n_val = int(round(test_fraction * n)), int(round(val_fraction * n))
@@ -113,7 +113,7 @@ class CrystalDataModule(GraphDataModule):
         self.save_hyperparameters()
         if task_type not in ("regression", "classification"):
             raise UsageError(
-                f"task_type must be 'regression' or 'classification' (--data.task_type), got {task_type!r}"
+                f"task_type must be 'regression' or 'classification' ({param('data.task_type')}), got {task_type!r}"
             )
         random_split_ids([], val_fraction, test_fraction, split_seed)  # validates the fractions
         self._task_type = cast(TaskType, task_type)
@@ -126,7 +126,7 @@ class CrystalDataModule(GraphDataModule):
             try:
                 sample = get_sample(data_file)
             except KeyError as err:
-                raise UnknownSampleError(f"--data.data_file={data_file}: {err.args[0]}") from None
+                raise UnknownSampleError(f"{param('data.data_file')}={data_file}: {err.args[0]}") from None
             self.path = sample_path(data_file)
             self.id_column = id_column or sample.id_column
             self.structure_column = structure_column or sample.structure_column
@@ -136,7 +136,7 @@ class CrystalDataModule(GraphDataModule):
             self.path = Path(data_file).expanduser()
             if not self.path.exists():
                 raise InputNotFoundError(
-                    f"data file {self.path} does not exist; give --data.data_file a CSV/JSON table, a folder of "
+                    f"data file {self.path} does not exist; give {param('data.data_file')} a CSV/JSON table, a folder of "
                     "CIFs with id_prop.csv, or a bundled sample such as sample:mp_abx3_perovskites."
                 )
         self.data_file = data_file
@@ -166,7 +166,7 @@ class CrystalDataModule(GraphDataModule):
         if self._target_units is not None:
             if len(self._target_units) != len(names):
                 raise UsageError(
-                    f"--data.target_units has {len(self._target_units)} entries for the {len(names)} targets {names}"
+                    f"{param('data.target_units')} has {len(self._target_units)} entries for the {len(names)} targets {names}"
                 )
             return list(self._target_units)
         return [self._sample_units.get(name) for name in names]
@@ -191,7 +191,7 @@ class CrystalDataModule(GraphDataModule):
 
     def _split_size_hint(self) -> str:
         return (
-            f"Add rows, or change --data.val_fraction / --data.test_fraction (now {self.val_fraction} / "
+            f"Add rows, or change {param('data.val_fraction')} / {param('data.test_fraction')} (now {self.val_fraction} / "
             f"{self.test_fraction} of {len(self.file_ids)} rows)."
         )
 

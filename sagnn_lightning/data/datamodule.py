@@ -50,9 +50,15 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
 
 def format_skipped(items: Sequence[Any], total: int) -> str:
     """``"skipped 3 of 636 rows: id (reason); ..."`` listing at most 20."""
-    listed = "; ".join(f"{s.sample_id} ({s.reason})" for s in items[:_MAX_LISTED])
+    listed = "; ".join(f"{s.sample_id} ({_without_id(s.reason, s.sample_id)})" for s in items[:_MAX_LISTED])
     more = f"; ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
     return f"skipped {len(items)} of {total} rows: {listed}{more}"
+
+
+def _without_id(reason: str, sample_id: str) -> str:
+    """A graph builder's reason names the row first (``"<id>: ..."``); the listing names it already."""
+    prefix = f"{sample_id}: "
+    return reason[len(prefix) :].rstrip(".") if reason.startswith(prefix) else reason.rstrip(".")
 
 
 def check_targets(table: Table, on_error: str, task_type: TaskType) -> tuple[Table, list[SkippedItem]]:

@@ -128,6 +128,7 @@ class GraphDataset(Dataset):
             fields["pos"] = torch.from_numpy(np.array(a["pos"][a0:a1]))
             fields["lattice"] = torch.from_numpy(np.array(a["lattice"][index])).reshape(1, 3, 3)
             fields["image_offsets"] = torch.from_numpy(a["image_offsets"][e0:e1].astype(np.int64))
+            fields["cutoff"] = float(self.settings.cutoff)
         return Data(**fields)
 
     # -- metadata ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ Changing what a graph contains for given settings? Bump ``CACHE_FORMAT_VERSION``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -25,11 +26,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from pymatgen.core import Structure
+from pymatgen.core import DummySpecies, Structure
 from pymatgen.optimization.neighbors import find_points_in_spheres
 from torch_geometric.data import Data
 
-from sagnn_lightning.errors import SAGNNError, UsageError
+from sagnn_lightning.errors import SAGNNError, UsageError, param
 
 #: MEGNet's global state when the user gives none: two zeros.
 DEFAULT_STATE: tuple[float, ...] = (0.0, 0.0)
@@ -38,6 +39,17 @@ DEFAULT_STATE: tuple[float, ...] = (0.0, 0.0)
 _NUMERICAL_TOL = 1e-8
 #: relative width of the nearest-neighbour shell used for isolated atoms.
 _SHELL_TOL = 1e-3
+
+#: the largest atomic number of an element (Og); anything else is a dummy or unknown species.
+MAX_ATOMIC_NUMBER = 118
+#: bound of the neighbour search's grid (see :func:`search_cells`), in cells per atom. pymatgen allocates
+#: ~264 bytes per cell, so this caps the search at ~1 MB per atom; real data needs at most 40 (a single
+#: atom alone needs 27), a slab or molecule in a 100 Å vacuum box stays below it, a cell length of 1e9 Å
+#: (5 atoms: 1.8e8 cells per atom, 194 GB) does not.
+MAX_SEARCH_CELLS_PER_ATOM = 4096
+#: bound of the density (Å³ per atom, fully periodic cells): no solid comes near it (diamond 5.7, metallic
+#: hydrogen ~1.4); below it the lattice is wrong and the search would enumerate millions of images per atom.
+MIN_VOLUME_PER_ATOM = 0.5
 
 
 class StructureError(SAGNNError, ValueError):
@@ -67,12 +79,14 @@ class GraphSettings:
 
     def __post_init__(self) -> None:
         if not self.cutoff > 0:
-            raise UsageError(f"cutoff must be > 0 Å (--data.cutoff), got {self.cutoff}")
+            raise UsageError(f"cutoff must be > 0 Å ({param('data.cutoff')}), got {self.cutoff}")
         if self.max_neighbors is not None and self.max_neighbors < 1:
-            raise UsageError(f"max_neighbors must be >= 1 or null (--data.max_neighbors), got {self.max_neighbors}")
+            raise UsageError(
+                f"max_neighbors must be >= 1 or null ({param('data.max_neighbors')}), got {self.max_neighbors}"
+            )
         if not self.max_isolated_radius > 0:
             raise UsageError(
-                f"max_isolated_radius must be > 0 Å (--data.max_isolated_radius), got {self.max_isolated_radius}"
+                f"max_isolated_radius must be > 0 Å ({param('data.max_isolated_radius')}), got {self.max_isolated_radius}"
             )
         object.__setattr__(self, "cutoff", float(self.cutoff))
         object.__setattr__(self, "max_isolated_radius", float(self.max_isolated_radius))
@@ -99,6 +113,11 @@ class GraphArrays(NamedTuple):
 
 
 def check_structure(structure: Structure, name: str) -> None:
+    """Refuse an empty or disordered structure, or one with a species that is no element (``Xx``, ``X0+``).
+
+    Raises:
+        StructureError: naming ``name``, what is wrong and what fixes it.
+    """
     if len(structure) == 0:
         raise StructureError(f"{name}: structure has no sites; remove this entry.")
     if not structure.is_ordered:
@@ -107,17 +126,86 @@ def check_structure(structure: Structure, name: str) -> None:
             f"({structure.composition.reduced_formula}); SA-GNN needs an ordered structure. "
             "Order it first (e.g. pymatgen's OrderDisorderedStructureTransformation) or drop the entry."
         )
+    # a DummySpecies' Z is the hash of its symbol: check the type, not only the number
+    unknown = [
+        sp
+        for sp in structure.types_of_species
+        if isinstance(sp, DummySpecies) or not 1 <= getattr(sp, "Z", 0) <= MAX_ATOMIC_NUMBER
+    ]
+    if unknown:
+        raise StructureError(
+            f"{name}: unknown element {', '.join(repr(_symbol(sp)) for sp in unknown)}: every site needs a "
+            f"chemical element (atomic number 1..{MAX_ATOMIC_NUMBER}); fix the species symbol or remove this entry."
+        )
 
 
-def _check_arrays(cart: np.ndarray, lattice: np.ndarray, name: str) -> None:
+def _symbol(species: object) -> str:
+    return str(getattr(species, "symbol", species))
+
+
+def _check_atomic_numbers(atomic_numbers: np.ndarray, name: str) -> None:
+    z = np.asarray(atomic_numbers)
+    if z.size and (z.min() < 1 or z.max() > MAX_ATOMIC_NUMBER):
+        bad = np.flatnonzero((z < 1) | (z > MAX_ATOMIC_NUMBER))
+        raise StructureError(
+            f"{name}: atomic number {z[bad[0]]} (site {bad[0]}) is no element (1..{MAX_ATOMIC_NUMBER}); "
+            "fix the species or remove this entry."
+        )
+
+
+def _check_arrays(cart: np.ndarray, lattice: np.ndarray, name: str) -> float:
+    """Refuse empty, non-finite or zero-volume input; returns the cell volume (Å³)."""
     if cart.shape[0] == 0:
         raise StructureError(f"{name}: structure has no sites; remove this entry.")
     if not (np.isfinite(cart).all() and np.isfinite(lattice).all()):
         raise StructureError(f"{name}: lattice or coordinates contain NaN/inf; check the input file.")
     # the triple product in Python floats: np.linalg.det costs more than the whole check on a 3x3
     (a0, a1, a2), (b0, b1, b2), (c0, c1, c2) = lattice.tolist()
-    if abs(a0 * (b1 * c2 - b2 * c1) - a1 * (b0 * c2 - b2 * c0) + a2 * (b0 * c1 - b1 * c0)) < 1e-6:
+    volume = abs(a0 * (b1 * c2 - b2 * c1) - a1 * (b0 * c2 - b2 * c0) + a2 * (b0 * c1 - b1 * c0))
+    if volume < 1e-6:
         raise StructureError(f"{name}: lattice has zero volume; check the cell.")
+    return volume
+
+
+def search_cells(cart_coords: np.ndarray, cutoff: float) -> int:
+    """Cells of the grid that pymatgen's ``find_points_in_spheres`` builds to search ``cart_coords`` [N, 3] (Å).
+
+    The grid covers the atoms' bounding box grown by ``cutoff`` on every side, in cubes of edge ``cutoff``
+    (0.1 Å at least); its memory and time grow with this count whatever the number of atoms, so a huge cell
+    with its atoms spread out (a corrupted length, an absurd vacuum) costs gigabytes. Same arithmetic as pymatgen.
+    """
+    edge = max(float(cutoff), 0.1)
+    reach = float(cutoff) + _NUMERICAL_TOL
+    lo, hi = cart_coords.min(axis=0).tolist(), cart_coords.max(axis=0).tolist()
+    return math.prod(math.ceil(((top + reach) - (bottom - reach)) / edge) for bottom, top in zip(lo, hi))
+
+
+def _count(x: float, decimals: int = 0) -> str:
+    """``1,234,567`` (``4,096.2``), or ``1.23e+12`` beyond a billion."""
+    return f"{x:,.{decimals}f}" if x < 1e9 else f"{x:.3g}"
+
+
+def _check_search(
+    cart: np.ndarray, lattice: np.ndarray, volume: float, cutoff: float, periodic: bool, name: str
+) -> None:
+    """Refuse a cell whose neighbour search would be unreasonable (the bounds and why: see the module constants)."""
+    n = cart.shape[0]
+    cells = search_cells(cart, cutoff)
+    if cells > MAX_SEARCH_CELLS_PER_ATOM * n:
+        lengths = ", ".join(f"{x:.4g}" for x in np.linalg.norm(lattice, axis=1))
+        span = " x ".join(f"{x:.4g}" for x in np.ptp(cart, axis=0))
+        raise StructureError(
+            f"{name}: the neighbour search would need {_count(cells)} grid cells of cutoff={cutoff:g} Å for {n} "
+            f"atoms ({_count(cells / n, 1)} per atom, bound MAX_SEARCH_CELLS_PER_ATOM={MAX_SEARCH_CELLS_PER_ATOM}): the atoms "
+            f"span {span} Å (lattice lengths {lengths} Å); check the lattice lengths (Å) and that the coordinates "
+            "lie in the cell, or remove this entry."
+        )
+    if periodic and volume < MIN_VOLUME_PER_ATOM * n:  # a non-periodic axis has no images to pile up
+        raise StructureError(
+            f"{name}: {n} atoms in a cell of {volume:.3g} Å³ ({volume / n:.3g} Å³ per atom, bound "
+            f"MIN_VOLUME_PER_ATOM={MIN_VOLUME_PER_ATOM} Å³): far denser than any solid; check the lattice lengths "
+            "(Å) or remove this entry."
+        )
 
 
 def _search(cart: np.ndarray, centres: np.ndarray, lattice: np.ndarray, pbc: np.ndarray, r: float):
@@ -160,11 +248,19 @@ def neighbor_list_arrays(
     Returns ``(i, j, images, distances)`` with shapes ``[E]``, ``[E]``, ``[E, 3]`` (int64),
     ``[E]`` (Å), sorted by ``(i, distance, j)``; ``images`` are relative to the *given*
     coordinates (no wrapping). Isolated atoms get their nearest shell (see :class:`GraphSettings`).
+
+    Raises:
+        StructureError: no atoms, NaN/inf, zero volume, a search grid above :data:`MAX_SEARCH_CELLS_PER_ATOM`
+            cells per atom (:func:`search_cells`), a fully periodic cell with less than
+            :data:`MIN_VOLUME_PER_ATOM` Å³ per atom, or an isolated atom with no neighbour within
+            ``max_isolated_radius``.
     """
     cart = np.ascontiguousarray(cart_coords, dtype=np.float64)
     lat = np.ascontiguousarray(lattice, dtype=np.float64)
-    pbc_arr = np.ascontiguousarray([int(bool(x)) for x in pbc], dtype=np.int64)
-    _check_arrays(cart, lat, name)
+    periodic = [int(bool(x)) for x in pbc]
+    pbc_arr = np.ascontiguousarray(periodic, dtype=np.int64)
+    volume = _check_arrays(cart, lat, name)
+    _check_search(cart, lat, volume, cutoff, all(periodic), name)
     centers, points, images, dists = _search(cart, cart, lat, pbc_arr, cutoff)
     n = cart.shape[0]
 
@@ -219,6 +315,11 @@ def neighbor_list(
 
 
 def _nearest_shell(cart, lat, pbc, atom: int, cutoff: float, max_radius: float, name: str):
+    # The growing radius needs no guard of its own. A search around one atom has a 27-cell grid, and the images
+    # it enumerates lie in a cube of side 2 x radius. The growth stops at the first radius holding a neighbour,
+    # below twice the shortest lattice vector L (the atom's own image), and L³ <= 1.9 x volume (Minkowski): the
+    # cube then holds at most ~120 images of each atom of the cell. At the first step (2 x cutoff) the cube
+    # holds at most (4 x cutoff)³ / MIN_VOLUME_PER_ATOM points (16,000 at cutoff=5).
     radius = cutoff
     while radius < max_radius:
         radius = min(2 * radius, max_radius)
@@ -232,7 +333,7 @@ def _nearest_shell(cart, lat, pbc, atom: int, cutoff: float, max_radius: float, 
     raise StructureError(
         f"{name}: atom {atom} has no neighbour within {max(max_radius, cutoff)} Å; the cell is probably "
         "wrong (check the lattice units), or raise the search limit max_isolated_radius "
-        "(--data.max_isolated_radius=<Å>; predict: --max-isolated-radius <Å>)."
+        f"({param('data.max_isolated_radius')}=<Å>)."
     )
 
 
@@ -244,7 +345,12 @@ def graph_arrays(
     pbc: Sequence[bool] = (True, True, True),
     name: str = "structure",
 ) -> GraphArrays:
-    """Graph of an ordered crystal given as arrays (Z ``[N]``, Cartesian ``[N, 3]`` Å, lattice ``[3, 3]`` Å)."""
+    """Graph of an ordered crystal given as arrays (Z ``[N]``, Cartesian ``[N, 3]`` Å, lattice ``[3, 3]`` Å).
+
+    Raises:
+        StructureError: see :func:`structure_to_graph`; also an atomic number outside 1..118.
+    """
+    _check_atomic_numbers(atomic_numbers, name)
     cart = np.array(cart_coords, dtype=np.float64).reshape(-1, 3)  # copies: pymatgen's arrays are read-only
     lat = np.array(lattice, dtype=np.float64).reshape(3, 3)
     i, j, images, _ = neighbor_list_arrays(
@@ -278,6 +384,13 @@ def arrays_to_data(arrays: GraphArrays, state: Sequence[float] = DEFAULT_STATE) 
         "num_nodes": int(arrays.atomic_numbers.shape[0]),
     }
     return new_data(fields)
+
+
+def with_cutoff(data: Data, settings: GraphSettings) -> Data:
+    """``data`` stamped with the cutoff (Å) its edges were built with (``data.cutoff``): a model built for another
+    cutoff refuses the batch (:func:`~sagnn_lightning.data.batch.collate_graphs` carries it)."""
+    data.cutoff = float(settings.cutoff)
+    return data
 
 
 def new_data(fields: dict) -> Data:
@@ -344,8 +457,9 @@ def structure_to_graph(
         ``image_offsets [E, 3]`` (long), ``state [1, S]`` (float32), ``num_nodes = N``.
 
     Raises:
-        StructureError: empty, disordered, non-finite or zero-volume structure, or an atom with no
-            neighbour within ``max_isolated_radius``.
+        StructureError: empty or disordered structure, a species that is no element, or a cell that
+            :func:`neighbor_list_arrays` refuses (non-finite, zero volume, far too large or too dense for its
+            atoms, an atom with no neighbour within ``max_isolated_radius``).
     """
     settings = GraphSettings(
         cutoff=cutoff,
@@ -358,4 +472,4 @@ def structure_to_graph(
 
 def graph_from_settings(structure: Structure, settings: GraphSettings, name: str = "structure") -> Data:
     """:func:`structure_to_graph` with a :class:`GraphSettings`."""
-    return arrays_to_data(structure_graph_arrays(structure, settings, name), settings.state)
+    return with_cutoff(arrays_to_data(structure_graph_arrays(structure, settings, name), settings.state), settings)

@@ -29,6 +29,7 @@ from sagnn_lightning.data.graph import (
     arrays_to_data,
     graph_arrays,
     structure_graph_arrays,
+    with_cutoff,
 )
 from sagnn_lightning.data.parsers import describe_cif_problem, parse_simple_cif, parse_simple_dict
 
@@ -46,6 +47,10 @@ def settings_from_dict(values: dict) -> AnySettings:
     return GraphSettings(**values)
 
 
+#: exceptions that mean a bug in this code or a broken installation, not a bad item: never reported per item
+PROGRAMMING_ERRORS: tuple[type[Exception], ...] = (NameError, ImportError, NotImplementedError, SyntaxError)
+
+
 def item_to_graph_arrays(
     item: StructureLike | CompositionLike, settings: AnySettings, name: str = "structure"
 ) -> GraphArrays | CompositionArrays:
@@ -56,10 +61,40 @@ def item_to_graph_arrays(
     ``Structure``, CIF text or a ``Structure.as_dict()``: P1 CIFs and ordered dicts go through the fast readers of
     :mod:`~sagnn_lightning.data.parsers` (same numbers as pymatgen), anything else through pymatgen.
 
+    Every failure of this one input is a :class:`StructureError` naming it, so that a caller (the graph cache,
+    ``predict``) can report the item and go on with the others: an unexpected exception from pymatgen or numpy
+    (``ValueError``, ``IndexError``, ``MemoryError``, ...) is wrapped with its type and first line; only
+    :data:`PROGRAMMING_ERRORS` and non-``Exception`` signals (``KeyboardInterrupt``) pass through.
+
     Raises:
-        StructureError: unparsable, empty, disordered or zero-volume input, or a bad formula
-            (:class:`~sagnn_lightning.data.composition.CompositionError`); the message names ``name``.
+        StructureError: unparsable, empty, disordered or zero-volume input, a species that is no element, a
+            cell too large or too dense for its atoms (:func:`~sagnn_lightning.data.graph.neighbor_list_arrays`),
+            a bad formula (:class:`~sagnn_lightning.data.composition.CompositionError`), or any other failure of
+            this input; the message names ``name``.
     """
+    try:
+        return _graph_arrays(item, settings, name)
+    except StructureError:
+        raise
+    except PROGRAMMING_ERRORS:
+        raise
+    except Exception as exc:  # a failure of this one input, whatever raised it: report it against the input
+        first = _first_line(exc)
+        raise StructureError(
+            f"{name}: could not build the graph: {type(exc).__name__}{': ' + first if first else ''}; "
+            "fix or remove this entry."
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: errors are reported on one line."""
+    return next(iter(str(exc).strip().splitlines()), "")
+
+
+def _graph_arrays(
+    item: StructureLike | CompositionLike, settings: AnySettings, name: str
+) -> GraphArrays | CompositionArrays:
+    """:func:`item_to_graph_arrays` without the wrapping of unexpected exceptions."""
     if isinstance(settings, CompositionSettings):
         return composition_graph_arrays(item, name)  # type: ignore[arg-type]
     if isinstance(item, Structure):
@@ -91,7 +126,7 @@ def item_to_graph_arrays(
         elif isinstance(item, str):
             problem = describe_cif_problem(item)  # pymatgen's own exception is often internal
         raise StructureError(
-            f"{name}: could not parse the structure: {problem or f'{type(exc).__name__}: {exc}'}{hint}"
+            f"{name}: could not parse the structure: {problem or f'{type(exc).__name__}: {_first_line(exc)}'}{hint}"
         ) from exc
     return structure_graph_arrays(structure, settings, name)
 
@@ -101,6 +136,6 @@ def item_to_graph(item: StructureLike | CompositionLike, settings: AnySettings, 
     :func:`~sagnn_lightning.data.graph.structure_to_graph` or
     :func:`~sagnn_lightning.data.composition.composition_to_graph`)."""
     arrays = item_to_graph_arrays(item, settings, name)
-    if isinstance(arrays, CompositionArrays):
-        return composition_arrays_to_data(arrays, settings.state)
-    return arrays_to_data(arrays, settings.state)
+    if isinstance(arrays, CompositionArrays) or not isinstance(settings, GraphSettings):
+        return composition_arrays_to_data(arrays, settings.state)  # type: ignore[arg-type]
+    return with_cutoff(arrays_to_data(arrays, settings.state), settings)

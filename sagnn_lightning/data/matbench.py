@@ -37,8 +37,8 @@ import numpy as np
 from sagnn_lightning.data.composition import CompositionSettings
 from sagnn_lightning.data.datamodule import GraphDataModule
 from sagnn_lightning.data.fingerprint import fingerprint
-from sagnn_lightning.data.matbench_format import read_matbench_json
-from sagnn_lightning.data.readers import read_table
+from sagnn_lightning.data.matbench_format import matbench_default_ids, read_matbench_json
+from sagnn_lightning.data.readers import RawInputs, read_inputs, read_table
 from sagnn_lightning.data.table import DataFormatError, InputNotFoundError, Table, base_suffix
 from sagnn_lightning.data.tasks import (  # noqa: F401  (re-exported: the matbench API of this module)
     ALL_MATBENCH_TASKS,
@@ -49,7 +49,7 @@ from sagnn_lightning.data.tasks import (  # noqa: F401  (re-exported: the matben
     TaskType,
     get_task,
 )
-from sagnn_lightning.errors import SAGNNError, UsageError
+from sagnn_lightning.errors import SAGNNError, UsageError, param
 from sagnn_lightning.files import atomic_write, file_lock
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,8 @@ def missing_data_message(task: str, path: Path, problem: str) -> str:
     """One message for data that is missing offline: the task, the path looked at and the flags that fix it."""
     return (
         f"matbench data for {task} is unavailable: {problem}. Looked for {path}. To use a local copy, put "
-        f"{path.name} (matbench's file or any matbench-layout copy) there, or pass --data.data_file=<path of "
-        f"{path.name}> or --data.data_home=<folder holding it>, or set ${MATMINER_ENV}=<folder holding it>."
+        f"{path.name} (matbench's file or any matbench-layout copy) there, or pass {param('data.data_file')}=<path of "
+        f"{path.name}> or {param('data.data_home')}=<folder holding it>, or set ${MATMINER_ENV}=<folder holding it>."
     )
 
 
@@ -255,13 +255,13 @@ class MatbenchDataModule(GraphDataModule):
         if self.task.input_type == "composition":  # element graphs: part of the cache key like GraphSettings
             self.settings = CompositionSettings()
         if not 0 <= fold < NUM_FOLDS:
-            raise UsageError(f"fold must be in 0..{NUM_FOLDS - 1} (--data.fold), got {fold}")
+            raise UsageError(f"fold must be in 0..{NUM_FOLDS - 1} ({param('data.fold')}), got {fold}")
         if not 0.0 <= val_fraction < 1.0:
-            raise UsageError(f"val_fraction must be in [0, 1) (--data.val_fraction), got {val_fraction}")
+            raise UsageError(f"val_fraction must be in [0, 1) ({param('data.val_fraction')}), got {val_fraction}")
         if val_folds is not None and val_folds < 2:
-            raise UsageError(f"val_folds must be >= 2 (--data.val_folds), got {val_folds}")
+            raise UsageError(f"val_folds must be >= 2 ({param('data.val_folds')}), got {val_folds}")
         if val_folds is not None and not 0 <= val_fold < val_folds:
-            raise UsageError(f"val_fold must be in 0..{val_folds - 1} (--data.val_fold), got {val_fold}")
+            raise UsageError(f"val_fold must be in 0..{val_folds - 1} ({param('data.val_fold')}), got {val_fold}")
         self.fold = fold
         self.val_fraction = val_fraction
         self.val_folds, self.val_fold = val_folds, val_fold
@@ -287,17 +287,17 @@ class MatbenchDataModule(GraphDataModule):
             path = Path(data_file).expanduser()
             if not path.is_file():
                 raise InputNotFoundError(
-                    f"matbench data file {path} not found; give --data.data_file the path of a matbench-layout "
-                    f"{expected} (pandas orient='split'), or --data.data_home=<folder holding it>."
+                    f"matbench data file {path} not found; give {param('data.data_file')} the path of a matbench-layout "
+                    f"{expected} (pandas orient='split'), or {param('data.data_home')}=<folder holding it>."
                 )
             return path
         if data_home is not None:
             path = Path(data_home).expanduser() / expected
             if not path.is_file():
                 raise InputNotFoundError(
-                    f"matbench dataset not found: expected {path} (--data.data_home). Put the matbench v0.1 file "
+                    f"matbench dataset not found: expected {path} ({param('data.data_home')}). Put the matbench v0.1 file "
                     f"{expected} (matminer's download, or any matbench-layout copy) in {Path(data_home).expanduser()}, "
-                    "give --data.data_file=<path>, or leave --data.data_home unset to download it through matbench."
+                    f"give {param('data.data_file')}=<path>, or leave {param('data.data_home')} unset to download it through matbench."
                 )
             return path
         path = matminer_data_home() / expected
@@ -306,7 +306,9 @@ class MatbenchDataModule(GraphDataModule):
         if not self.download:
             raise DatasetUnavailableError(
                 missing_data_message(
-                    self.task.name, path, "the file is missing and the download is off (--data.download=false)"
+                    self.task.name,
+                    path,
+                    f"the file is missing and the download is off ({param('data.download')}=false)",
                 )
             )
         return None  # downloaded when first needed (prepare_data, or the statistics), once, under a lock
@@ -338,7 +340,7 @@ class MatbenchDataModule(GraphDataModule):
         return [self.task.unit]
 
     def _split_size_hint(self) -> str:
-        return f"Change --data.val_fraction (now {self.val_fraction} of the fold's training rows)."
+        return f"Change {param('data.val_fraction')} (now {self.val_fraction} of the fold's training rows)."
 
     def _split_fraction(self, split: str) -> float | None:
         if split != "val":
@@ -379,3 +381,41 @@ class MatbenchDataModule(GraphDataModule):
             f"(e.g. {missing[:3]}): only training/validation (setup('fit')) is possible with this file. "
             f"For testing, use the full {self.task.name}.json.gz (data_home / data_file / download)."
         )
+
+
+def read_matbench_split(
+    task: str, fold: int, split: str = "test", data_home: str | os.PathLike | None = None
+) -> RawInputs:
+    """The inputs of one official matbench v0.1 split (``split`` = ``"test"`` or ``"train"`` of ``fold``), in
+    matbench's id order (``mb-...`` ids), unparsed, read from the task file the DataModule uses (``data_home``, else
+    ``$MATMINER_DATA``, else matbench's download): structures, or formulas for a composition task."""
+    if split not in ("test", "train"):
+        raise UsageError(f"{param('split')} must be 'test' or 'train', got {split!r}")
+    home = None if data_home is None else str(data_home)
+    datamodule = MatbenchDataModule(task, fold=fold, data_home=home, progress=False)
+    train_ids, test_ids = official_fold(datamodule.task.name, fold)
+    wanted = test_ids if split == "test" else train_ids
+    source = datamodule.source_file()
+    if datamodule.task.input_type == "composition":
+        table = read_matbench_json(
+            source, datamodule.task.name, datamodule.task.n_samples, datamodule.task.target, "composition"
+        )
+        inputs = RawInputs(ids=table.ids, items=list(table.structures or []), labels=list(table.ids), errors=[])
+    else:
+        inputs = read_inputs(source, default_ids=matbench_default_ids)
+    position = {sid: k for k, sid in enumerate(inputs.ids)}
+    unreadable = {e[0] for e in inputs.errors}
+    missing = [sid for sid in wanted if sid not in position and sid not in unreadable]
+    if missing:
+        raise UsageError(
+            f"{source} lacks {len(missing)} of the {len(wanted)} {split} ids of {datamodule.task.name} fold {fold} "
+            f"(first: {missing[0]}); give {param('data.data_home')} the folder of the full matbench file."
+        )
+    keep = [position[sid] for sid in wanted if sid in position]
+    wanted_set = set(wanted)
+    return RawInputs(
+        ids=[inputs.ids[k] for k in keep],
+        items=[inputs.items[k] for k in keep],
+        labels=[inputs.labels[k] for k in keep],
+        errors=[e for e in inputs.errors if e[0] in wanted_set],
+    )

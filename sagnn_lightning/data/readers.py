@@ -15,9 +15,10 @@ Without an id column the rows are named ``row-<index>``; a caller that knows bet
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,10 +41,11 @@ from sagnn_lightning.data.table import (
     check_columns,
     check_not_empty,
     check_unique,
+    open_text,
     read_split_json,
     targets_array,
 )
-from sagnn_lightning.errors import UsageError
+from sagnn_lightning.errors import UsageError, param, raw_message
 
 #: structure columns tried in this order when none is given
 STRUCTURE_COLUMN_CANDIDATES: tuple[str, ...] = ("structure", "cif", "structure_dict", "atoms")
@@ -264,7 +266,7 @@ def read_cif_folder(folder: str | Path, target_columns: Sequence[str] | None = N
     if len(target_columns) != n_targets:
         raise DataFormatError(
             f"{folder / ID_PROP_FILE}: has {n_targets} target column(s) but target_columns={list(target_columns)}; "
-            "give one name per column after the id (--data.target_columns=[<name>, ...])."
+            f"give one name per column after the id ({param('data.target_columns')}=[<name>, ...])."
         )
     ids = [str(v).strip() for v in frame[0]]
     check_unique(folder / ID_PROP_FILE, ids)
@@ -294,14 +296,16 @@ def read_data(
     path = Path(path).expanduser()
     if not path.exists():
         raise InputNotFoundError(
-            f"data file {path} does not exist; check --data.data_file (a CSV/JSON table, a "
+            f"data file {path} does not exist; check {param('data.data_file')} (a CSV/JSON table, a "
             "folder of CIFs with id_prop.csv, or a bundled sample such as "
             "sample:mp_abx3_perovskites)."
         )
     if path.is_dir() and input_type == "structure":
         return read_cif_folder(path, target_columns)
     if path.is_dir():
-        raise DataFormatError(f"{path}: a folder; compositions are read from a CSV/JSON table (--data.data_file).")
+        raise DataFormatError(
+            f"{path}: a folder; compositions are read from a CSV/JSON table ({param('data.data_file')})."
+        )
     return read_table(
         path,
         target_columns,
@@ -352,88 +356,141 @@ def _cif_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CIF_SUFFIXES)
 
 
-def read_formulas(
-    path: str | Path,
-    composition_column: str | None = None,
-    id_column: str | None = None,
-    default_ids: DefaultIds | None = None,
-) -> RawInputs:
-    """Read the formulas of ``predict`` for a composition model (no targets needed), unparsed.
+#: rows read at a time from a CSV table by :func:`iter_inputs`
+CHUNK_ROWS = 4096
 
-    Args:
-        path: a CSV/JSON table (matbench layout included) with a formula column.
-        composition_column: the formula column (default: the first of :data:`COMPOSITION_COLUMN_CANDIDATES`).
-        id_column: the id column (auto-detected as in :func:`read_table`).
-        default_ids: ids of a table without an id column (default :func:`row_ids`).
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input of ``predict``, unparsed.
+
+    Attributes:
+        id: the output id (file stem, or the table's id column).
+        label: what error messages name the input by (the file, or the id for table rows).
+        item: the raw input (CIF text, ``Structure.as_dict()``, a ``Structure``, or a formula), ``None`` when the
+            file could not be read at all.
+        error: why the file could not be read (then ``item`` is ``None``).
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise InputNotFoundError(f"{path} does not exist; give --input a CSV/JSON table with a formula column.")
-    if path.is_dir() or base_suffix(path) not in (".csv", ".json"):
-        raise DataFormatError(
-            f"{path}: a composition model predicts from a CSV/JSON table with a formula column "
-            f"(one of {list(COMPOSITION_COLUMN_CANDIDATES)}, or --composition-column <name>), not from structures."
-        )
-    frame = _read_frame(path)
-    frame.columns = [str(c) for c in frame.columns]
-    check_not_empty(path, len(frame))
-    s_col, _, ids = _input_column_and_ids(
-        path, frame, composition_column, COMPOSITION_COLUMN_CANDIDATES, "composition", id_column, default_ids
-    )
-    return RawInputs(ids=ids, items=_formula_cells(frame[s_col]), labels=list(ids), errors=[])
+
+    id: str
+    label: str
+    item: Any = None
+    error: str | None = None
 
 
-def read_inputs(
+def _table_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """A CSV in chunks of ``chunk_rows`` rows (index continuing across chunks), a JSON table whole."""
+    if base_suffix(path) != ".csv":
+        yield _read_frame(path)
+        return
+    try:
+        with pd.read_csv(path, chunksize=chunk_rows) as reader:
+            yield from reader
+    except pd.errors.EmptyDataError:
+        return
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise DataFormatError(f"{path}: not a readable CSV file ({err}).") from err
+
+
+def _table_items(
+    path: Path,
+    input_column: str | None,
+    candidates: Sequence[str],
+    role: str,
+    id_column: str | None,
+    default_ids: DefaultIds | None,
+    chunk_rows: int,
+) -> Iterator[InputItem]:
+    rows = 0
+    for frame in _table_chunks(path, chunk_rows):
+        frame.columns = [str(c) for c in frame.columns]
+        if len(frame) == 0:
+            continue
+        s_col, _, ids = _input_column_and_ids(path, frame, input_column, candidates, role, id_column, default_ids)
+        values = _formula_cells(frame[s_col]) if role == "composition" else map(_as_structure_input, frame[s_col])
+        rows += len(frame)
+        yield from (InputItem(i, i, v) for i, v in zip(ids, values))
+    check_not_empty(path, rows)
+
+
+def _file_item(name: str, label: str, load: Callable[[], Any]) -> InputItem:
+    try:
+        return InputItem(name, label, _as_structure_input(load()))
+    except StructureError as err:  # a file pymatgen cannot read at all
+        return InputItem(name, label, None, raw_message(err))
+
+
+def iter_inputs(
     path: str | Path,
-    structure_column: str | None = None,
+    input_type: str = "structure",
+    input_column: str | None = None,
     id_column: str | None = None,
     default_ids: DefaultIds | None = None,
-) -> RawInputs:
-    """Read the raw structure inputs of ``predict`` (no targets needed), unparsed: what
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[InputItem]:
+    """The inputs of ``predict``, one at a time, unparsed: what
     :func:`~sagnn_lightning.data.inputs.item_to_graph_arrays` turns into graphs, as the graph cache does for
-    training.
+    training. Memory stays flat in the input's size: a CSV is read ``chunk_rows`` rows at a time, a folder one
+    file at a time (a JSON table is read whole: JSON has no streaming layout here).
 
     Args:
-        path: a ``.cif`` file, a folder of ``*.cif`` files, a CSV/JSON table with a structure column
-            (matbench layout included; ids from ``default_ids`` when it has no id column), a JSON
-            file holding one ``Structure.as_dict()``, or any file pymatgen reads (POSCAR, ``*.vasp``, ...).
-        structure_column: for tables: the structure column (auto-detected as in :func:`read_table`).
+        path: structures (``input_type="structure"``): a ``.cif`` file, a folder of ``*.cif`` files, a CSV/JSON
+            table with a structure column (matbench layout included), a JSON file holding one
+            ``Structure.as_dict()``, or any file pymatgen reads (POSCAR, ``*.vasp``, ...). Formulas
+            (``input_type="composition"``): a CSV/JSON table with a formula column.
+        input_type: ``"structure"`` or ``"composition"``.
+        input_column: for tables: the structure (or formula) column (default: the first of
+            :data:`STRUCTURE_COLUMN_CANDIDATES` / :data:`COMPOSITION_COLUMN_CANDIDATES`).
         id_column: for tables: the id column (auto-detected as in :func:`read_table`).
         default_ids: ids of a table without an id column (default :func:`row_ids`; ``predict`` passes
             matbench's rule, :func:`~sagnn_lightning.data.matbench_format.matbench_default_ids`).
+        chunk_rows: rows per chunk of a CSV table.
+
+    Raises:
+        InputNotFoundError: ``path`` does not exist. DataFormatError: not a readable table, no structure (formula)
+            column, an empty table or folder. A file that cannot be read as a structure is yielded with its
+            ``error``, never raised.
     """
     path = Path(path).expanduser()
+    composition = input_type == "composition"
     if not path.exists():
-        raise InputNotFoundError(
-            f"{path} does not exist; give --input a .cif file, a folder of CIFs or a CSV/JSON table."
+        what = (
+            "a CSV/JSON table with a formula column"
+            if composition
+            else "a .cif file, a folder of CIFs or a CSV/JSON table"
         )
-
-    items: list[tuple[str, Callable[[], Any]]] = []
+        raise InputNotFoundError(f"{path} does not exist; give {param('input')} {what}.")
     suffix = base_suffix(path)
+    if composition:
+        if path.is_dir() or suffix not in (".csv", ".json"):
+            raise DataFormatError(
+                f"{path}: a composition model predicts from a CSV/JSON table with a formula column "
+                f"(one of {list(COMPOSITION_COLUMN_CANDIDATES)}, or {param('composition_column')}=<name>), not from "
+                "structures."
+            )
+        yield from _table_items(
+            path, input_column, COMPOSITION_COLUMN_CANDIDATES, "composition", id_column, default_ids, chunk_rows
+        )
+        return
     if path.is_dir():
         files = _cif_files(path)
         if not files:
             raise DataFormatError(
-                f"{path}: no *.cif files in this folder; give --input a folder of CIFs, a "
+                f"{path}: no *.cif files in this folder; give {param('input')} a folder of CIFs, a "
                 ".cif file or a CSV/JSON table."
             )
-        items = [(str(f), partial(f.read_text, encoding="utf-8", errors="replace")) for f in files]
-        names = [f.stem for f in files]
+        for f in files:
+            yield _file_item(f.stem, str(f), partial(f.read_text, encoding="utf-8", errors="replace"))
     elif path.suffix.lower() in CIF_SUFFIXES:
-        items = [(str(path), lambda: path.read_text(encoding="utf-8", errors="replace"))]
-        names = [path.stem]
+        yield _file_item(path.stem, str(path), partial(path.read_text, encoding="utf-8", errors="replace"))
     elif suffix in (".csv", ".json"):
         doc = read_split_json(path) if suffix == ".json" else None
         if isinstance(doc, dict) and {"lattice", "sites"} <= set(doc):  # one Structure.as_dict()
-            items, names = [(str(path), lambda: doc)], [path.name.split(".")[0]]
+            yield _file_item(path.name.split(".")[0], str(path), partial(_same, doc))
         else:
-            frame = _read_frame(path)
-            frame.columns = [str(c) for c in frame.columns]
-            check_not_empty(path, len(frame))
-            s_col, _, names = _input_column_and_ids(
-                path, frame, structure_column, STRUCTURE_COLUMN_CANDIDATES, "structure", id_column, default_ids
+            yield from _table_items(
+                path, input_column, STRUCTURE_COLUMN_CANDIDATES, "structure", id_column, default_ids, chunk_rows
             )
-            items = [(n, partial(_same, v)) for n, v in zip(names, frame[s_col])]
     else:  # POSCAR, *.vasp, *.xsf, ...: whatever pymatgen reads
 
         def load_any() -> Structure:
@@ -447,18 +504,66 @@ def read_inputs(
                     "use a .cif, a pymatgen-readable file, a folder of CIFs or a CSV/JSON table."
                 ) from err
 
-        items, names = [(str(path), load_any)], [path.name]
+        yield _file_item(path.name, str(path), load_any)
 
-    ids, values, labels, errors = [], [], [], []
-    for name, (label, load) in zip(names, items):
-        try:
-            values.append(_as_structure_input(load()))
-        except StructureError as err:  # a file pymatgen cannot read at all
-            errors.append((label, str(err)))
+
+def count_inputs(path: str | Path) -> int | None:
+    """How many inputs :func:`iter_inputs` will yield for ``path``, when a cheap pass tells (folders, single files,
+    CSV rows; a CSV is scanned once with the ``csv`` module); ``None`` otherwise (for a progress bar's ETA)."""
+    path = Path(path).expanduser()
+    try:
+        if path.is_dir():
+            return len(_cif_files(path))
+        if base_suffix(path) == ".csv":
+            with open_text(path) as fh:
+                return max(sum(1 for _ in csv.reader(fh)) - 1, 0)
+        if path.is_file() and base_suffix(path) != ".json":
+            return 1
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
+
+
+def _collect(items: Iterable[InputItem]) -> RawInputs:
+    raw = RawInputs(ids=[], items=[], labels=[], errors=[])
+    for entry in items:
+        if entry.error is not None:
+            raw.errors.append((entry.label, entry.error))
             continue
-        ids.append(name)
-        labels.append(label)
-    return RawInputs(ids=ids, items=values, labels=labels, errors=errors)
+        raw.ids.append(entry.id)
+        raw.items.append(entry.item)
+        raw.labels.append(entry.label)
+    return raw
+
+
+def read_formulas(
+    path: str | Path,
+    composition_column: str | None = None,
+    id_column: str | None = None,
+    default_ids: DefaultIds | None = None,
+) -> RawInputs:
+    """Read the formulas of ``predict`` for a composition model (no targets needed), unparsed, all at once
+    (:func:`iter_inputs` streams them).
+
+    Args:
+        path: a CSV/JSON table (matbench layout included) with a formula column.
+        composition_column: the formula column (default: the first of :data:`COMPOSITION_COLUMN_CANDIDATES`).
+        id_column: the id column (auto-detected as in :func:`read_table`).
+        default_ids: ids of a table without an id column (default :func:`row_ids`).
+    """
+    return _collect(iter_inputs(path, "composition", composition_column, id_column, default_ids))
+
+
+def read_inputs(
+    path: str | Path,
+    structure_column: str | None = None,
+    id_column: str | None = None,
+    default_ids: DefaultIds | None = None,
+) -> RawInputs:
+    """Read the raw structure inputs of ``predict`` (no targets needed), unparsed, all at once (:func:`iter_inputs`
+    streams them; the arguments are the same).
+    """
+    return _collect(iter_inputs(path, "structure", structure_column, id_column, default_ids))
 
 
 def read_structures(

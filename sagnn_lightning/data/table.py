@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from sagnn_lightning.errors import SAGNNError, UsageError
+from sagnn_lightning.errors import SAGNNError, UsageError, param
 
 ID_PROP_FILE = "id_prop.csv"
 CIF_SUFFIXES: tuple[str, ...] = (".cif",)
@@ -36,10 +36,10 @@ class InputNotFoundError(UsageError, FileNotFoundError):
 
 #: the options that choose a table column: DataModule (``--data.*``) / ``python -m sagnn_lightning predict``
 COLUMN_FLAGS: dict[str, str] = {
-    "target": "--data.target_columns=[<name>, ...]",
-    "structure": "--data.structure_column=<name> (predict: --structure-column <name>)",
-    "id": "--data.id_column=<name> (predict: --id-column <name>)",
-    "composition": "--data.composition_column=<name> (predict: --composition-column <name>)",
+    "target": f"{param('data.target_columns')}=[<name>, ...]",
+    "structure": f"{param('data.structure_column')}=<name>",
+    "id": f"{param('data.id_column')}=<name>",
+    "composition": f"{param('data.composition_column')}=<name>",
 }
 
 
@@ -138,10 +138,13 @@ def check_unique(path: Path, ids: Sequence[str]) -> None:
     if dups:
         raise DataFormatError(
             f"{path}: duplicate sample ids {dups[:5]} ({len(dups)} in all); ids must be unique "
-            "(choose the id column with --data.id_column)."
+            f"(choose the id column with {param('data.id_column')})."
         )
 
 
 def check_not_empty(path: Path, n: int) -> None:
     if n == 0:
         raise DataFormatError(f"{path}: the dataset is empty (no rows); add crystals or point to the right file.")
+
+
+__all__ = ["DataFormatError", "InputNotFoundError", "Table"]

@@ -84,3 +84,6 @@ def get_task(name: str) -> MatbenchTask:
     raise UsageError(
         f"unknown matbench task {name!r} (--data.task); valid tasks: {', '.join(sorted(ALL_MATBENCH_TASKS))}."
     )
+
+
+__all__ = ["get_task"]

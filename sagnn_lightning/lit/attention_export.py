@@ -9,7 +9,8 @@
 
     {"format": "sagnn-attention", "format_version": 1,
      "kind": "crystal" | "composition", "model": "<checkpoint or pretrained name>",
-     "task_type": "regression" | "classification", "target_names": ["e_form"], "heads": 8,
+     "task_type": "regression" | "classification", "target_names": ["e_form"], "unit": "eV/cell" | null,
+     "heads": 8,
      "layers": ["attention_layers.0"],
      "crystals": {"<id>": {"file": "<id>.npz", "n_atoms": 5, "formula": "AlSbO3", "prediction": [0.478]}, ...}}
 
@@ -34,6 +35,7 @@ layers, ``H`` heads, ``T`` targets::
     lattice         [3, 3] float64        crystals: lattice vectors (rows), Å
     fractions       [n] float64           compositions: each element's share of the formula (sums to 1)
     prediction      [T]                   the CSV's prediction (real units; 0/1 labels for classification)
+    unit            scalar str            the predictions' unit, where known (shipped models; else absent)
     probability     [T] float64           classification only
     target_names    [T] str               the targets
 
@@ -48,7 +50,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from functools import cache
@@ -60,7 +61,7 @@ import torch
 from torch import Tensor
 
 from sagnn_lightning.errors import SAGNNError, UsageError
-from sagnn_lightning.files import atomic_write
+from sagnn_lightning.files import atomic_write, safe_name
 from sagnn_lightning.nn.attention import AttentionMaps
 
 if TYPE_CHECKING:
@@ -81,8 +82,7 @@ def element_symbol(z: int) -> str:
 
 def file_stem(sample_id: str) -> str:
     """``sample_id`` as a file-name stem: letters, digits, ``.``, ``_``, ``-`` kept, the rest ``_`` (≤ 100 chars)."""
-    stem = re.sub(r"[^0-9A-Za-z._-]+", "_", sample_id).strip("._")[:100]
-    return stem or "crystal"
+    return safe_name(sample_id, "crystal", strip="._", max_length=100)
 
 
 def reduced_formula(symbols: list[str], amounts: list[float] | None = None) -> str:
@@ -106,15 +106,19 @@ class AttentionExport:
         folder: the export folder (created with the first file).
         module: the trained module (eval mode); its network must have attention layers.
         source: what to record as ``model`` in ``index.json`` (checkpoint path or pretrained name).
+        unit: the predictions' unit where it is known (a shipped model's card), written as ``unit`` in
+            ``index.json`` and each ``.npz`` (the plots' titles show it).
     """
 
-    def __init__(self, folder: str | os.PathLike, module: SAGNNModule, source: str = "") -> None:
+    def __init__(
+        self, folder: str | os.PathLike, module: SAGNNModule, source: str = "", unit: str | None = None
+    ) -> None:
         if not len(getattr(module.model, "attention_layers", ())):
             raise UsageError(
                 "--attention: this model has no attention layers (attention='none', i.e. MEGNet); nothing to export"
             )
         self.folder = Path(folder).expanduser()
-        self.module, self.source = module, source
+        self.module, self.source, self.unit = module, source, unit
         self.layers: list[str] = []
         self.heads = 0
         self.kind = ""
@@ -138,6 +142,8 @@ class AttentionExport:
         self.kind = "composition" if getattr(batch, "fractions", None) is not None else "crystal"
         for arrays in crystal_arrays(batch, maps, outputs, self.module.target_names):
             sample_id = str(arrays["id"])
+            if self.unit:
+                arrays["unit"] = np.array(self.unit)
             if sample_id in self.crystals:
                 raise SAGNNError(f"--attention: the id {sample_id!r} occurs twice; ids must be unique (--id-column)")
             stem = self._unique_stem(sample_id)
@@ -166,6 +172,7 @@ class AttentionExport:
             "model": self.source,
             "task_type": self.module.task_type,
             "target_names": list(self.module.target_names),
+            "unit": self.unit,
             "heads": self.heads,
             "layers": self.layers,
             "crystals": self.crystals,
@@ -276,3 +283,6 @@ def iter_crystals(folder: str | os.PathLike) -> Iterator[tuple[str, dict[str, np
     index = read_index(folder)
     for sample_id, entry in index["crystals"].items():
         yield sample_id, load_crystal(folder, entry)
+
+
+__all__ = ["AttentionExport", "load_crystal", "read_index"]

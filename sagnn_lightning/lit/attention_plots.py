@@ -65,13 +65,15 @@ def atom_labels(arrays: dict[str, np.ndarray]) -> list[str]:
 
 
 def crystal_title(arrays: dict[str, np.ndarray]) -> str:
-    """``<id>  <formula>  <target> = <prediction>[ (true <y>)]`` for the figure's title."""
+    """``<id>  <formula>  <target> = <prediction> <unit>[ (true <y>)]`` for the figure's title (the unit where the
+    export records one)."""
     names = [str(n) for n in arrays["target_names"]]
+    unit = f" {arrays['unit']}" if "unit" in arrays and str(arrays["unit"]) else ""
     values = arrays["prediction"].reshape(-1).tolist()
     truth = arrays["target"].reshape(-1).tolist() if "target" in arrays else [None] * len(values)
     parts = []
     for name, value, true in zip(names, values, truth):
-        text = f"{name} = {value:.4g}"
+        text = f"{name} = {value:.4g}{unit}"
         if true is not None and math.isfinite(true):
             text += f" (true {true:.4g})"
         parts.append(text)
@@ -235,9 +237,14 @@ def element_pair_figure(table: list[dict[str, Any]], value: str = "relative", ti
         image = ax_value.imshow(values, cmap=colormaps["viridis"].with_extremes(bad=NO_PAIR), vmin=0.0)
         label = "mean attention weight"
     fig.colorbar(image, ax=ax_value, shrink=0.8, label=label)
-    count_norm = LogNorm(vmin=0.5, vmax=max(float(np.nanmax(counts)), 2.0))  # below 1: a single pair is visible
+    most = max(float(np.nanmax(counts)), 2.0)
+    count_norm = LogNorm(vmin=0.5, vmax=most)  # below 1: a single pair is visible
     count_image = ax_count.imshow(counts, cmap=colormaps["Blues"].with_extremes(bad=NO_PAIR), norm=count_norm)
-    fig.colorbar(count_image, ax=ax_count, shrink=0.8, label="atom pairs (crystal, query, key)")
+    count_bar = fig.colorbar(count_image, ax=ax_count, shrink=0.8, label="atom pairs (crystal, query, key)")
+    # whole counts only: decades from 1 (LogNorm's own ticks would label the 0.5 floor as 5x10^-1)
+    decades = [10**k for k in range(0, int(math.log10(most)) + 1)]
+    count_bar.set_ticks(decades, labels=[f"{d:,}" for d in decades])
+    count_bar.ax.minorticks_off()
     symbols = [element_symbol(z) for z in zs]
     fontsize = 8 if m <= 20 else 6 if m <= 40 else 4
     for ax, name in ((ax_value, label.split(" (")[0]), (ax_count, "atom pairs")):
@@ -343,3 +350,12 @@ def attention_plots_main(argv: Sequence[str] | None = None) -> int:
     csv_path, png_path = write_element_pair_map(folder, out, layer, args.value)
     print(f"wrote {len(pictures)} crystal heatmaps, {png_path.name} and {csv_path.name} to {out}")
     return 0
+
+
+__all__ = [
+    "attention_plots_main",
+    "crystal_figure",
+    "element_pair_rows",
+    "element_pair_table",
+    "write_element_pair_map",
+]

@@ -18,6 +18,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from sagnn_lightning.files import atomic_write
 from sagnn_lightning.lit.module import MONITOR
+from sagnn_lightning.lit.predictions_csv import Predictions, write_predictions_csv
 from sagnn_lightning.lit.wandb import active_run_dir
 
 
@@ -385,8 +386,6 @@ class PredictionsCSV(Callback):
         unique: dict[str, tuple] = {}
         for row in rows:
             unique.setdefault(row[0], row)
-        from sagnn_lightning.lit.predict import Predictions, write_predictions_csv
-
         ordered = list(unique.values())
         classification = ordered[0][2] is not None
         result = Predictions(

@@ -3,7 +3,7 @@
 Used by :class:`~sagnn_lightning.lit.SAGNNModule` (``init_from``, ``freeze``, ``reset_head``):
 
 * :func:`init_weights` copies the *network* weights of a pretrained model (by name, see
-  :mod:`sagnn_lightning.lit.pretrained`) or of a ``.ckpt`` file into a model of the same architecture. The
+  :mod:`sagnn_lightning.lit.registry`) or of a ``.ckpt`` file into a model of the same architecture. The
   optimizer state and the target statistics are not taken: they come from the new run and its training data.
   Differing shapes or missing layers are one error that names them; a different neighbour cutoff is an error
   too (the Gaussian distance basis spans the cutoff, so the same weights would see other features).
@@ -14,44 +14,29 @@ Used by :class:`~sagnn_lightning.lit.SAGNNModule` (``init_from``, ``freeze``, ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from sagnn_lightning.data.table import InputNotFoundError
-from sagnn_lightning.errors import SAGNNError, UsageError
-from sagnn_lightning.lit.checkpoints import check_checkpoint_file, read_checkpoint
-from sagnn_lightning.lit.pretrained import available, checkpoint_file, is_pretrained_name
+from sagnn_lightning.errors import SAGNNError, UsageError, param
+from sagnn_lightning.lit.checkpoints import checkpoint_cutoff, read_checkpoint, resolve_source
 
 #: the output layers that ``reset_head`` re-initialises (``SAGNN.head``)
 HEAD_PREFIX = "head"
-
-
-def resolve_source(source: str) -> Path:
-    """A pretrained model's name → its checked ``.ckpt``; otherwise ``source`` as a checkpoint path."""
-    if is_pretrained_name(source):
-        return checkpoint_file(source)
-    if not Path(source).expanduser().exists():
-        raise InputNotFoundError(
-            f"--model.init_from {source} is neither a shipped model ({', '.join(available())}) nor an existing "
-            ".ckpt; give one of those names or a checkpoint written by training"
-        )
-    return check_checkpoint_file(source, "--model.init_from")
+#: the parameters of :class:`~sagnn_lightning.lit.SAGNNModule` that errors here name
+INIT_FROM, FREEZE, RESET_HEAD = "model.init_from", "model.freeze", "model.reset_head"
 
 
 def _network_state(source: str) -> tuple[dict[str, torch.Tensor], float | None]:
     """``(network state_dict without the "model." prefix, cutoff Å or None)`` of a checkpoint or model name."""
-    path = resolve_source(source)
-    checkpoint = read_checkpoint(path, "--model.init_from")
+    path = resolve_source(source, INIT_FROM)
+    checkpoint = read_checkpoint(path, INIT_FROM)
     state = checkpoint["state_dict"]
     if not any(k.startswith("model.") for k in state):
         raise SAGNNError(
-            f"--model.init_from {source}: {path} holds no SA-GNN weights (no model.* entries in its state_dict)"
+            f"{param(INIT_FROM)}={source}: {path} holds no SA-GNN weights (no model.* entries in its state_dict)"
         )
-    model_cfg = (checkpoint.get("hyper_parameters") or {}).get("model")
-    cutoff = (model_cfg.get("init_args") or {}).get("cutoff") if isinstance(model_cfg, dict) else None
-    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}, cutoff
+    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}, checkpoint_cutoff(checkpoint)
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -78,8 +63,9 @@ def init_weights(model: nn.Module, source: str, reset_head: bool = False) -> lis
     own_cutoff = getattr(expansion, "stop", None)
     if source_cutoff is not None and own_cutoff is not None and abs(float(source_cutoff) - float(own_cutoff)) > 1e-9:
         raise UsageError(
-            f"--model.init_from {source} was trained with a {float(source_cutoff):g} Å cutoff, this run uses "
-            f"{float(own_cutoff):g} Å; set --data.cutoff={float(source_cutoff):g} (the distance basis spans the cutoff)"
+            f"{param(INIT_FROM)}={source} was trained with a {float(source_cutoff):g} Å cutoff, this model uses "
+            f"{float(own_cutoff):g} Å; set {param('data.cutoff')}={float(source_cutoff):g} (the distance basis spans "
+            "the cutoff)"
         )
     wanted = {k: v for k, v in own.items() if not (reset_head and _is_head(k))}
     problems: dict[str, str] = {}  # key -> what differs
@@ -95,11 +81,12 @@ def init_weights(model: nn.Module, source: str, reset_head: bool = False) -> lis
         texts = list(problems.values())
         shown = "; ".join(texts[:6]) + (f"; ... ({len(texts) - 6} more)" if len(texts) > 6 else "")
         fix = (
-            "the output layers differ (another number of targets?): add --model.reset_head=true"
+            f"the output layers differ (another number of targets?): add {param(RESET_HEAD)}=true"
             if all(_is_head(key) for key in problems)
-            else "give --model.model the pretrained model's config (python -m sagnn_lightning models <name> shows it)"
+            else f"give {param('model.model')} the pretrained model's config (sagnn_lightning.pretrained.card(name) "
+            "or python -m sagnn_lightning models <name> shows it)"
         )
-        raise UsageError(f"--model.init_from {source}: the architecture differs: {shown}; {fix}")
+        raise UsageError(f"{param(INIT_FROM)}={source}: the architecture differs: {shown}; {fix}")
     with torch.no_grad():
         for key in wanted:
             own[key].copy_(source_state[key].to(own[key].dtype))
@@ -133,7 +120,7 @@ def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
         matched = [n for n in named if n == prefix or n.startswith(prefix + ".")]
         if not matched:
             raise UsageError(
-                f"--model.freeze: {prefix!r} names no parameters; use any of: {', '.join(parameter_groups(model))}"
+                f"{param(FREEZE)}: {prefix!r} names no parameters; use any of: {', '.join(parameter_groups(model))}"
             )
         frozen += [n for n in matched if n not in frozen]
     for name in frozen:
@@ -141,4 +128,4 @@ def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
     return frozen
 
 
-__all__ = ["HEAD_PREFIX", "freeze", "init_weights", "parameter_groups", "resolve_source"]
+__all__ = ["HEAD_PREFIX", "freeze", "init_weights", "parameter_groups"]

@@ -22,11 +22,11 @@ Lightning's order whatever the callbacks do.
 
 from __future__ import annotations
 
-import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
@@ -34,8 +34,11 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from sagnn_lightning.data.tasks import TaskType
-from sagnn_lightning.errors import UsageError
+from sagnn_lightning.errors import UsageError, param
+from sagnn_lightning.files import safe_name
 from sagnn_lightning.lit import finetune
+from sagnn_lightning.lit.checkpoints import graph_settings_from_checkpoint
+from sagnn_lightning.lit.inference import predict_items
 from sagnn_lightning.lit.metrics import labels_with_missing, make_metrics
 from sagnn_lightning.lit.schedules import HoldThenLinearDecay
 from sagnn_lightning.lit.wandb import CHECKPOINT_RUN_ID_KEY, active_run_id
@@ -135,9 +138,14 @@ class SAGNNModule(pl.LightningModule):
         self.init_from = str(init_from) if init_from else None
         self.reset_head = bool(reset_head)
         if self.reset_head and not self.init_from:
-            raise UsageError("--model.reset_head=true needs --model.init_from=<pretrained name or .ckpt>")
+            raise UsageError(
+                f"{param(finetune.RESET_HEAD)}=true needs {param(finetune.INIT_FROM)}=<pretrained name or .ckpt>"
+            )
         self.frozen = finetune.freeze(self.model, list(freeze or []))
         self._init_loaded = False
+        #: ``{"cutoff", "max_neighbors", "max_isolated_radius"}`` of the graphs it trains on (from the DataModule at
+        #: set-up, or from the checkpoint): :meth:`predict` builds its graphs with them
+        self.graph_settings: dict[str, Any] | None = None
         self.train_metrics = self._make_metrics()
         self.val_metrics = self._make_metrics()
         self.test_metrics = self._make_metrics()
@@ -145,7 +153,7 @@ class SAGNNModule(pl.LightningModule):
     # ------------------------------------------------------------------ set-up
     def _make_metrics(self) -> nn.ModuleDict:
         """One stage's metrics (:func:`~sagnn_lightning.lit.metrics.make_metrics`), keyed by metric name."""
-        keys = [_safe(name) for name in self.target_names]
+        keys = [safe_name(name, "target") for name in self.target_names]
         return nn.ModuleDict(make_metrics(self.task_type, keys))
 
     def _metrics(self, stage: str) -> dict[str, Metric]:
@@ -157,6 +165,13 @@ class SAGNNModule(pl.LightningModule):
         return MONITOR[self.task_type]
 
     def setup(self, stage: str) -> None:
+        settings: Any = getattr(getattr(self._trainer, "datamodule", None), "settings", None)
+        if self.graph_settings is None and hasattr(settings, "cutoff"):
+            self.graph_settings = {
+                "cutoff": float(settings.cutoff),
+                "max_neighbors": settings.max_neighbors,
+                "max_isolated_radius": float(settings.max_isolated_radius),
+            }
         # fine-tuning starts from the init_from weights; Lightning restores a resumed run's own weights (ckpt_path)
         # after this hook, over them
         if self.init_from and not self._init_loaded:
@@ -260,6 +275,8 @@ class SAGNNModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # trained weights (load_from_checkpoint, or a resumed run): never replaced by init_from afterwards
         self._init_loaded = True
+        if checkpoint.get("datamodule_hyper_parameters") or checkpoint.get("hyper_parameters"):
+            self.graph_settings = graph_settings_from_checkpoint(checkpoint)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         run_id = active_run_id()
@@ -278,6 +295,26 @@ class SAGNNModule(pl.LightningModule):
             return {"sample_id": ids, "prediction": (prob >= 0.5).long(), "probability": prob}
         return {"sample_id": ids, "prediction": out}
 
+    def predict(
+        self, items: Iterable[Any], batch_size: int = 64, on_error: Literal["raise", "nan"] = "raise"
+    ) -> np.ndarray:
+        """Predict crystals (pymatgen ``Structure`` objects, CIF text or ``Structure.as_dict()``) or, for a composition
+        model, formulas, in memory: an array in the target's units, ``[n]`` for one target and ``[n, T]`` for
+        several (the probability of class 1 for classification).
+
+        The graphs are built with the settings the model was trained with (:attr:`graph_settings`: from the
+        checkpoint, see :func:`sagnn_lightning.lit.load_checkpoint` and :func:`sagnn_lightning.pretrained.load`),
+        the same as ``python -m sagnn_lightning predict`` builds. ``on_error="nan"`` gives a NaN row (and one
+        warning) for an item that cannot be turned into a graph instead of raising
+        :class:`~sagnn_lightning.data.graph.StructureError`.
+        """
+        training = self.training
+        self.eval()
+        try:
+            return predict_items(self, items, batch_size=batch_size, on_error=on_error)
+        finally:
+            self.train(training)
+
 
 def _plain_config(value: Any) -> bool:
     """True for YAML-like values (what LightningCLI saves); False for objects such as modules or classes."""
@@ -288,10 +325,6 @@ def _plain_config(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_plain_config(v) for v in value)
     return False
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(name)).strip("_") or "target"
 
 
 def _check_names(names: Sequence[str] | None, num_targets: int) -> list[str]:

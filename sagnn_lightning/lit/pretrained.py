@@ -1,203 +1,40 @@
-"""Pretrained SA-GNN models shipped inside the package, by name, with model cards.
+"""Pretrained SA-GNN models shipped inside the package, loaded by name.
 
-Each model is two files in ``sagnn_lightning/lit/pretrained_models/``: ``<name>.ckpt`` (a Lightning checkpoint
-without optimizer state: weights, the training config, the graph settings) and ``<name>.json`` (its card:
-training data with citation and licence, target and unit, cutoff and full config, validation MAE, matbench
-score, package version, the sha256 of the ``.ckpt`` and the command that trained it).
+* :func:`load` → a :class:`~sagnn_lightning.lit.SAGNNModule` in eval mode, predicting in the card's units
+  (``load(name).predict([structure, ...])``);
+* :func:`graph_settings` → the graph settings it was trained with;
+* :func:`training_datamodule` → the DataModule it was trained with, rebuilt from its card.
 
-* :func:`available` → ``{name: one-line summary}``; :func:`card` → :class:`ModelCard`;
-* :func:`checkpoint_file` → the ``.ckpt`` after its sha256 was checked against the card;
-* :func:`load` → a :class:`~sagnn_lightning.lit.SAGNNModule` in eval mode, predicting in the card's units.
-
-An unknown name or a checksum mismatch raises :class:`PretrainedError` (one line that lists the names).
-``scripts/export_pretrained.py`` makes the two files from a training run.
+The names, cards, files and checksums are :mod:`sagnn_lightning.lit.registry`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from sagnn_lightning.errors import SAGNNError
+import pytorch_lightning as pl
+from jsonargparse import ArgumentParser
 
-#: folder of the shipped ``<name>.ckpt`` + ``<name>.json`` pairs
-MODELS_DIR = Path(__file__).resolve().parent / "pretrained_models"
-
-
-class PretrainedError(SAGNNError):
-    """Unknown pretrained model name, missing file or checksum mismatch."""
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What a shipped model is, how it was trained and how good it is (read from ``<name>.json``).
-
-    Attributes:
-        name: the model's name (``load(name)``, ``predict --model name``).
-        summary: one line: target, unit, data, score.
-        target: the predicted property (e.g. ``"formation energy"``).
-        unit: unit of the predictions (e.g. ``"eV/cell"``).
-        per: ``"atom"`` or ``"cell"`` (intensive per atom, or per unit cell as in the data).
-        training_data: the rows it was trained on.
-        citation: the data's reference(s).
-        licence: the data's licence.
-        cutoff: neighbour cutoff (Å) of its graphs.
-        config: the full training config (model, optimizer, scheduler, data, trainer).
-        validation_mae: MAE on the validation rows carved from the training data (``unit``).
-        validation_rows: how many rows validated.
-        best_epoch: epoch (1-based) of the kept weights.
-        epochs: epochs trained.
-        matbench: the matbench score where one exists (e.g. the 5-fold mean of this configuration), with a note.
-        package_version: the sagnn-lightning version that trained it.
-        sha256: checksum of ``<name>.ckpt``.
-        command: the command that trained it (run from the repository root).
-        file: the checkpoint's file name.
-    """
-
-    name: str
-    summary: str
-    target: str
-    unit: str
-    per: str
-    training_data: str
-    citation: str
-    licence: str
-    cutoff: float
-    config: dict[str, Any]
-    validation_mae: float
-    validation_rows: int
-    best_epoch: int
-    epochs: int
-    matbench: dict[str, Any]
-    package_version: str
-    sha256: str
-    command: str
-    file: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        return cls(
-            **{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known}
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "extra"}
-        return {**out, **self.extra}
-
-    def render(self) -> str:
-        """The card as text (``python -m sagnn_lightning models <name>``)."""
-        score = ", ".join(f"{k}: {v}" for k, v in self.matbench.items()) or "none"
-        lines = [
-            f"{self.name}: {self.summary}",
-            f"  target: {self.target} [{self.unit}] (per {self.per})",
-            f"  training data: {self.training_data}",
-            f"  citation: {self.citation}",
-            f"  licence: {self.licence}",
-            f"  cutoff: {self.cutoff} Å",
-            f"  validation MAE: {self.validation_mae:.4g} {self.unit} on {self.validation_rows} rows "
-            f"(best epoch {self.best_epoch} of {self.epochs})",
-            f"  matbench: {score}",
-            f"  trained with sagnn-lightning {self.package_version}: {self.command}",
-            f"  weights: {self.file}, sha256 {self.sha256}",
-            "  config:",
-            *("    " + line for line in json.dumps(self.config, indent=2, sort_keys=True).splitlines()),
-        ]
-        return "\n".join(lines)
+from sagnn_lightning.lit.checkpoints import graph_settings_from_checkpoint, read_checkpoint
+from sagnn_lightning.lit.loading import load_module
+from sagnn_lightning.lit.module import SAGNNModule
+from sagnn_lightning.lit.registry import checkpoint_file
 
 
-def _folder(models_dir: str | os.PathLike | None) -> Path:
-    return Path(models_dir) if models_dir is not None else MODELS_DIR
-
-
-def _names(models_dir: Path) -> list[str]:
-    return sorted(p.stem for p in models_dir.glob("*.json")) if models_dir.is_dir() else []
-
-
-def _unknown(name: str, models_dir: Path) -> PretrainedError:
-    names = _names(models_dir)
-    return PretrainedError(
-        f"unknown pretrained model {name!r}; available: {', '.join(names) or 'none'} "
-        "(python -m sagnn_lightning models lists them)"
-    )
-
-
-def card(name: str, models_dir: str | os.PathLike | None = None) -> ModelCard:
-    """The card of model ``name`` (:class:`PretrainedError` for an unknown name)."""
-    folder = _folder(models_dir)
-    path = folder / f"{name}.json"
-    if "/" in name or os.sep in name or not path.is_file():
-        raise _unknown(name, folder)
-    return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def available(models_dir: str | os.PathLike | None = None) -> dict[str, str]:
-    """``{name: one-line summary}`` of every shipped model, sorted by name."""
-    folder = _folder(models_dir)
-    return {name: card(name, folder).summary for name in _names(folder)}
-
-
-def is_pretrained_name(value: str, models_dir: str | os.PathLike | None = None) -> bool:
-    """Whether ``value`` names a shipped model (and is not an existing path)."""
-    folder = _folder(models_dir)
-    return value in _names(folder) and not Path(value).exists()
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def checkpoint_file(name: str, models_dir: str | os.PathLike | None = None) -> Path:
-    """The ``.ckpt`` of model ``name``, after checking its sha256 against the card.
-
-    Raises:
-        PretrainedError: unknown name, missing weights, or a checksum mismatch (a damaged install).
-    """
-    folder = _folder(models_dir)
-    info = card(name, folder)
-    path = folder / info.file
-    if not path.is_file():
-        raise PretrainedError(
-            f"pretrained model {name!r}: weights {path} are missing; reinstall sagnn-lightning "
-            f"(available: {', '.join(_names(folder))})"
-        )
-    digest = sha256_of(path)
-    if digest != info.sha256:
-        raise PretrainedError(
-            f"pretrained model {name!r}: checksum mismatch for {path} (sha256 {digest[:12]}..., card says "
-            f"{info.sha256[:12]}...); the file is damaged, reinstall sagnn-lightning "
-            f"(available: {', '.join(_names(folder))})"
-        )
-    return path
-
-
-def load(name: str, device: str = "cpu", models_dir: str | os.PathLike | None = None) -> Any:
+def load(name: str, device: str = "cpu", models_dir: str | os.PathLike | None = None) -> SAGNNModule:
     """The pretrained :class:`~sagnn_lightning.lit.SAGNNModule` ``name`` in eval mode on ``device``.
 
-    Its predictions (``module(batch)``, or :func:`~sagnn_lightning.lit.predict.predict_structures` with
-    :func:`graph_settings`) are in the card's unit.
+    ``load(name).predict([structure, ...])`` → an array in the card's unit, from graphs built with the settings
+    the model was trained with (:func:`graph_settings`).
     """
-    from sagnn_lightning.lit.predict import load_module  # predict imports this module
-
-    module, _ = load_module(checkpoint_file(name, models_dir), device)
+    module, _ = load_module(checkpoint_file(name, models_dir), device, "model")
     return module
 
 
 def graph_settings(name: str, models_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """``{"cutoff", "max_neighbors", "max_isolated_radius"}`` the model was trained with."""
-    from sagnn_lightning.lit.checkpoints import read_checkpoint
-    from sagnn_lightning.lit.predict import graph_settings_from_checkpoint  # predict imports this module
-
-    return graph_settings_from_checkpoint(read_checkpoint(checkpoint_file(name, models_dir), "--model"))
+    return graph_settings_from_checkpoint(read_checkpoint(checkpoint_file(name, models_dir), "model"))
 
 
 def training_datamodule(settings: dict[str, Any], **overrides: Any) -> Any:
@@ -205,9 +42,6 @@ def training_datamodule(settings: dict[str, Any], **overrides: Any) -> Any:
     or a checkpoint's ``datamodule_hyper_parameters``: ``_class_path`` + arguments), with ``overrides`` (e.g.
     ``data_file=`` where the data lives on this machine). Its validation split is the rows the card's
     validation MAE was measured on."""
-    import pytorch_lightning as pl
-    from jsonargparse import ArgumentParser
-
     args = {k: v for k, v in settings.items() if not k.startswith("_")}
     args.update(overrides)
     parser = ArgumentParser()
@@ -218,32 +52,4 @@ def training_datamodule(settings: dict[str, Any], **overrides: Any) -> Any:
     return instantiate(config).data
 
 
-def models_main(argv: list[str], models_dir: str | os.PathLike | None = None) -> int:
-    """``python -m sagnn_lightning models [NAME ...]``: one line per model, or the full cards of ``NAME``s."""
-    if any(a.startswith("-") for a in argv):
-        print("usage: python -m sagnn_lightning models [NAME ...]  (no NAME: one line per model)")
-        return 0 if set(argv) <= {"-h", "--help"} else 2
-    if not argv:
-        models = available(models_dir)
-        width = max((len(n) for n in models), default=0)
-        for name, summary in models.items():
-            print(f"{name:<{width}}  {summary}")
-        return 0
-    print("\n\n".join(card(name, models_dir).render() for name in argv))
-    return 0
-
-
-__all__ = [
-    "MODELS_DIR",
-    "ModelCard",
-    "PretrainedError",
-    "available",
-    "card",
-    "checkpoint_file",
-    "graph_settings",
-    "is_pretrained_name",
-    "load",
-    "models_main",
-    "sha256_of",
-    "training_datamodule",
-]
+__all__ = ["graph_settings", "load", "training_datamodule"]

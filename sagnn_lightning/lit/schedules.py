@@ -65,3 +65,6 @@ class HoldThenLinearDecay(LambdaLR):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict({**state_dict, "lr_lambdas": [None] * len(self.base_lrs)})
+
+
+__all__ = ["HoldThenLinearDecay"]

@@ -152,6 +152,20 @@ def configure_wandb_run(
         init_args["id"] = run_id_in_checkpoint(resumed)
 
 
+def configure_wandb_loggers(logger: Any, run_dir: str | os.PathLike | None, resumed: Path | None) -> bool:
+    """:func:`configure_wandb_run` for every ``WandbLogger`` in a parsed ``trainer.logger`` option (one logger
+    config, a list of them, or ``False``/``None``); returns whether there was one."""
+    found = False
+    for item in logger if isinstance(logger, list) else [logger]:
+        if hasattr(item, "get") and "WandbLogger" in str(item.get("class_path", "")):
+            init = item.get("init_args")
+            if init is None:
+                init = item["init_args"] = type(item)()
+            configure_wandb_run(init, run_dir, resumed)
+            found = True
+    return found
+
+
 def finish_active_run() -> None:
     """Close this process's W&B run (flushes an offline run to disk); Lightning's logger leaves it open."""
     run = active_run()

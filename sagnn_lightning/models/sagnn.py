@@ -140,6 +140,7 @@ class SAGNN(nn.Module):
                 "SAGNN needs crystal graphs (pos, lattice, image_offsets); this batch has none (composition "
                 "graphs?): train composition tasks with sagnn_lightning.models.CompositionSAGNN"
             )
+        self.check_graphs(data)
         dtype = self.atom_embedding.weight.dtype
         batch, ptr, num_graphs, max_num_atoms = batch_layout(data)
         edge_index = data.edge_index
@@ -170,6 +171,18 @@ class SAGNN(nn.Module):
         pooled = self.readout(v, e, u, batch, edge_batch, num_graphs)
         out = self.head(self.readout_dropout(pooled))
         return out if maps is None else (out, maps)
+
+    def check_graphs(self, data: Data) -> None:
+        """Refuse a batch built with another neighbour cutoff than this model's (``data.cutoff``, stamped by the
+        graph builders and :func:`~sagnn_lightning.data.collate_graphs`): the Gaussian basis spans the cutoff, so
+        such graphs would give silently wrong predictions."""
+        cutoff = getattr(data, "cutoff", None)
+        if isinstance(cutoff, (int, float)) and abs(float(cutoff) - float(self.bond_expansion.stop)) > 1e-6:
+            own = float(self.bond_expansion.stop)
+            raise UsageError(
+                f"SAGNN: these graphs were built with cutoff={float(cutoff):g} Å, this model with cutoff={own:g} Å; "
+                f"build them with cutoff={own:g} (model.predict(structures) and the predict command do it)"
+            )
 
     def extra_repr(self) -> str:
         return f"num_targets={self.num_targets}, attention={self.attention!r}"

@@ -73,6 +73,12 @@ def runner():
     return _load_runner()
 
 
+def _sibling(runner, name: str):
+    """A module beside run.py (``folds``, ``submission``, ...): run.py puts its folder on ``sys.path``."""
+    assert Path(runner.__file__).parent == RUNNER.parent
+    return importlib.import_module(name)
+
+
 @pytest.fixture()
 def one_thread():
     before = torch.get_num_threads()
@@ -101,8 +107,8 @@ def _own_predictions(checkpoint: Path, model_config: dict, ids: list[str], struc
     ``predict_structures``), one crystal per batch so no batching order can pair a value with another id."""
     from pymatgen.core import Structure
 
+    from sagnn_lightning.lit.inference import predict_structures
     from sagnn_lightning.lit.module import SAGNNModule
-    from sagnn_lightning.lit.predict import predict_structures
     from sagnn_lightning.models.sagnn import SAGNN
 
     model = SAGNN(num_targets=1, **model_config)  # the recorded configuration rebuilds the network
@@ -169,6 +175,13 @@ def test_two_folds_then_resume_to_a_valid_submission(runner, one_thread, tmp_pat
     task = partial.tasks_map[TASK]
     assert task.is_recorded == {0: True, 1: True, 2: False, 3: False, 4: False}
     first = {k: dict(task.results[f"fold_{k}"]["data"]) for k in (0, 1)}
+    # a partial file changed after matbench wrote it is refused (matbench's own hash check, before the folds)
+    stored = json.loads(results.read_text())
+    some_id = next(iter(stored["tasks"][TASK]["results"]["fold_0"]["data"]))
+    stored["tasks"][TASK]["results"]["fold_0"]["data"][some_id] += 1.0
+    (tmp_path / "changed.json.gz").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="Hash of dictionary does not match"):
+        runner.load_results(tmp_path / "changed.json.gz", [TASK])
 
     # resume: folds 0 and 1 are skipped (not retrained), 2-4 are added
     capsys.readouterr()
@@ -268,7 +281,7 @@ def test_fold_configuration_is_the_recipes_cli(runner, tmp_path):
     assert cli.datamodule.fold == 2 and cli.trainer.max_epochs == 7
     assert Path(cli.trainer.default_root_dir) == tmp_path.resolve() / TASK / "fold_2"
     with pytest.raises(FileNotFoundError, match="recipe config files not found"):
-        runner.recipe_configs(TASK, tmp_path)
+        _sibling(runner, "folds").recipe_configs(TASK, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -402,8 +415,13 @@ def test_max_time_cuts_a_fold_mid_epoch_and_a_rerun_continues_it(
     steps = reference["steps_per_epoch"]
     cut_step = steps + 5
     # clock reads: run start, fold start, train start (#0-#2), then one after each training step (#g+2 after step g)
+    # (the runner's clock and the one of its sagnn_lightning.lit.Deadline callback)
+    import sagnn_lightning.lit.deadline as deadline
+
     calls, start = itertools.count(), time.time()
-    monkeypatch.setattr(runner, "_clock", lambda: start + (0 if next(calls) < cut_step + 2 else 10**6))
+    fake_clock = lambda: start + (0 if next(calls) < cut_step + 2 else 10**6)  # noqa: E731
+    monkeypatch.setattr(runner, "_clock", fake_clock)
+    monkeypatch.setattr(deadline, "_clock", fake_clock)
     out = tmp_path / "out"
     assert runner.main(_argv(out, [1], EPOCHS, reference["cache"], "--max-time", "00:01:00:00")) == 3
     printed = capsys.readouterr().out
@@ -412,6 +430,7 @@ def test_max_time_cuts_a_fold_mid_epoch_and_a_rerun_continues_it(
     assert _weights(out / "work" / TASK / "fold_1")["global_step"] == cut_step  # mid-epoch
 
     monkeypatch.setattr(runner, "_clock", time.time)
+    monkeypatch.setattr(deadline, "_clock", time.time)
     assert runner.main(_argv(out, [1], EPOCHS, reference["cache"], "--max-time", "00:01:00:00")) == 0
     printed = capsys.readouterr().out
     assert (
@@ -488,7 +507,7 @@ def test_classification_path_stores_true_rocauc(runner, one_thread, tmp_path):
     targets = _targets_from_file()
     threshold = float(np.median([targets[i] for i in train_ids]))
     truth = np.array([targets[i] > threshold for i in test_ids])
-    extras = runner.classification_extras(truth, prob)
+    extras = _sibling(runner, "submission").classification_extras(truth, prob)
     assert extras["rocauc_from_probabilities"] == pytest.approx(roc_auc_score(truth, prob))
     scores = score_array([bool(t) for t in truth], [float(p) for p in prob], "classification")
     assert scores["rocauc"] == pytest.approx(balanced_accuracy_score(truth, prob > 0.5))
@@ -629,7 +648,7 @@ def test_a_composition_task_fold_runs_on_the_composition_recipe(runner, one_thre
     _, test_ids = official_fold("matbench_steels", 1)
     assert result["status"] == "done" and result["ids"] == test_ids
     assert np.all(np.isfinite(result["predictions"]))
-    info = runner.info_json("sagnn", {"matbench_steels": config}, {})
+    info = _sibling(runner, "submission").info_json("sagnn", {"matbench_steels": config}, {})
     assert "Composition SA-GNN" in info["algorithm_long"] and "MEGNet graph network" not in info["algorithm_long"]
 
 

@@ -236,7 +236,7 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path) -> None:
     assert files(tmp_path) == [f"{cache_key('fp-test', SETTINGS)}.graphs"]
     # a failing build (bad structure, on_error="raise") leaves nothing behind either
     bad = dicts[:4] + ["this is not a CIF"]
-    with pytest.raises(StructureError, match=r"sample mb-.*on_error='skip'"):
+    with pytest.raises(StructureError, match=r"sample mb-.*on_error=skip\.$"):
         build(tmp_path / "fail", bad, ids, targets)
     assert files(tmp_path / "fail") == []
 

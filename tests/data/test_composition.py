@@ -94,7 +94,7 @@ def test_cache_round_trip_equals_direct_graphs_and_counts_skipped(tmp_path: Path
     formulas = ["Fe2O3", "Ag(AuS)2", "Fe0O", "NaCl", "Xx", "Fe0.62C0.000953Mn0.000521"]
     ids = [f"row-{i}" for i in range(len(formulas))]
     targets = np.arange(len(formulas), dtype=np.float64)
-    with pytest.raises(StructureError, match="row-2: .*leave bad formulas out with --data.on_error=skip"):
+    with pytest.raises(StructureError, match="row-2: .*leave bad formulas out with on_error=skip"):
         load_or_build_graphs(tmp_path, "fp", ids, formulas, targets, CompositionSettings(), progress=False)
     ds = load_or_build_graphs(
         tmp_path, "fp", ids, formulas, targets, CompositionSettings(), progress=False, on_error="skip"
@@ -156,9 +156,7 @@ def test_composition_datamodule_reads_a_users_csv_and_names_bad_rows(tmp_path: P
     frame.loc[7, "formula"] = "Qz3O"
     frame.to_csv(path, index=False)
     bad = CompositionDataModule(str(path), target_columns=["gap"], cache_dir=str(tmp_path / "c2"), progress=False)
-    with pytest.raises(
-        StructureError, match="c7: .*'Qz3O': unknown element symbol Qz\\. .*--data.on_error=skip"
-    ) as info:
+    with pytest.raises(StructureError, match="c7: .*'Qz3O': unknown element symbol Qz\\. .*on_error=skip") as info:
         bad.setup("fit")
     assert "\n" not in str(info.value)
     skip = CompositionDataModule(

@@ -139,7 +139,7 @@ def test_row_index_mode(tmp_path, umask) -> None:
 
 @pytest.mark.parametrize("existing", [None, 0o640])
 def test_predictions_csv_mode(tmp_path, umask, existing) -> None:
-    from sagnn_lightning.lit.predict import Predictions, write_predictions_csv
+    from sagnn_lightning.lit.predictions_csv import Predictions, write_predictions_csv
 
     umask(0o022)
     out = tmp_path / "preds.csv"
@@ -167,14 +167,14 @@ def test_parity_png_mode(tmp_path, umask) -> None:
 
 
 def test_leaderboard_results_mode(tmp_path, umask) -> None:
-    spec = importlib.util.spec_from_file_location("matbench_runner_for_modes", RUNNER)
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
+    spec = importlib.util.spec_from_file_location("matbench_submission_for_modes", RUNNER.parent / "submission.py")
+    submission = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(submission)
     umask(0o022)
     out = tmp_path / "results" / "info.json"
-    runner._atomic_write(out, lambda name: Path(name).write_text("{}\n"))  # writers that take a file name
+    submission.atomic_write_by_name(out, lambda name: Path(name).write_text("{}\n"))  # writers that take a name
     assert out.read_text() == "{}\n" and mode(out) == 0o644
     out.chmod(0o640)
-    runner._atomic_write(out, lambda name: Path(name).write_text('{"a": 1}\n'))
+    submission.atomic_write_by_name(out, lambda name: Path(name).write_text('{"a": 1}\n'))
     assert json.loads(out.read_text()) == {"a": 1} and mode(out) == 0o640
     assert leftovers(out.parent) == []

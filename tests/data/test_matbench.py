@@ -122,13 +122,15 @@ def test_inner_folds_partition_the_official_training_rows(tmp_path, validation):
 
 
 @pytest.mark.parametrize(
-    "flags, message", [({"val_folds": 1}, "--data.val_folds"), ({"val_folds": 5, "val_fold": 5}, "--data.val_fold")]
+    "flags, name", [({"val_folds": 1}, "val_folds"), ({"val_folds": 5, "val_fold": 5}, "val_fold")]
 )
-def test_bad_inner_fold_settings_name_the_flag(flags, message, tmp_path):
-    from sagnn_lightning.errors import UsageError
+def test_bad_inner_fold_settings_name_the_flag(flags, name, tmp_path):
+    """A Python caller reads the argument's name, the LightningCLI its flag."""
+    from sagnn_lightning.errors import UsageError, lightning_flag
 
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(UsageError, match=rf"\({name}\), got") as info:
         MatbenchDataModule("jdft2d", fold=0, data_home=str(data_home()), cache_dir=str(tmp_path), **flags)
+    assert f"(--data.{name}), got" in info.value.render(lightning_flag)
 
 
 def test_target_statistics_over_training_split_only(tmp_path):

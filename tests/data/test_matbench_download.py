@@ -21,12 +21,14 @@ from sagnn_lightning.data.matbench import (
     download_matbench_file,
     matminer_data_home,
 )
-from sagnn_lightning.errors import SAGNNError
+from sagnn_lightning.errors import SAGNNError, lightning_flag
 from tests.data.matbench_files import write_matbench_file
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUTS = ROOT / "tests/fixtures/inputs"
+#: how the fixes read on the command line (the LightningCLI's flags) and from Python (the arguments' names)
 FLAGS = ("--data.data_file=", "--data.data_home=", "$MATMINER_DATA=")
+PYTHON_NAMES = ("data_file=", "data_home=", "$MATMINER_DATA=")
 
 
 class FakeResponse:
@@ -51,10 +53,11 @@ class FakeResponse:
 
 
 def _assert_one_clear_message(err: BaseException, task: str, path: Path) -> str:
-    message = str(err)
+    message = err.render(lightning_flag) if isinstance(err, SAGNNError) else str(err)
     assert isinstance(err, SAGNNError) and isinstance(err, FileNotFoundError)
     assert task in message and str(path) in message, message
     assert all(flag in message for flag in FLAGS), message
+    assert all(name in str(err) for name in PYTHON_NAMES) and "--data." not in str(err), str(err)
     assert "<data_home>" not in message and "\n" not in message
     return message
 

@@ -1,4 +1,5 @@
-"""Callbacks used only by the subprocess tests (DDP, resume); importable as ``tests.lit.helpers``."""
+"""Helpers of the lit tests: callbacks used by the subprocess tests (DDP, resume) and a quiet in-process Trainer;
+importable as ``tests.lit.helpers``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,20 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+
+
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    """A CPU ``Trainer`` that prints and writes nothing (no logger, checkpoints, progress bar or model summary);
+    ``kwargs`` add to or override these settings."""
+    settings = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(**{**settings, **kwargs})
 
 
 class RankRecorder(Callback):

@@ -23,8 +23,8 @@ from sagnn_lightning.errors import UsageError
 from sagnn_lightning.lit.attention_export import AttentionExport, read_index
 from sagnn_lightning.lit.attention_logger import AttentionMapsLogger
 from sagnn_lightning.lit.attention_plots import crystal_figure
+from sagnn_lightning.lit.inference import predict_structures
 from sagnn_lightning.lit.module import SAGNNModule
-from sagnn_lightning.lit.predict import predict_structures
 from sagnn_lightning.lit.pretrained import load
 from sagnn_lightning.models import SAGNN, CompositionSAGNN, megnet
 from tests.lit.conftest import REPO, TINY_MODEL_YAML, crystal_data_yaml, read_rows, run_python, write_sample_csv
@@ -232,3 +232,23 @@ def test_callback_logs_images_to_wandb(tmp_path):
     images = wandb.calls[0]["images"]
     assert len(images) == 2 and all(im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8 for im in images)
     assert images[0].std() > 0 and not list(tmp_path.iterdir())  # pictures, and no files written
+
+
+def test_titles_carry_the_unit_and_the_pair_counts_whole_numbers(export):
+    """A shipped model's export records its card's unit; the heatmap's title shows it, and the element-pair map's
+    count colour bar is labelled in whole atom pairs (decades from 1), never a fraction."""
+    from sagnn_lightning.lit.attention_plots import crystal_title, element_pair_figure, element_pair_table
+    from sagnn_lightning.lit.registry import card
+
+    unit = card(MODEL).unit
+    folder = export["folder"]
+    assert read_index(folder)["unit"] == unit
+    first = sorted(folder.glob("*.npz"))[0]
+    with np.load(first) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    value = float(arrays["prediction"][0])
+    assert f"= {value:.4g} {unit}" in crystal_title(arrays)
+    figure = element_pair_figure(element_pair_table(folder, -1))
+    count_bar = figure.axes[-1]  # the colour bars follow the two maps
+    labels = [t.get_text() for t in count_bar.get_yticklabels() if t.get_text()]
+    assert labels and labels[0] == "1" and all(label.replace(",", "").isdigit() for label in labels), labels

@@ -8,17 +8,17 @@ import subprocess
 import sys
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import yaml
 
 from sagnn_lightning import pretrained
 from sagnn_lightning.data.crystal import CrystalDataModule
-from sagnn_lightning.errors import UsageError
+from sagnn_lightning.errors import UsageError, lightning_flag
 from sagnn_lightning.lit import SAGNNModule
 from sagnn_lightning.lit.finetune import parameter_groups
 from sagnn_lightning.models import SAGNN
 from tests.lit.conftest import REPO, run_python, write_sample_csv
+from tests.lit.helpers import quiet_trainer
 
 SOURCE = "matbench_perovskites"
 
@@ -70,7 +70,8 @@ def test_another_number_of_targets_without_reset_head_points_to_it():
         module.setup("fit")
     message = str(info.value)
     assert "head.4.weight: checkpoint [1, 16] vs model [2, 16]" in message
-    assert "--model.reset_head=true" in message and "\n" not in message
+    assert "add reset_head=true" in message and "\n" not in message  # a Python caller reads the argument's name
+    assert "add --model.reset_head=true" in info.value.render(lightning_flag)  # the LightningCLI reads its flag
 
 
 def test_init_from_another_architecture_names_the_differing_shapes():
@@ -84,13 +85,16 @@ def test_init_from_another_architecture_names_the_differing_shapes():
 
 def test_init_from_with_another_cutoff_is_refused():
     module = SAGNNModule(SAGNN(**_architecture(cutoff=6.0)), init_from=SOURCE)
-    with pytest.raises(UsageError, match=r"--data.cutoff=5"):
+    with pytest.raises(UsageError, match=r"set cutoff=5 ") as info:
         module.setup("fit")
+    assert "init_from=matbench_perovskites" in str(info.value) and "--" not in str(info.value)
+    assert "set --data.cutoff=5 " in info.value.render(lightning_flag)
 
 
 def test_reset_head_needs_init_from_and_freeze_names_must_exist():
-    with pytest.raises(UsageError, match="needs --model.init_from"):
+    with pytest.raises(UsageError, match="^reset_head=true needs init_from=") as info:
         SAGNNModule(SAGNN(**_architecture()), reset_head=True)
+    assert info.value.render(lightning_flag).startswith("--model.reset_head=true needs --model.init_from=")
     with pytest.raises(UsageError, match="'embeddings' names no parameters; use any of: atom_embedding"):
         SAGNNModule(SAGNN(**_architecture()), freeze=["embeddings"])
     assert "blocks.0" in parameter_groups(SAGNN()) and "head" in parameter_groups(SAGNN())
@@ -113,15 +117,7 @@ def test_frozen_parameters_are_bit_identical_after_training_and_the_others_chang
     )
     module.setup("fit")  # the pretrained weights, as the Trainer's setup loads them
     before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_steps=2, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule)
     after = dict(module.model.named_parameters())
     frozen = {k for k in before if any(k == p or k.startswith(p + ".") for p in frozen_prefixes)}
@@ -194,7 +190,7 @@ def test_an_unknown_init_from_is_one_line_before_anything_starts(tmp_path, offli
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        "error: --model.init_from matbench_nope.ckpt is neither a shipped model (matbench_jdft2d, matbench_perovskites,"
+        "error: --model.init_from=matbench_nope.ckpt is neither a shipped model (matbench_jdft2d, matbench_perovskites,"
         " matbench_phonons) nor an existing .ckpt; give one of those names or a checkpoint written by training"
     ]
     assert "Traceback" not in proc.stderr and not (root / "wandb").exists()

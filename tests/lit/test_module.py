@@ -8,7 +8,6 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pytest
-import pytorch_lightning as pl
 import torch
 from pymatgen.core import Structure
 from torch.utils.data import DataLoader
@@ -17,6 +16,7 @@ from sagnn_lightning.data import collate_graphs, structure_to_graph
 from sagnn_lightning.data.samples import sample_path
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.models import SAGNN
+from tests.lit.helpers import quiet_trainer
 
 NUM = 40  # real Materials Project perovskites from the bundled sample
 
@@ -65,18 +65,6 @@ def with_targets(graphs, columns):
 
 def loader(graphs, batch_size=16):
     return DataLoader(graphs, batch_size=batch_size, shuffle=False, collate_fn=collate_graphs)
-
-
-def quiet_trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
 
 
 def test_forward_returns_real_units(graphs):

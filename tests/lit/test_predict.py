@@ -232,3 +232,159 @@ def test_lightning_options_get_the_predict_flags(regression_ckpt, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert status == 2 and err.startswith("error: predict takes --ckpt, --input and --output")
     assert "--ckpt_path" in err and "\n" not in err
+
+
+def test_python_predict_equals_the_command_line(regression_ckpt, tmp_path):
+    """``load_checkpoint(path).predict(items)`` (structures, CIF text, dicts) gives the CSV's numbers, with the graph
+    settings read from the checkpoint (cutoff 4.5 Å here, not the default 5)."""
+    from sagnn_lightning.lit import load_checkpoint
+
+    out = tmp_path / "cli.csv"
+    assert (
+        module_main(["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "cifs"), "--output", str(out)])
+        == 0
+    )
+    by_id = {r["id"]: float(r["prediction"]) for r in read_rows(out)}
+    files = sorted((INPUTS / "cifs").glob("*.cif"))
+    model = load_checkpoint(regression_ckpt)
+    assert model.graph_settings is not None and model.graph_settings["cutoff"] == 4.5
+    structures = [Structure.from_file(f) for f in files]
+    texts = [f.read_text() for f in files]
+    for items in (structures, texts, [s.as_dict() for s in structures]):
+        values = model.predict(items)
+        assert values.shape == (len(files),)
+        assert values == pytest.approx([by_id[f.stem] for f in files], rel=1e-5, abs=1e-6)
+    default_cutoff = model.model.bond_expansion.stop
+    assert default_cutoff == 4.5  # the network's basis and the graphs agree
+
+
+def test_python_predict_reports_bad_items(regression_ckpt):
+    from sagnn_lightning.data.graph import StructureError
+    from sagnn_lightning.lit import load_checkpoint
+
+    model = load_checkpoint(regression_ckpt)
+    good = (INPUTS / "cifs").glob("*.cif").__next__().read_text()
+    with pytest.raises(StructureError, match="^item 1: "):
+        model.predict([good, "not a cif"])
+    with pytest.warns(UserWarning, match="1 of 2 items could not be predicted"):
+        values = model.predict([good, "not a cif"], on_error="nan")
+    assert values.shape == (2,) and torch.isfinite(torch.tensor(values[0])) and torch.isnan(torch.tensor(values[1]))
+
+
+def test_shipped_model_predicts_in_python_as_on_the_command_line(tmp_path):
+    """``pretrained.load(name).predict(...)`` = ``predict --model name`` on the same CIFs."""
+    from sagnn_lightning import pretrained
+
+    out = tmp_path / "shipped.csv"
+    assert (
+        module_main(
+            [
+                "predict",
+                "--model",
+                "matbench_perovskites",
+                "--input",
+                str(INPUTS / "mp_abx3_8.csv"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = read_rows(out)
+    frame = pd.read_csv(INPUTS / "mp_abx3_8.csv")
+    model = pretrained.load("matbench_perovskites")
+    values = model.predict(list(frame["cif"]))
+    assert [r["id"] for r in rows] == list(frame["material_id"])
+    assert values == pytest.approx([float(r["prediction"]) for r in rows], rel=1e-5, abs=1e-6)
+
+
+def test_streamed_csv_equals_one_chunk(regression_ckpt, tmp_path):
+    """The predict command reads a CSV in chunks: tiny chunks and batches give the rows of one whole read."""
+    from sagnn_lightning.data.readers import iter_inputs
+    from sagnn_lightning.lit import load_checkpoint
+    from sagnn_lightning.lit.inference import concat_predictions, iter_predictions, model_graph_settings
+
+    csv = write_sample_csv(tmp_path / "mp.csv", 23, start=7)
+    model = load_checkpoint(regression_ckpt)
+    settings = model_graph_settings(model)
+    whole = concat_predictions(
+        iter_predictions(model, iter_inputs(csv, chunk_rows=1000), settings, 64), model.target_names, False
+    )
+    streamed = concat_predictions(
+        iter_predictions(model, iter_inputs(csv, chunk_rows=4), settings, 3), model.target_names, False
+    )
+    assert streamed.ids == whole.ids == list(pd.read_csv(csv)["material_id"])
+    assert torch.allclose(streamed.prediction, whole.prediction, rtol=1e-5, atol=1e-6)
+
+
+def test_best_of_a_run_folder_says_which_checkpoint_it_took(regression_ckpt, tmp_path, capsys):
+    run_dir = regression_ckpt.parent.parent
+    out = tmp_path / "p.csv"
+    argv = [
+        "predict",
+        "--ckpt",
+        "best",
+        "--run-dir",
+        str(run_dir),
+        "--input",
+        str(INPUTS / "cifs"),
+        "--output",
+        str(out),
+    ]
+    assert module_main(argv) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("checkpoint: ") and "(the best checkpoint of the latest run in" in line
+    assert str(run_dir / "checkpoints") in line and line.split()[1].endswith(".ckpt")
+
+
+def test_a_typo_is_one_line_with_the_nearest_option(regression_ckpt, tmp_path, capsys):
+    argv = [
+        "predict",
+        "--ckpt",
+        str(regression_ckpt),
+        "--input",
+        str(INPUTS / "cifs"),
+        "--outptu",
+        str(tmp_path / "o.csv"),
+    ]
+    assert module_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "error: unknown option --outptu; did you mean --output? (see python -m sagnn_lightning predict --help)"
+    )
+    # no prefix matching: an abbreviation is not the option it abbreviates
+    argv = [
+        "predict",
+        "--ckpt",
+        str(regression_ckpt),
+        "--input",
+        str(INPUTS / "cifs"),
+        "--out",
+        str(tmp_path / "o.csv"),
+    ]
+    assert module_main(argv) == 2
+    assert capsys.readouterr().err.startswith("error: unknown option --out;")
+
+
+def test_an_element_beyond_the_embedding_is_one_item_not_a_crash(tmp_path, capsys):
+    """Og (Z=118) is an element, but the shipped models embed Z <= 100: that crystal is skipped, the others
+    predicted (the command), or NaN (Python, ``on_error="nan"``)."""
+    from sagnn_lightning import pretrained
+
+    frame = pd.read_csv(INPUTS / "mp_abx3_8.csv")
+    og = Structure.from_str(frame["cif"][0], fmt="cif")
+    og.replace_species({og.species[0]: "Og"})
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "og.cif").write_text(og.to(fmt="cif"))
+    (folder / "good.cif").write_text(frame["cif"][1])
+    out = tmp_path / "p.csv"
+    assert (
+        module_main(["predict", "--model", "matbench_perovskites", "--input", str(folder), "--output", str(out)]) == 0
+    )
+    assert [r["id"] for r in read_rows(out)] == ["good"]
+    err = capsys.readouterr().err
+    assert "Z=118 is beyond the model's max_atomic_number=100" in err and "Traceback" not in err
+    with pytest.warns(UserWarning, match="1 of 2 items"):
+        values = pretrained.load("matbench_perovskites").predict([og, frame["cif"][1]], on_error="nan")
+    assert torch.isnan(torch.tensor(values[0])) and torch.isfinite(torch.tensor(values[1]))

@@ -14,8 +14,9 @@ import pytest
 
 import sagnn_lightning
 from sagnn_lightning import pretrained
-from sagnn_lightning.lit.predict import predict_structures
-from sagnn_lightning.lit.pretrained import MODELS_DIR, PretrainedError, sha256_of, training_datamodule
+from sagnn_lightning.lit.inference import predict_structures
+from sagnn_lightning.lit.pretrained import training_datamodule
+from sagnn_lightning.lit.registry import MODELS_DIR, PretrainedError, sha256_of
 from tests.lit.conftest import REPO, SHARED, read_rows, run_python
 
 FIXTURES = REPO / "tests" / "fixtures" / "pretrained"

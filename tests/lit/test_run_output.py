@@ -98,6 +98,7 @@ def test_a_run_logged_to_a_file_is_one_line_per_epoch_and_free_of_upstream_noise
     output = proc.stdout + proc.stderr
     assert "anonymous" not in output and "Tip:" not in output and "litlogger" not in output
     assert "Warning" not in proc.stderr, proc.stderr[-3000:]
+    assert "\x1b" not in output  # no ANSI colour codes in a log (W&B's sync lines included)
 
 
 @pytest.mark.parametrize("rich_installed", [True, False])
@@ -110,7 +111,7 @@ def test_lightning_default_bar_becomes_one_line_per_epoch_only_in_logs(
     from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
     from pytorch_lightning.trainer.connectors import callback_connector
 
-    import sagnn_lightning.cli as cli_module
+    import sagnn_lightning.cli.lightning as cli_module
     from sagnn_lightning.lit.progress import EpochLineProgressBar
 
     monkeypatch.setattr(callback_connector, "_RICH_AVAILABLE", rich_installed)
@@ -190,3 +191,20 @@ def test_configure_wandb_run_is_the_one_place_for_the_run_dir_and_id(tmp_path):
     given = {"id": "keep"}
     configure_wandb_run(given, None, ckpt)
     assert given == {"id": "keep"}
+
+
+def test_an_error_of_every_rank_is_printed_once(offline_env, tmp_path):
+    """``--trainer.devices=3`` (DDP on CPU, 3 processes) on data too small to split: every rank fails the same way,
+    the user reads one line (rank 0's), not three."""
+    csv = write_sample_csv(tmp_path / "mp1.csv", 1)
+    data = tmp_path / "data.yaml"
+    data.write_text(crystal_data_yaml(csv).replace("test_fraction: 0.2", "test_fraction: 0.0"))
+    argv = [sys.executable, "recipes/quickstart.py", "fit", "--config", str(data), "--trainer.max_epochs=1"]
+    argv += ["--trainer.logger=false", "--trainer.accelerator=cpu", "--trainer.devices=3", "--trainer.strategy=ddp"]
+    argv += [f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    env = dict(offline_env, OMP_NUM_THREADS="1")
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "usable rows" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr

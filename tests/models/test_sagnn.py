@@ -175,3 +175,26 @@ def test_overfits_64_real_structures():
         if loss < 0.05 * first:
             break
     assert loss < 0.05 * first, f"loss {loss:.4f} did not fall below 5% of the start {first:.4f} in {step + 1} steps"
+
+
+def test_a_batch_built_with_another_cutoff_is_refused():
+    """The Gaussian basis spans the model's cutoff: graphs of another cutoff would give silently wrong numbers."""
+    import pytest
+    from pymatgen.core import Lattice, Structure
+
+    from sagnn_lightning.data import collate_graphs, structure_to_graph
+    from sagnn_lightning.errors import UsageError
+
+    s = Structure(
+        Lattice.cubic(3.9),
+        ["Sr", "Ti", "O", "O", "O"],
+        [[0, 0, 0], [0.5] * 3, [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
+    model = SAGNN(cutoff=5.0).eval()
+    five, six = structure_to_graph(s, cutoff=5.0), structure_to_graph(s, cutoff=6.0)
+    assert collate_graphs([five]).cutoff == 5.0
+    model(collate_graphs([five]))
+    with pytest.raises(UsageError, match=r"built with cutoff=6 Å, this model with cutoff=5 Å"):
+        model(collate_graphs([six]))
+    with pytest.raises(ValueError, match="different cutoffs"):
+        collate_graphs([five, six])

@@ -14,26 +14,29 @@ defaults). What it adds to ``LightningCLI``:
   ``--trainer.logger=false`` disables it. The full config is logged to it;
 * callbacks: parity plot, throughput, summary line, and for ``predict`` a CSV writer
   (``--predictions.output``, default ``<run dir>/predictions.csv``) (:mod:`sagnn_lightning.lit.callbacks`);
-* ``seed_everything`` defaults to 0 (reproducible); a missing subcommand means ``fit``.
+* ``seed_everything`` defaults to 0 (reproducible); a missing subcommand means ``fit``;
+* options must be spelled out: argparse's prefix matching is off (``--trainer.max_epoch`` is an error, not
+  ``--trainer.max_epochs``); the paths are checked before anything is built (:mod:`sagnn_lightning.cli.checks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import yaml
-from jsonargparse import Namespace
 from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from sagnn_lightning.errors import SAGNNError, UsageError
+from sagnn_lightning.cli.checks import check_run_paths, resumed_checkpoint
+from sagnn_lightning.cli.errors import exit_status, instantiation_error
 from sagnn_lightning.lit.callbacks import (
     BestAndLastCheckpoint,
     ParityPlot,
@@ -44,7 +47,7 @@ from sagnn_lightning.lit.callbacks import (
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.lit.progress import EpochLineProgressBar
 from sagnn_lightning.lit.signals import StopOnSigterm
-from sagnn_lightning.lit.wandb import WandbLogger, configure_wandb_run, finish_active_run
+from sagnn_lightning.lit.wandb import WandbLogger, configure_wandb_loggers, finish_active_run
 
 SUBCOMMANDS: tuple[str, ...] = ("fit", "validate", "test", "predict")
 DEFAULT_RUNS_ROOT = "runs"
@@ -69,9 +72,14 @@ class SaveAndLogConfig(SaveConfigCallback):
 
 class SAGNNArgumentParser(LightningArgumentParser):
     """LightningCLI's parser, whose errors are the ``tip:`` and ``error:`` lines without the usage block (the
-    usage of a recipe is ~100 lines of options; ``--help`` shows it)."""
+    usage of a recipe is ~100 lines of options; ``--help`` shows it), and which takes no abbreviated options
+    (argparse's prefix matching would read ``--trainer.max_epoch`` as ``--trainer.max_epochs``)."""
 
     _quiet_usage = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
         parsers = [self, getattr(ex, "subcommand_parser", None)]
@@ -179,34 +187,11 @@ class SAGNNLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir
-        logger = config.trainer.logger
-        loggers = logger if isinstance(logger, list) else [logger]
-        for item in loggers:
-            if isinstance(item, Namespace) and "WandbLogger" in str(item.get("class_path", "")):
-                init = item.get("init_args")
-                if init is None:
-                    item["init_args"] = init = Namespace()
-                resumed = (
-                    _resolve_ckpt_path(config.ckpt_path, root)
-                    if self.subcommand == "fit" and config.get("ckpt_path")
-                    else None
-                )
-                configure_wandb_run(init, root, resumed)
-                if root:
-                    Path(root).mkdir(parents=True, exist_ok=True)
-
-
-def _resolve_ckpt_path(ckpt_path: str, root: str | os.PathLike | None) -> Path | None:
-    """``--ckpt_path`` as a file, or ``None`` when there is none: ``last`` is the newest ``last*.ckpt`` of the run
-    dir (Lightning's own choice for ``--ckpt_path last``)."""
-    if ckpt_path != "last":
-        return Path(ckpt_path).expanduser()
-    from sagnn_lightning.lit.predict import resolve_checkpoint
-
-    try:
-        return resolve_checkpoint("last", root or ".")
-    except SAGNNError:  # nothing to resume from: Lightning starts afresh (and says so)
-        return None
+        resumed = (
+            resumed_checkpoint(config.ckpt_path, root) if self.subcommand == "fit" and config.get("ckpt_path") else None
+        )
+        if configure_wandb_loggers(config.trainer.logger, root, resumed) and root:
+            Path(root).mkdir(parents=True, exist_ok=True)
 
 
 def _stdout_is_terminal() -> bool:
@@ -234,7 +219,7 @@ def build_argv(args: Sequence[str] | None, configs: Iterable[str | os.PathLike] 
 
 
 #: warnings raised inside Lightning/torch that a user can do nothing about (checked for the pinned ranges)
-_UPSTREAM_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+UPSTREAM_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # Lightning 2.6 builds torch pytree ``LeafSpec`` objects, deprecated in torch 2.10+
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     # we pass the (augmented) command line as ``args`` on purpose
@@ -243,6 +228,21 @@ _UPSTREAM_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"[\s\S]*was deprecated in v4\.\d+", DeprecationWarning),
     (r"[\s\S]*By default only one JsonargparseDeprecationWarning", DeprecationWarning),
 )
+
+
+@contextlib.contextmanager
+def quiet_upstream_warnings() -> Iterator[None]:
+    """Silence the warnings raised inside Lightning, torch and jsonargparse that a user can do nothing about
+    (:data:`UPSTREAM_WARNINGS`), and Lightning's advertising tips, for the ``with`` block."""
+    tips = _DropLightningTips()
+    logging.getLogger(_LIGHTNING_INFO_LOGGER).addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            for message, category in UPSTREAM_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        logging.getLogger(_LIGHTNING_INFO_LOGGER).removeFilter(tips)
 
 
 class _DropLightningTips(logging.Filter):
@@ -262,114 +262,6 @@ def _finish_wandb(cli: LightningCLI) -> None:
         finish_active_run()
 
 
-# ------------------------------------------------------------------------------------------ user errors
-#: Lightning's own ``ckpt_path`` keywords (resolved by the Trainer, not files)
-_LIGHTNING_CKPT_KEYWORDS: tuple[str, ...] = ("last", "best", "hpc", "registry")
-
-
-def check_run_paths(config: Namespace, subcommand: str | None) -> None:
-    """Before anything is built: ``--ckpt_path`` is a readable checkpoint, ``--model.init_from`` a shipped model or
-    a readable checkpoint, the run dir and the predictions CSV can be written
-    (:class:`~sagnn_lightning.errors.SAGNNError` naming the option otherwise)."""
-    from sagnn_lightning.lit.checkpoints import check_checkpoint_file
-    from sagnn_lightning.lit.finetune import resolve_source
-    from sagnn_lightning.lit.predict import check_writable
-
-    ckpt_path = config.get("ckpt_path")
-    if ckpt_path and "://" not in str(ckpt_path) and str(ckpt_path).split(":")[0] not in _LIGHTNING_CKPT_KEYWORDS:
-        check_checkpoint_file(ckpt_path, "--ckpt_path")
-    init_from = config.get("model.init_from")
-    if init_from:
-        resolve_source(str(init_from))
-    root = config.get("trainer.default_root_dir")
-    if root:
-        check_writable(root, "--trainer.default_root_dir", kind="dir", what="the run dir")
-    if subcommand == "predict":
-        output = config.get("predictions.output") or str(Path(root or ".") / "predictions.csv")
-        check_writable(output, "--predictions.output")
-
-
-def _chain(err: BaseException) -> list[BaseException]:
-    """``err`` and every exception it was raised from or during (``__cause__``/``__context__``), outer first."""
-    seen: list[BaseException] = []
-    todo: list[BaseException | None] = [err]
-    while todo:
-        item = todo.pop(0)
-        if item is None or any(item is s for s in seen):
-            continue
-        seen.append(item)
-        todo += [item.__cause__, item.__context__]
-    return seen
-
-
-def _raised_in_package(err: BaseException) -> bool:
-    """Whether ``err`` was raised by a ``raise`` in this package's code (its innermost frame is ours)."""
-    tb = err.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    package = Path(__file__).resolve().parent
-    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
-
-
-def instantiation_error(err: BaseException) -> SAGNNError | None:
-    """The user error behind an exception raised while the CLI builds the objects, or ``None`` (a bug).
-
-    jsonargparse reports a constructor's exception wrapped in a type-union error; the constructor's own
-    exception is in the chain. A :class:`SAGNNError` there is returned as is; a ``ValueError`` raised by this
-    package's validation code, or Lightning's ``MisconfigurationException`` (Trainer options), become a
-    :class:`UsageError` with the same message.
-    """
-    from pytorch_lightning.utilities.exceptions import MisconfigurationException
-
-    chain = _chain(err)
-    for item in chain:
-        if isinstance(item, SAGNNError):
-            return item
-    for item in chain:
-        if isinstance(item, MisconfigurationException) or (type(item) is ValueError and _raised_in_package(item)):
-            usage = UsageError(str(item))
-            usage.__cause__ = err
-            return usage
-    return None
-
-
-def user_error(err: BaseException) -> SAGNNError | None:
-    """The message-only error behind ``err`` (a :class:`SAGNNError` in its chain, or an ``OSError`` on a named
-    path such as an unwritable folder), or ``None`` when ``err`` is a bug that needs its traceback."""
-    chain = _chain(err)
-    for item in chain:
-        if isinstance(item, SAGNNError):
-            return item
-    if isinstance(err, OSError) and err.filename:
-        return SAGNNError(f"{err.filename}: {err.strerror or err}")
-    return None
-
-
-def exit_status(func: Callable[[], Any]) -> int:
-    """Call ``func()`` the way a command-line entry point does; returns the exit status.
-
-    An int result is the status, anything else means 0. A user error (:func:`user_error`) prints one line
-    ``error: <message>`` on stderr and gives its :attr:`~SAGNNError.exit_code` (1, or 2 for bad options);
-    with ``SAGNN_DEBUG=1`` the traceback is printed too. Any other exception propagates with its traceback.
-    """
-    try:
-        result = func()
-    except Exception as err:  # noqa: BLE001 - re-raised unless it is a user error
-        user = user_error(err)
-        if user is None:
-            raise
-        if os.environ.get("SAGNN_DEBUG", "").strip() not in ("", "0"):
-            import traceback
-
-            traceback.print_exception(err)
-        sys.stdout.flush()
-        print(f"error: {user}", file=sys.stderr, flush=True)
-        return user.exit_code
-    return result if isinstance(result, int) and not isinstance(result, bool) else 0
-
-
 def cli_main(
     args: Sequence[str] | None = None,
     *,
@@ -385,17 +277,10 @@ def cli_main(
     jsonargparse's wrapper); command-line entry points print them with :func:`exit_status`.
     """
     argv = build_argv(args, configs, run)
-    tips = _DropLightningTips()
-    logging.getLogger(_LIGHTNING_INFO_LOGGER).addFilter(tips)
-    try:
-        with warnings.catch_warnings():
-            for message, category in _UPSTREAM_WARNINGS:
-                warnings.filterwarnings("ignore", message=message, category=category)
-            cli = SAGNNLightningCLI(name=name, args=argv, run=run)
-            if run:
-                _finish_wandb(cli)
-    finally:
-        logging.getLogger(_LIGHTNING_INFO_LOGGER).removeFilter(tips)
+    with quiet_upstream_warnings():
+        cli = SAGNNLightningCLI(name=name, args=argv, run=run)
+        if run:
+            _finish_wandb(cli)
     return cli
 
 
@@ -415,4 +300,12 @@ def recipe_main(
     return built[0]
 
 
-__all__ = ["SAGNNLightningCLI", "cli_main", "recipe_main"]
+__all__ = [
+    "SUBCOMMANDS",
+    "UPSTREAM_WARNINGS",
+    "SAGNNLightningCLI",
+    "build_argv",
+    "cli_main",
+    "quiet_upstream_warnings",
+    "recipe_main",
+]
