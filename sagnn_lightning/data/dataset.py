@@ -62,6 +62,7 @@ class GraphDataset(Dataset):
         self.fingerprint: str = self.header["fingerprint"]
         self.skipped = [SkippedItem(str(s), str(r)) for s, r in self.header["skipped"]]
         self._state = torch.tensor([self.settings.state], dtype=torch.float32)
+        self._elements: np.ndarray | None = None
         self._arrays: dict[str, np.ndarray] | None = None
 
     # -- storage -----------------------------------------------------------------------------
@@ -132,6 +133,12 @@ class GraphDataset(Dataset):
         return Data(**fields)
 
     # -- metadata ----------------------------------------------------------------------------
+    def elements(self) -> np.ndarray:
+        """The distinct atomic numbers of all graphs (sorted), read from the cache file once."""
+        if self._elements is None:
+            self._elements = np.unique(np.asarray(self._map()["atomic_numbers"]))
+        return self._elements
+
     @property
     def sample_ids(self) -> list[str]:
         """Ids of the graphs, in dataset order (skipped items excluded)."""

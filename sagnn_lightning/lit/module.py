@@ -165,7 +165,13 @@ class SAGNNModule(pl.LightningModule):
         return MONITOR[self.task_type]
 
     def setup(self, stage: str) -> None:
-        settings: Any = getattr(getattr(self._trainer, "datamodule", None), "settings", None)
+        datamodule = getattr(self._trainer, "datamodule", None)
+        check = getattr(self.model, "check_elements", None)
+        graphs = getattr(datamodule, "graph_dataset", None)
+        if check is not None and callable(graphs):
+            # once per dataset, on the host: the forward pass on a GPU then never reads its inputs back
+            check(torch.as_tensor(graphs().elements()))
+        settings: Any = getattr(datamodule, "settings", None)
         if self.graph_settings is None and hasattr(settings, "cutoff"):
             self.graph_settings = {
                 "cutoff": float(settings.cutoff),

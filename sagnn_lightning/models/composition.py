@@ -122,6 +122,12 @@ class CompositionSAGNN(nn.Module):
         """Re-initialise every layer with its own scheme."""
         reset_children(self)
 
+    def check_elements(self, atomic_numbers: Tensor) -> None:
+        """Refuse elements without features (``ValueError``), reading ``atomic_numbers`` on the host: the
+        LightningModule checks a dataset's elements once at set-up, so a forward pass on a GPU needs no device
+        read (on the CPU the forward pass checks each batch itself)."""
+        self.element_features.check(atomic_numbers)
+
     @overload
     def forward(self, data: Data, return_attention: Literal[False] = False) -> Tensor: ...
 

@@ -84,19 +84,28 @@ class ElementFeatures(nn.Module):
         if self.embedding is not None:
             self.embedding.reset_parameters()
 
+    def check(self, atomic_numbers: Tensor) -> None:
+        """Raise ``ValueError`` naming the elements that have no features in the table. Reads a copy on the host:
+        called by :meth:`forward` for CPU tensors (numpy, no dispatched op) and, for training on a GPU, once per
+        dataset by the LightningModule at set-up, so that training never waits for a device-to-host read."""
+        z = atomic_numbers.detach().cpu().numpy()
+        known = self.known.detach().cpu().numpy()
+        bad = (z > MAX_ATOMIC_NUMBER) | (z < 0)
+        bad[~bad] = ~known[z[~bad]]
+        if bad.any():
+            from pymatgen.core import Element
+
+            missing = sorted({int(v) for v in z[bad]})
+            names = ", ".join(f"{Element.from_Z(v).symbol} (Z={v})" if 0 < v <= 118 else f"Z={v}" for v in missing)
+            raise ValueError(
+                f"ElementFeatures: no {self.source} features for {names}; use "
+                "--model.model.element_features=learned or leave these compositions out"
+            )
+
     def forward(self, atomic_numbers: Tensor) -> Tensor:
         z = atomic_numbers.clamp(0, MAX_ATOMIC_NUMBER)
-        if not torch.compiler.is_compiling():
-            bad = ~self.known[z] | (atomic_numbers > MAX_ATOMIC_NUMBER)
-            if bool(bad.any()):
-                from pymatgen.core import Element
-
-                missing = sorted({int(v) for v in atomic_numbers[bad].tolist()})
-                names = ", ".join(f"{Element.from_Z(v).symbol} (Z={v})" if 0 < v <= 118 else f"Z={v}" for v in missing)
-                raise ValueError(
-                    f"ElementFeatures: no {self.source} features for {names}; use "
-                    "--model.model.element_features=learned or leave these compositions out"
-                )
+        if atomic_numbers.device.type == "cpu" and not torch.compiler.is_compiling():
+            self.check(atomic_numbers)
         if self.embedding is not None:
             return self.embedding(z)
         return self.table[z]

@@ -333,3 +333,13 @@ def test_input_validation(tmp_path) -> None:
         build(tmp_path, [], [], np.zeros((0, 1)))
     with pytest.raises(ValueError, match="on_error"):
         build(tmp_path, dicts, ids, targets, on_error="ignore")
+
+
+def test_graph_dataset_lists_its_elements(tmp_path):
+    """``GraphDataset.elements()``: the distinct atomic numbers of every graph, from the cache file."""
+    from sagnn_lightning.data.crystal import CrystalDataModule
+
+    dm = CrystalDataModule("sample:mp_abx3_perovskites", cache_dir=str(tmp_path), progress=False)
+    graphs = dm.graph_dataset()
+    expected = sorted({int(z) for k in range(len(graphs)) for z in graphs[k].atomic_numbers.tolist()})
+    assert graphs.elements().tolist() == expected and len(expected) > 20

@@ -120,6 +120,10 @@ def test_element_without_features_names_it_and_the_option() -> None:
     model = CompositionSAGNN(element_features="megnet")  # MEGNet's table ends at Pu
     with pytest.raises(ValueError, match=r"no megnet features for Cf \(Z=98\).*element_features=learned"):
         predict(model, ["CfO2"])
+    # the host-side check a LightningModule runs once per dataset (training on a GPU reads nothing back per batch)
+    with pytest.raises(ValueError, match=r"no megnet features for Cf \(Z=98\)"):
+        model.check_elements(torch.tensor([8, 98]))
+    model.check_elements(torch.tensor([8, 26]))
 
 
 def test_models_refuse_the_other_kind_of_graph() -> None:
