@@ -78,6 +78,12 @@ class SAGNNModule(pl.LightningModule):
             (:func:`~sagnn_lightning.lit.finetune.parameter_groups` lists them).
         reset_head: with ``init_from``, keep the output MLP (``model.head``) freshly initialised instead of
             loading it: for another target or number of targets.
+        compile: ``torch.compile`` the network when training starts: ``None`` (off, default), or a mode,
+            ``"default"``, ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``. Shapes are marked dynamic
+            (crystals differ in size), so an epoch compiles a few graphs, not one per batch. In place: parameter
+            names, checkpoints and the attention export are unchanged. See docs/guide/model.md.
+        compile_backend: the ``torch.compile`` backend (default ``"inductor"``; ``"aot_eager"`` checks tracing
+            without code generation).
     """
 
     # buffers registered in __init__ (declared for type checkers)
@@ -97,6 +103,8 @@ class SAGNNModule(pl.LightningModule):
         init_from: str | None = None,
         freeze: Sequence[str] | None = None,
         reset_head: bool = False,
+        compile: Literal["default", "reduce-overhead", "max-autotune"] | None = None,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         if task_type not in ("regression", "classification"):
@@ -137,6 +145,11 @@ class SAGNNModule(pl.LightningModule):
         self.register_buffer("target_std", std.reshape(1, -1))
         self.init_from = str(init_from) if init_from else None
         self.reset_head = bool(reset_head)
+        if compile not in (None, "default", "reduce-overhead", "max-autotune"):
+            raise UsageError(
+                f"{param('model.compile')} must be null, 'default', 'reduce-overhead' or 'max-autotune', got {compile!r}"
+            )
+        self.compile_mode, self.compile_backend = compile, compile_backend
         if self.reset_head and not self.init_from:
             raise UsageError(
                 f"{param(finetune.RESET_HEAD)}=true needs {param(finetune.INIT_FROM)}=<pretrained name or .ckpt>"
@@ -171,6 +184,9 @@ class SAGNNModule(pl.LightningModule):
         if check is not None and callable(graphs):
             # once per dataset, on the host: the forward pass on a GPU then never reads its inputs back
             check(torch.as_tensor(graphs().elements()))
+        if self.compile_mode is not None and not getattr(self.model, "_compiled_call_impl", None):
+            mode = None if self.compile_mode == "default" else self.compile_mode
+            self.model.compile(mode=mode, dynamic=True, backend=self.compile_backend)  # in place: same state dict
         settings: Any = getattr(datamodule, "settings", None)
         if self.graph_settings is None and hasattr(settings, "cutoff"):
             self.graph_settings = {

@@ -2,10 +2,60 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sagnn_lightning.nn.scatter import scatter_softmax, scatter_sum
+
+
+class LSTMWeights(nn.Module):
+    """``nn.LSTM``'s parameters (same names, shapes, order and initialisation, so ``nn.LSTM`` state dicts load
+    into it and a seed gives the same weights) and its forward, as one ``torch._VF.lstm`` call in eager mode and
+    as the gate arithmetic under ``torch.compile`` (dynamo cannot trace ``nn.LSTM``; tested equal).
+
+    Shapes: ``x [1, B, In]``, state ``([L, B, H], [L, B, H])`` → ``([1, B, H], state)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        for layer in range(num_layers):
+            width = input_size if layer == 0 else hidden_size
+            self.register_parameter(f"weight_ih_l{layer}", nn.Parameter(torch.empty(4 * hidden_size, width)))
+            self.register_parameter(f"weight_hh_l{layer}", nn.Parameter(torch.empty(4 * hidden_size, hidden_size)))
+            self.register_parameter(f"bias_ih_l{layer}", nn.Parameter(torch.empty(4 * hidden_size)))
+            self.register_parameter(f"bias_hh_l{layer}", nn.Parameter(torch.empty(4 * hidden_size)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        for weight in self.parameters():  # nn.LSTM's order and distribution
+            nn.init.uniform_(weight, -bound, bound)
+
+    def _layer(self, layer: int) -> list[Tensor]:
+        return [getattr(self, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if not torch.compiler.is_compiling():
+            weights = [w for layer in range(self.num_layers) for w in self._layer(layer)]
+            out, h, c = torch._VF.lstm(x, state, weights, True, self.num_layers, 0.0, self.training, False, False)
+            return out, (h, c)
+        hs, cs, inp = [], [], x[0]
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self._layer(layer)
+            gates = F.linear(inp, w_ih, b_ih) + F.linear(state[0][layer], w_hh, b_hh)
+            i, f, g, o = gates.chunk(4, dim=-1)
+            c = torch.sigmoid(f) * state[1][layer] + torch.sigmoid(i) * torch.tanh(g)
+            inp = torch.sigmoid(o) * torch.tanh(c)
+            hs.append(inp)
+            cs.append(c)
+        return inp.unsqueeze(0), (torch.stack(hs), torch.stack(cs))
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
 
 
 class Set2Set(nn.Module):
@@ -35,7 +85,7 @@ class Set2Set(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, 2 * in_channels
         self.processing_steps, self.num_layers = processing_steps, num_layers
-        self.lstm = nn.LSTM(self.out_channels, in_channels, num_layers=num_layers)
+        self.lstm = LSTMWeights(self.out_channels, in_channels, num_layers)
 
     def reset_parameters(self) -> None:
         self.lstm.reset_parameters()

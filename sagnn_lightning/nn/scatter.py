@@ -17,6 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal
 
+import torch
 import torch_geometric.utils as pyg_utils
 from torch import Tensor
 
@@ -49,7 +50,8 @@ def _use_torch_scatter(backend: ScatterBackend) -> bool:
             )
         return True
     if backend == "auto":
-        return torch_scatter_available()
+        # under torch.compile the native ops are traced into the graph (an import attempt would break it)
+        return not torch.compiler.is_compiling() and torch_scatter_available()
     raise ValueError(f"unknown scatter backend {backend!r}; choose 'auto', 'torch' or 'torch_scatter'")
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from sagnn_lightning.lit.module import SAGNNModule
-from tests.lit.conftest import REPO, read_rows, run_in_terminal, run_python, wandb_run_bytes
+from tests.lit.conftest import REPO, quickstart_argv, read_rows, run_in_terminal, run_python, wandb_run_bytes
 
 #: Lightning's advice printed when an epoch-level value is logged without a cross-process reduction
 SYNC_DIST_ADVICE = "sync_dist"
@@ -78,18 +78,14 @@ def test_sigterm_ends_a_two_process_run(sample_run, offline_env, tmp_path):
     proc = subprocess.Popen(
         [
             sys.executable,
-            "recipes/quickstart.py",
-            "fit",
-            "--config",
-            str(sample_run["data"]),
-            "--config",
-            str(sample_run["tiny"]),
-            "--trainer.accelerator=cpu",
-            "--trainer.devices=2",
-            "--trainer.strategy=ddp",
-            "--trainer.max_epochs=1000",
-            "--trainer.logger=false",
-            f"--trainer.default_root_dir={sample_run['root']}",
+            *quickstart_argv(
+                sample_run,
+                "--trainer.accelerator=cpu",
+                "--trainer.devices=2",
+                "--trainer.strategy=ddp",
+                "--trainer.max_epochs=1000",
+                "--trainer.logger=false",
+            ),
         ],
         cwd=REPO,
         env=env,
@@ -135,13 +131,8 @@ def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
     root, ranks = sample_run["root"], tmp_path / "ranks"
     callbacks = _rank_recorder_config(tmp_path, ranks)
     proc = run_python(
-        [
-            "recipes/quickstart.py",
-            "fit",
-            "--config",
-            str(sample_run["data"]),
-            "--config",
-            str(sample_run["tiny"]),
+        quickstart_argv(
+            sample_run,
             "--config",
             str(callbacks),
             "--trainer.accelerator=cpu",
@@ -149,8 +140,8 @@ def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
             "--trainer.strategy=ddp",
             "--trainer.max_epochs=2",
             "--data.init_args.batch_size=4",
-            f"--trainer.default_root_dir={root}",
-        ],
+            root=root,
+        ),
         offline_env,
         timeout=280,
     )
@@ -203,21 +194,17 @@ def test_ddp_two_cpu_processes(sample_run, offline_env, tmp_path):
     # predict with 2 processes: every test crystal exactly once
     out = tmp_path / "preds.csv"
     run_python(
-        [
-            "recipes/quickstart.py",
-            "predict",
-            "--config",
-            str(sample_run["data"]),
-            "--config",
-            str(sample_run["tiny"]),
+        quickstart_argv(
+            sample_run,
             "--trainer.accelerator=cpu",
             "--trainer.devices=2",
             "--trainer.strategy=ddp",
             "--trainer.logger=false",
-            f"--trainer.default_root_dir={root}",
             f"--ckpt_path={ckpt_path}",
             f"--predictions.output={out}",
-        ],
+            root=root,
+            subcommand="predict",
+        ),
         offline_env,
         timeout=200,
     )
@@ -237,13 +224,8 @@ def test_torchrun_two_nodes_on_localhost(sample_run, offline_env, tmp_path):
         port = sock.getsockname()[1]
     root, ranks = sample_run["root"], tmp_path / "ranks"
     callbacks = _rank_recorder_config(tmp_path, ranks)
-    recipe = [
-        "recipes/quickstart.py",
-        "fit",
-        "--config",
-        str(sample_run["data"]),
-        "--config",
-        str(sample_run["tiny"]),
+    recipe = quickstart_argv(
+        sample_run,
         "--config",
         str(callbacks),
         "--trainer.accelerator=cpu",
@@ -253,8 +235,8 @@ def test_torchrun_two_nodes_on_localhost(sample_run, offline_env, tmp_path):
         "--trainer.max_epochs=1",
         "--trainer.logger=false",
         "--data.init_args.batch_size=4",
-        f"--trainer.default_root_dir={root}",
-    ]
+        root=root,
+    )
     env = {**offline_env, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ import sagnn_lightning.lit.deadline as deadline_module
 from sagnn_lightning.errors import lightning_flag
 from sagnn_lightning.lit import Deadline
 from sagnn_lightning.lit.deadline import DeadlineReached, parse_duration
-from tests.lit.conftest import REPO
+from tests.lit.conftest import quickstart_argv, run_python
 from tests.lit.test_history import STEPS, _fit
 
 EPOCHS = 2
@@ -70,25 +68,16 @@ def test_stops_mid_epoch_and_resumes_to_the_uninterrupted_weights(sample_run, of
 def test_a_recipe_stops_with_exit_status_3(sample_run, offline_env, tmp_path):
     """``--trainer.callbacks.max_time=00:00:00:00``: spent before the first batch, nothing trained or saved."""
     root = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "recipes/quickstart.py",
-            "fit",
-            "--config",
-            str(sample_run["data"]),
-            "--config",
-            str(sample_run["tiny"]),
+    proc = run_python(
+        quickstart_argv(
+            sample_run,
             "--trainer.callbacks+=sagnn_lightning.lit.Deadline",
             "--trainer.callbacks.max_time=00:00:00:00",
             "--trainer.logger=false",
-            f"--trainer.default_root_dir={root}",
-        ],
-        cwd=REPO,
-        env=offline_env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+            root=root,
+        ),
+        offline_env,
+        check=False,
     )
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "error: deadline reached before training started" in proc.stderr

@@ -12,7 +12,7 @@ import torch
 
 from sagnn_lightning.cli import cli_main
 from sagnn_lightning.lit import EpochHistory
-from tests.lit.conftest import REPO, run_python
+from tests.lit.conftest import REPO, quickstart_argv, run_python
 
 RECIPE = [REPO / "recipes" / "configs" / "sagnn.yaml", REPO / "recipes" / "quickstart.yaml"]
 HEADER = "epoch,global_step,val_mae,val_auroc,val_loss,lr,train_seconds,sitting,finished_utc"
@@ -50,21 +50,16 @@ def test_history_from_a_recipe_command_line(sample_run, offline_env, tmp_path):
         f"        path: {final}\n"
     )
     run_python(
-        [
-            "recipes/quickstart.py",
-            "fit",
-            "--config",
-            str(sample_run["data"]),
-            "--config",
-            str(sample_run["tiny"]),
+        quickstart_argv(
+            sample_run,
             "--config",
             str(callbacks),
             "--trainer.callbacks+=sagnn_lightning.lit.EpochHistory",
             "--data.init_args.batch_size=4",
             "--trainer.max_epochs=3",
             "--trainer.logger=false",
-            f"--trainer.default_root_dir={root}",
-        ],
+            root=root,
+        ),
         offline_env,
         timeout=240,
     )

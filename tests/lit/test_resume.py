@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.lit.conftest import REPO, run_python
+from tests.lit.conftest import quickstart_argv, run_python
 
 EPOCHS, BATCH, STEPS = 2, 4, 7  # 28 training crystals (48 - 10 val - 10 test) → 7 steps per epoch
 
@@ -24,46 +22,34 @@ def _item(class_path: str, **init_args) -> str:
 
 
 def test_killed_mid_epoch_and_resumed_matches_uninterrupted(sample_run, offline_env, tmp_path):
-    common = [
-        "recipes/quickstart.py",
-        "fit",
-        "--config",
-        str(sample_run["data"]),
-        "--config",
-        str(sample_run["tiny"]),
-        f"--trainer.max_epochs={EPOCHS}",
-        f"--data.init_args.batch_size={BATCH}",
-        "--trainer.logger=false",
-    ]
+    common = [f"--trainer.max_epochs={EPOCHS}", f"--data.init_args.batch_size={BATCH}", "--trainer.logger=false"]
 
     # reference: uninterrupted
     ref = tmp_path / "ref.json"
     run_python(
-        [
+        quickstart_argv(
+            sample_run,
             *common,
-            f"--trainer.default_root_dir={tmp_path / 'reference'}",
             "--config",
             _callbacks(tmp_path / "a.yaml", _item("tests.lit.helpers.FinalState", path=ref)),
-        ],
+            root=tmp_path / "reference",
+        ),
         offline_env,
     )
 
     # interrupted: SIGKILL at step 11 (epoch 1, batch 4 of 7); the newest checkpoint (step 10) is mid-epoch
     root = tmp_path / "interrupted"
-    killed = subprocess.run(
-        [
-            sys.executable,
+    killed = run_python(
+        quickstart_argv(
+            sample_run,
             *common,
-            f"--trainer.default_root_dir={root}",
             "--checkpoint.last_every_n_train_steps=1",
             "--config",
             _callbacks(tmp_path / "b.yaml", _item("tests.lit.helpers.KillAtStep", step=11)),
-        ],
-        cwd=REPO,
-        env=offline_env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+            root=root,
+        ),
+        offline_env,
+        check=False,
     )
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert (root / "checkpoints" / "last.ckpt").is_file()
@@ -71,14 +57,15 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted(sample_run, offline_
     # resume with the same command + --ckpt_path last
     out = tmp_path / "resumed.json"
     proc = run_python(
-        [
+        quickstart_argv(
+            sample_run,
             *common,
-            f"--trainer.default_root_dir={root}",
             "--ckpt_path=last",
             "--checkpoint.last_every_n_train_steps=1",
             "--config",
             _callbacks(tmp_path / "c.yaml", _item("tests.lit.helpers.FinalState", path=out)),
-        ],
+            root=root,
+        ),
         offline_env,
     )
     assert "Restored all states from the checkpoint" in proc.stdout + proc.stderr
@@ -126,12 +113,6 @@ def test_default_last_ckpt_is_the_last_epoch_and_resume_continues_the_wandb_run(
     epochs, kill_step = 5, 3 * STEPS + 3  # SIGKILL in epoch 3 (0-based), three batches in
     # the best checkpoint stays at epoch 0 (monitor "epoch", mode min): every later epoch is "no improvement"
     common = [
-        "recipes/quickstart.py",
-        "fit",
-        "--config",
-        str(sample_run["data"]),
-        "--config",
-        str(sample_run["tiny"]),
         f"--trainer.max_epochs={epochs}",
         f"--data.init_args.batch_size={BATCH}",
         "--checkpoint.monitor=epoch",
@@ -139,30 +120,28 @@ def test_default_last_ckpt_is_the_last_epoch_and_resume_continues_the_wandb_run(
     ]
     ref = tmp_path / "ref.json"
     run_python(
-        [
+        quickstart_argv(
+            sample_run,
             *common,
             "--trainer.logger=false",
-            f"--trainer.default_root_dir={tmp_path / 'reference'}",
             "--config",
             _callbacks(tmp_path / "a.yaml", _item("tests.lit.helpers.FinalState", path=ref)),
-        ],
+            root=tmp_path / "reference",
+        ),
         offline_env,
     )
 
     root = tmp_path / "interrupted"
-    killed = subprocess.run(
-        [
-            sys.executable,
+    killed = run_python(
+        quickstart_argv(
+            sample_run,
             *common,
-            f"--trainer.default_root_dir={root}",
             "--config",
             _callbacks(tmp_path / "b.yaml", _item("tests.lit.helpers.KillAtStep", step=kill_step)),
-        ],
-        cwd=REPO,
-        env=offline_env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+            root=root,
+        ),
+        offline_env,
+        check=False,
     )
     assert killed.returncode == -9, killed.stderr[-3000:]
     import torch
@@ -176,9 +155,9 @@ def test_default_last_ckpt_is_the_last_epoch_and_resume_continues_the_wandb_run(
 
     out = tmp_path / "resumed.json"
     run_python(
-        [
+        quickstart_argv(
+            sample_run,
             *common,
-            f"--trainer.default_root_dir={root}",
             "--ckpt_path=last",
             "--config",
             _callbacks(
@@ -186,7 +165,8 @@ def test_default_last_ckpt_is_the_last_epoch_and_resume_continues_the_wandb_run(
                 _item("tests.lit.helpers.FinalState", path=out),
                 _item("tests.lit.helpers.FirstStep", path=tmp_path / "first_step.json"),
             ),
-        ],
+            root=root,
+        ),
         offline_env,
     )
     first_step = json.loads((tmp_path / "first_step.json").read_text())

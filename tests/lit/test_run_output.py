@@ -4,16 +4,13 @@ data files too small to split."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from sagnn_lightning.cli import cli_main
 from sagnn_lightning.lit.callbacks import ParityPlot
 from sagnn_lightning.lit.module import SAGNNModule
-from tests.lit.conftest import REPO, crystal_data_yaml, write_sample_csv
+from tests.lit.conftest import REPO, crystal_data_yaml, quickstart_argv, run_python, write_sample_csv
 
 BASE = REPO / "recipes" / "configs" / "sagnn.yaml"
 
@@ -72,24 +69,7 @@ def test_a_run_logged_to_a_file_is_one_line_per_epoch_and_free_of_upstream_noise
     env = {k: v for k, v in offline_env.items() if k != "WANDB_SILENT"}  # W&B's own warnings must show if any
     tiny = sample_run["tiny"].read_text().replace("  enable_progress_bar: false\n", "")
     sample_run["tiny"].write_text(tiny)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "recipes/quickstart.py",
-            "fit",
-            "--config",
-            str(sample_run["data"]),
-            "--config",
-            str(sample_run["tiny"]),
-            "--trainer.max_epochs=3",
-            f"--trainer.default_root_dir={sample_run['root']}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = run_python(quickstart_argv(sample_run, "--trainer.max_epochs=3"), env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     epochs = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split(":")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
@@ -144,22 +124,11 @@ def test_data_too_small_to_split_is_one_clear_error(rows, split, offline_env, tm
         .replace("val_fraction: 0.2", "val_fraction: 0.1")
         .replace("test_fraction: 0.2", "test_fraction: 0.0")
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "recipes/quickstart.py",
-            "fit",
-            "--config",
-            str(data),
-            "--trainer.max_epochs=1",
-            "--trainer.logger=false",
-            f"--trainer.default_root_dir={tmp_path / 'run'}",
-        ],
-        cwd=REPO,
-        env=offline_env,
-        capture_output=True,
-        text=True,
+    proc = run_python(
+        quickstart_argv({"data": data}, "--trainer.max_epochs=1", "--trainer.logger=false", root=tmp_path / "run"),
+        offline_env,
         timeout=120,
+        check=False,
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -199,11 +168,10 @@ def test_an_error_of_every_rank_is_printed_once(offline_env, tmp_path):
     csv = write_sample_csv(tmp_path / "mp1.csv", 1)
     data = tmp_path / "data.yaml"
     data.write_text(crystal_data_yaml(csv).replace("test_fraction: 0.2", "test_fraction: 0.0"))
-    argv = [sys.executable, "recipes/quickstart.py", "fit", "--config", str(data), "--trainer.max_epochs=1"]
-    argv += ["--trainer.logger=false", "--trainer.accelerator=cpu", "--trainer.devices=3", "--trainer.strategy=ddp"]
-    argv += [f"--trainer.default_root_dir={tmp_path / 'run'}"]
-    env = dict(offline_env, OMP_NUM_THREADS="1")
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=3", "--trainer.strategy=ddp"]
+    options = ["--trainer.max_epochs=1", "--trainer.logger=false", *ddp]
+    argv = quickstart_argv({"data": data}, *options, root=tmp_path / "run")
+    proc = run_python(argv, dict(offline_env, OMP_NUM_THREADS="1"), timeout=300, check=False)
     assert proc.returncode != 0, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "usable rows" in errors[0], proc.stderr[-3000:]

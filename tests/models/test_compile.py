@@ -1,0 +1,98 @@
+"""``torch.compile``: both recipe models trace into one graph (no graph break; the Set2Set LSTM is written out under
+compile), compiled and eager agree in outputs and gradients, crystals of other sizes reuse the graph (shapes are
+dynamic), and ``SAGNNModule(compile=...)`` compiles in place (same state dict). Backend ``aot_eager``: AOT autograd's
+tracing without code generation, so the test needs no C++ compiler and stays fast."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+
+from sagnn_lightning.lit.module import SAGNNModule
+from sagnn_lightning.nn.readout import LSTMWeights
+from tests.lit.conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("step_ops", REPO / "benchmarks" / "step_ops.py")
+assert _spec is not None and _spec.loader is not None
+step_ops = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(step_ops)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return step_ops.real_batches(12)
+
+
+@pytest.mark.parametrize("name", ["sagnn_recipe", "composition_recipe"])
+def test_the_forward_pass_has_no_graph_break(name, batches):
+    factory, kind = step_ops.models()[name]
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(factory())(batches[kind])
+    assert explanation.graph_break_count == 0, [str(r.reason).splitlines()[0] for r in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("name", ["sagnn_recipe", "composition_recipe"])
+def test_compiled_equals_eager_in_outputs_and_gradients(name, batches):
+    factory, kind = step_ops.models()[name]
+    torch.manual_seed(0)
+    eager = factory().double()
+    compiled = factory().double()
+    compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    compiled.compile(dynamic=True, backend="aot_eager")
+    batch = batches[kind]
+    outputs = []
+    for model in (eager, compiled):
+        out = model(batch)
+        out.square().sum().backward()
+        outputs.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert torch.allclose(outputs[0][0], outputs[1][0], rtol=1e-9, atol=1e-9)
+    for key, grad in outputs[0][1].items():
+        assert torch.allclose(grad, outputs[1][1][key], rtol=1e-7, atol=1e-9), key
+
+
+def test_other_crystal_sizes_reuse_the_compiled_graph():
+    """Batches of 7-17 crystals with different atom and edge counts: one frame, one graph, no recompile."""
+    batches = [step_ops.real_batches(n)["crystal"] for n in (7, 11, 17)]
+    model = step_ops.models()["sagnn_recipe"][0]()
+    torch._dynamo.reset()
+    counters.clear()
+    model.compile(dynamic=True, backend="aot_eager")
+    sizes = set()
+    for batch in batches:
+        model(batch).sum().backward()
+        sizes.add((batch.num_nodes, batch.num_edges))
+    assert len(sizes) == 3
+    assert counters["stats"]["unique_graphs"] == 1 and "recompiles" not in counters
+
+
+def test_lstm_weights_are_nn_lstm():
+    """Same parameter names, initial values for a seed, eager outputs (bit for bit) and, compiled, close."""
+    torch.manual_seed(3)
+    reference = nn.LSTM(16, 8, num_layers=2)
+    torch.manual_seed(3)
+    ours = LSTMWeights(16, 8, num_layers=2)
+    assert list(reference.state_dict()) == list(ours.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), ours.state_dict().values()))
+    x, state = torch.randn(1, 5, 16), (torch.randn(2, 5, 8), torch.randn(2, 5, 8))
+    expected, ours_out = reference(x, state), ours(x, state)
+    assert torch.equal(expected[0], ours_out[0]) and all(torch.equal(a, b) for a, b in zip(expected[1], ours_out[1]))
+    torch._dynamo.reset()
+    traced = torch.compile(ours, backend="aot_eager", fullgraph=True)(x, state)
+    assert torch.allclose(expected[0], traced[0], atol=1e-6) and torch.allclose(expected[1][1], traced[1][1], atol=1e-6)
+
+
+def test_the_module_compiles_in_place_when_asked():
+    from sagnn_lightning.errors import UsageError
+
+    module = SAGNNModule(step_ops.models()["sagnn_recipe"][0](), compile="default", compile_backend="aot_eager")
+    keys = list(module.state_dict())
+    module.setup("fit")
+    assert module.model._compiled_call_impl is not None and list(module.state_dict()) == keys
+    with pytest.raises(UsageError, match="compile must be null"):
+        SAGNNModule(compile="fast")
