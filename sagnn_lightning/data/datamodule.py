@@ -26,7 +26,7 @@ from sagnn_lightning.data.dataset import SkippedItem
 from sagnn_lightning.data.graph import GraphSettings
 from sagnn_lightning.data.table import DataFormatError, OnError, Table
 from sagnn_lightning.data.tasks import TaskType
-from sagnn_lightning.errors import UsageError
+from sagnn_lightning.errors import UsageError, param
 from sagnn_lightning.files import atomic_write, file_lock
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def check_targets(table: Table, on_error: str, task_type: TaskType) -> tuple[Tab
         raise DataFormatError(
             f"{table.source}: {len(skipped)} row(s) with invalid targets, e.g. "
             f"{'; '.join(f'{s.sample_id}: {s.reason}' for s in skipped[:5])} (ids: {ids[:_MAX_LISTED]}). "
-            "Fix or remove these rows, or leave them out with --data.on_error=skip (on_error='skip')."
+            f"Fix or remove these rows, or leave them out with {param('data.on_error')}=skip."
         )
     keep = np.setdiff1d(np.arange(len(table)), np.fromiter(bad_rows, dtype=np.int64))
     return table.subset(keep), skipped
@@ -115,9 +115,9 @@ class GraphDataModule(pl.LightningDataModule, ABC):
     ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
-            raise UsageError(f"on_error must be 'raise' or 'skip' (--data.on_error), got {on_error!r}")
+            raise UsageError(f"on_error must be 'raise' or 'skip' ({param('data.on_error')}), got {on_error!r}")
         if batch_size < 1:
-            raise UsageError(f"batch_size must be >= 1 (--data.batch_size), got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1 ({param('data.batch_size')}), got {batch_size}")
         # every graph option is part of the graph cache key (GraphSettings; composition DataModules replace it
         # with CompositionSettings)
         self.settings: GraphSettings | CompositionSettings = GraphSettings(
@@ -260,7 +260,7 @@ class GraphDataModule(pl.LightningDataModule, ABC):
             if not ids["train"]:
                 raise DataFormatError(
                     f"{self.table.source}: the training split is empty; add rows or lower "
-                    "--data.val_fraction / --data.test_fraction."
+                    f"{param('data.val_fraction')} / {param('data.test_fraction')}."
                 )
             self._ids = ids
         return self._ids
@@ -324,7 +324,7 @@ class GraphDataModule(pl.LightningDataModule, ABC):
             if cache_skipped and self.on_error != "skip":
                 raise DataFormatError(
                     f"{table.source}: {format_skipped(cache_skipped, len(table))} while building graphs; "
-                    "fix these entries or leave them out with --data.on_error=skip (on_error='skip')."
+                    f"fix these entries or leave them out with {param('data.on_error')}=skip."
                 )
             if cache_skipped:
                 log.warning("%s: %s", table.source, format_skipped(cache_skipped, len(table)))

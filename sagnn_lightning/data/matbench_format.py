@@ -26,6 +26,7 @@ from sagnn_lightning.data.table import (
     targets_array,
 )
 from sagnn_lightning.data.tasks import ALL_MATBENCH_TASKS, MatbenchTask
+from sagnn_lightning.errors import param
 
 
 def matbench_id_prefix(task: str) -> str:
@@ -65,7 +66,7 @@ def read_matbench_json(
             "pandas orient='split'); use CrystalDataModule for other layouts."
         )
     columns = list(doc["columns"])
-    fix = "Is this the file of another matbench task? Check --data.task / --data.data_file."
+    fix = f"Is this the file of another matbench task? Check {param('data.task')} / {param('data.data_file')}."
     check_columns(path, columns, [input_column], input_column, fix)
     check_columns(path, columns, [target], "target", fix)
     s_col, t_col = columns.index(input_column), columns.index(target)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sagnn_lightning.errors import UsageError
+from sagnn_lightning.errors import UsageError, param
 
 #: what a target is: a real number (MAE/RMSE/R²) or a 0/1 label (ROC-AUC/accuracy)
 TaskType = Literal["regression", "classification"]
@@ -82,7 +82,7 @@ def get_task(name: str) -> MatbenchTask:
     if full in ALL_MATBENCH_TASKS:
         return ALL_MATBENCH_TASKS[full]
     raise UsageError(
-        f"unknown matbench task {name!r} (--data.task); valid tasks: {', '.join(sorted(ALL_MATBENCH_TASKS))}."
+        f"unknown matbench task {name!r} ({param('data.task')}); valid tasks: {', '.join(sorted(ALL_MATBENCH_TASKS))}."
     )
 
 

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sagnn_lightning.errors import SAGNNError, UsageError
+from sagnn_lightning.errors import SAGNNError, UsageError, param
 from sagnn_lightning.files import atomic_write, safe_name
 from sagnn_lightning.nn.attention import AttentionMaps
 
@@ -115,7 +115,8 @@ class AttentionExport:
     ) -> None:
         if not len(getattr(module.model, "attention_layers", ())):
             raise UsageError(
-                "--attention: this model has no attention layers (attention='none', i.e. MEGNet); nothing to export"
+                f"{param('attention')}: this model has no attention layers (attention='none', i.e. MEGNet); nothing to "
+                "export"
             )
         self.folder = Path(folder).expanduser()
         self.module, self.source, self.unit = module, source, unit
@@ -145,7 +146,9 @@ class AttentionExport:
             if self.unit:
                 arrays["unit"] = np.array(self.unit)
             if sample_id in self.crystals:
-                raise SAGNNError(f"--attention: the id {sample_id!r} occurs twice; ids must be unique (--id-column)")
+                raise SAGNNError(
+                    f"{param('attention')}: the id {sample_id!r} occurs twice; ids must be unique ({param('id_column')})"
+                )
             stem = self._unique_stem(sample_id)
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.folder / f"{stem}.npz", "wb") as fh:

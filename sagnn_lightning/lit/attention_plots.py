@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sagnn_lightning.errors import UsageError
+from sagnn_lightning.errors import UsageError, param
 from sagnn_lightning.files import atomic_write, write_csv_rows
 from sagnn_lightning.lit.attention_export import element_symbol, file_stem, formula_of, load_crystal, read_index
 
@@ -154,7 +154,9 @@ def resolve_layer(layers: Sequence[str], layer: int | str) -> int:
     except ValueError:
         k = len(names)  # not a number: an unknown name
     if not -len(names) <= k < len(names):
-        raise UsageError(f"--layer {layer}: the export has {len(names)} attention layer(s): {names} (or -1 = the last)")
+        raise UsageError(
+            f"{param('layer')} {layer}: the export has {len(names)} attention layer(s): {names} (or -1 = the last)"
+        )
     return k % len(names)
 
 
@@ -270,7 +272,7 @@ def write_element_pair_map(
     """Write ``<out>/element_pairs.csv`` (:func:`element_pair_table`) and ``<out>/element_pairs.png``
     (:func:`element_pair_figure`) for an export ``folder``; returns both paths."""
     if value not in PAIR_VALUES:
-        raise UsageError(f"--value must be one of {', '.join(PAIR_VALUES)}, got {value!r}")
+        raise UsageError(f"{param('value')} must be one of {', '.join(PAIR_VALUES)}, got {value!r}")
     index = read_index(folder)
     k = resolve_layer(index["layers"], layer)
     table = element_pair_table(folder, k)
@@ -297,7 +299,7 @@ def write_crystal_maps(
         unknown = [i for i in ids if i not in entries]
         if unknown:
             raise UsageError(
-                f"--ids: {len(unknown)} id(s) not in {folder} (first: {unknown[0]!r}); "
+                f"{param('ids')}: {len(unknown)} id(s) not in {folder} (first: {unknown[0]!r}); "
                 f"the export holds {len(entries)} crystals, e.g. {list(entries)[:3]}"
             )
         chosen = list(ids)
@@ -341,7 +343,7 @@ def attention_plots_main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (module docstring); returns the exit status."""
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     if args.crystals < 0:
-        raise UsageError(f"--crystals must be >= 0, got {args.crystals}")
+        raise UsageError(f"{param('crystals')} must be >= 0, got {args.crystals}")
     folder = Path(args.folder).expanduser()
     index = read_index(folder)
     layer = resolve_layer(index["layers"], args.layer)

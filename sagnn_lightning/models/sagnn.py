@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from sagnn_lightning.errors import UsageError
+from sagnn_lightning.errors import UsageError, param
 from sagnn_lightning.kernels.dispatch import Backend
 from sagnn_lightning.nn.attention import AtomSelfAttention, AttentionMaps, split_by_crystal
 from sagnn_lightning.nn.basis import GaussianExpansion
@@ -191,14 +191,14 @@ class SAGNN(nn.Module):
 def check_attention_args(model: str, attention: str, heads: int, hidden_dim: int) -> None:
     """The attention placement is known and ``heads`` divides ``hidden_dim`` (errors name the CLI flags)."""
     if attention not in ("each", "last", "none"):
-        raise ValueError(
-            f"{model}: attention must be 'each', 'last' or 'none' (--model.model.attention), got {attention!r}"
+        raise UsageError(
+            f"{model}: attention must be 'each', 'last' or 'none' ({param('model.model.attention')}), got {attention!r}"
         )
     if attention != "none" and (heads < 1 or hidden_dim % heads):
         divisors = [h for h in range(1, hidden_dim + 1) if hidden_dim % h == 0]
         raise UsageError(
-            f"{model}: heads={heads} must divide hidden_dim={hidden_dim} (--model.model.heads, "
-            f"--model.model.hidden_dim); heads that fit: {divisors}"
+            f"{model}: heads={heads} must divide hidden_dim={hidden_dim} ({param('model.model.heads')}, "
+            f"{param('model.model.hidden_dim')}); heads that fit: {divisors}"
         )
 
 

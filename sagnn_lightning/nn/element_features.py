@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sagnn_lightning.errors import UsageError, param
+
 ElementSource = Literal["matscholar", "megnet", "learned"]
 
 #: largest atomic number with a feature row (matscholar covers H..Lr)
@@ -62,8 +64,8 @@ class ElementFeatures(nn.Module):
     def __init__(self, source: ElementSource = "matscholar", learned_dim: int = 64) -> None:
         super().__init__()
         if source not in ("matscholar", "megnet", "learned"):
-            raise ValueError(
-                f"element_features must be 'matscholar', 'megnet' or 'learned' (--model.model.element_features), "
+            raise UsageError(
+                f"element_features must be 'matscholar', 'megnet' or 'learned' ({param('model.model.element_features')}), "
                 f"got {source!r}"
             )
         self.source = source
@@ -97,9 +99,9 @@ class ElementFeatures(nn.Module):
 
             missing = sorted({int(v) for v in z[bad]})
             names = ", ".join(f"{Element.from_Z(v).symbol} (Z={v})" if 0 < v <= 118 else f"Z={v}" for v in missing)
-            raise ValueError(
+            raise UsageError(
                 f"ElementFeatures: no {self.source} features for {names}; use "
-                "--model.model.element_features=learned or leave these compositions out"
+                f"{param('model.model.element_features')}=learned or leave these compositions out"
             )
 
     def forward(self, atomic_numbers: Tensor) -> Tensor:
