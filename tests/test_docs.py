@@ -216,11 +216,17 @@ def _option(argv: list[str], flag: str) -> list[str]:
     return values + [word.split("=", 1)[1] for word in argv if word.startswith(flag + "=")]
 
 
+#: developer tools the README's test command runs (from the ``test`` and ``docs`` extras)
+DEV_TOOLS = ("ruff", "mypy", "mkdocs")
+
+
 def _kind(command: Command) -> str:
     """``recipe``, ``lightning`` (``-m sagnn_lightning fit|test|...``), ``package`` (its own commands), ``bash``."""
     argv = command.argv
     if argv[0] == "bash":
         return "bash"
+    if argv[0] in DEV_TOOLS or argv[:3] == ["python", "-m", "pytest"]:
+        return "tool"
     assert argv[0] == "python", f"{command}: only python and bash commands are checked; got {argv[0]!r}"
     if argv[1].endswith(".py"):
         return "recipe" if argv[1].startswith("recipes/") else "script"
@@ -233,6 +239,12 @@ def _kind(command: Command) -> str:
 @pytest.mark.parametrize("command", COMMANDS, ids=str)
 def test_commands_name_files_that_exist(command):
     kind = _kind(command)
+    if kind == "tool":  # the test command's linters: installed by the extras that scripts/setup.sh installs
+        extras = (REPO / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
+        extras = extras.split("\n[project.")[0]
+        tool = "pytest" if command.argv[0] == "python" else command.argv[0]
+        assert re.search(rf'"{tool}[=<>\[]', extras), command
+        return
     if kind in ("bash", "recipe", "script"):
         assert (REPO / command.argv[1]).is_file(), f"{command}: no file {command.argv[1]}"
     for config in _option(command.argv, "--config"):
