@@ -24,6 +24,7 @@ import argparse
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -150,8 +151,6 @@ def build_parser() -> CommandParser:
 
 def is_matbench_task(value: str) -> bool:
     """``value`` names a matbench task (``matbench_jdft2d`` or ``jdft2d``) and is not an existing path."""
-    from pathlib import Path
-
     name = value if value.startswith("matbench_") else f"matbench_{value}"
     return name in ALL_MATBENCH_TASKS and not Path(value).exists()
 

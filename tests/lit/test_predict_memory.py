@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+from tests.scripts import load_script
 
-from tests.lit.conftest import REPO
-
-_spec = importlib.util.spec_from_file_location("predict_memory", REPO / "benchmarks" / "predict_memory.py")
-assert _spec is not None and _spec.loader is not None
-predict_memory = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(predict_memory)
+predict_memory = load_script("benchmarks/predict_memory.py")
 
 
 def test_peak_memory_is_flat_in_the_number_of_rows(tmp_path):

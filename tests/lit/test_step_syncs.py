@@ -4,18 +4,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from sagnn_lightning.lit.module import SAGNNModule
-from tests.lit.conftest import REPO
+from tests.scripts import load_script
 
-_spec = importlib.util.spec_from_file_location("step_ops", REPO / "benchmarks" / "step_ops.py")
-assert _spec is not None and _spec.loader is not None
-step_ops = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(step_ops)
+step_ops = load_script("benchmarks/step_ops.py")
 
 
 @pytest.fixture(scope="module")

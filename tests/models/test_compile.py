@@ -5,8 +5,6 @@ tracing without code generation, so the test needs no C++ compiler and stays fas
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from torch import nn
@@ -14,12 +12,9 @@ from torch._dynamo.utils import counters
 
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.nn.readout import LSTMWeights
-from tests.lit.conftest import REPO
+from tests.scripts import load_script
 
-_spec = importlib.util.spec_from_file_location("step_ops", REPO / "benchmarks" / "step_ops.py")
-assert _spec is not None and _spec.loader is not None
-step_ops = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(step_ops)
+step_ops = load_script("benchmarks/step_ops.py")
 
 
 @pytest.fixture(scope="module")
