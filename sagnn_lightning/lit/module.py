@@ -239,7 +239,8 @@ class SAGNNModule(pl.LightningModule):
         raw = self.model(batch)
         y = batch.y.to(raw.dtype).reshape(raw.shape)
         loss = self._loss(raw, y)
-        num_graphs = int(batch.num_graphs)  # a Python int kept by the collate: no device read
+        # Python ints kept by the collate (no device read); padding crystals (data/padding.py) are not counted
+        num_graphs = int(getattr(batch, "num_real_graphs", batch.num_graphs))
         self.log(
             f"{stage}/loss",
             loss,
@@ -266,7 +267,13 @@ class SAGNNModule(pl.LightningModule):
             on_epoch=True,
             batch_size=num_graphs,
         )
-        return {"loss": loss, "pred": pred, "y": y, "sample_id": list(getattr(batch, "sample_id", []))}
+        real = num_graphs  # padding crystals come last (data/padding.py): callbacks see the real rows only
+        return {
+            "loss": loss,
+            "pred": pred[:real],
+            "y": y[:real],
+            "sample_id": list(getattr(batch, "sample_id", []))[:real],
+        }
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         out = self._step(batch, "train")
@@ -311,7 +318,10 @@ class SAGNNModule(pl.LightningModule):
         ``probability`` is present for classification only.
         """
         out = self(batch)
-        ids = [str(i) for i in getattr(batch, "sample_id", [])]
+        real = getattr(batch, "num_real_graphs", None)
+        if real is not None:  # a padded batch: the real crystals come first
+            out = out[:real]
+        ids = [str(i) for i in getattr(batch, "sample_id", [])][: out.shape[0]]
         if self.task_type == "classification":
             prob = torch.sigmoid(out)
             return {"sample_id": ids, "prediction": (prob >= 0.5).long(), "probability": prob}
