@@ -41,6 +41,8 @@ class CompositionDataModule(CrystalDataModule):
         on_error: ``"raise"`` or ``"skip"`` bad rows (unparsable formula, unknown element, zero or negative
             amount: counted and listed in ``self.skipped``).
         progress: show progress bars while building graphs.
+        static_shapes: pad every batch to one of at most this many fixed shapes (CUDA graphs,
+            ``--model.compile=reduce-overhead``; :mod:`sagnn_lightning.data.padding`); ``None`` (default): no padding.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class CompositionDataModule(CrystalDataModule):
         cache_dir: str | None = None,
         on_error: str = "raise",
         progress: bool = True,
+        static_shapes: int | None = None,
     ) -> None:
         super().__init__(
             data_file=data_file,
@@ -76,6 +79,7 @@ class CompositionDataModule(CrystalDataModule):
             cache_dir=cache_dir,
             on_error=on_error,
             progress=progress,
+            static_shapes=static_shapes,
         )
         self.save_hyperparameters()
         self.settings = CompositionSettings()

@@ -72,6 +72,8 @@ class CrystalDataModule(GraphDataModule):
         cache_dir: graph cache folder.
         on_error: ``"raise"`` or ``"skip"`` bad rows.
         progress: show progress bars while building graphs.
+        static_shapes: pad every batch to one of at most this many fixed shapes (CUDA graphs,
+            ``--model.compile=reduce-overhead``; :mod:`sagnn_lightning.data.padding`); ``None`` (default): no padding.
 
     ``task_type`` and ``on_error`` are plain strings checked here (not ``Literal``), so that a wrong value is
     reported by the CLI as this class's one-line message rather than as a type-union dump.
@@ -97,6 +99,7 @@ class CrystalDataModule(GraphDataModule):
         cache_dir: str | None = None,
         on_error: str = "raise",
         progress: bool = True,
+        static_shapes: int | None = None,
     ) -> None:
         super().__init__(
             cutoff=cutoff,
@@ -109,6 +112,7 @@ class CrystalDataModule(GraphDataModule):
             cache_dir=cache_dir,
             on_error=on_error,
             progress=progress,
+            static_shapes=static_shapes,
         )
         self.save_hyperparameters()
         if task_type not in ("regression", "classification"):

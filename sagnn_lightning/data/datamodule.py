@@ -12,7 +12,8 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,6 +25,7 @@ from sagnn_lightning.data.batch import collate_graphs
 from sagnn_lightning.data.composition import CompositionSettings
 from sagnn_lightning.data.dataset import SkippedItem
 from sagnn_lightning.data.graph import GraphSettings
+from sagnn_lightning.data.padding import Capacity, choose_capacities, collate_padded
 from sagnn_lightning.data.table import DataFormatError, OnError, Table
 from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.errors import UsageError, param
@@ -112,8 +114,12 @@ class GraphDataModule(pl.LightningDataModule, ABC):
         cache_dir: str | None = None,
         on_error: str = "raise",
         progress: bool = True,
+        static_shapes: int | None = None,
     ) -> None:
         super().__init__()
+        if static_shapes is not None and static_shapes < 1:
+            raise UsageError(f"static_shapes must be >= 1 or null ({param('data.static_shapes')}), got {static_shapes}")
+        self.static_shapes = static_shapes
         if on_error not in ("raise", "skip"):
             raise UsageError(f"on_error must be 'raise' or 'skip' ({param('data.on_error')}), got {on_error!r}")
         if batch_size < 1:
@@ -414,7 +420,7 @@ class GraphDataModule(pl.LightningDataModule, ABC):
                 dataset,
                 batch_size=self.batch_size,
                 sampler=EpochRandomSampler(dataset, seed=self.split_seed),
-                collate_fn=collate_graphs,
+                collate_fn=self._collate(dataset),
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
             )
@@ -422,10 +428,17 @@ class GraphDataModule(pl.LightningDataModule, ABC):
             dataset,
             batch_size=self.batch_size,
             shuffle=False,
-            collate_fn=collate_graphs,
+            collate_fn=self._collate(dataset),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _collate(self, dataset: Dataset) -> Callable[[Sequence[Any]], Any]:
+        """``collate_graphs``, or with ``static_shapes`` the padded collate whose capacities every batch of
+        ``dataset`` fits (:func:`static_capacities`)."""
+        if self.static_shapes is None:
+            return collate_graphs
+        return partial(collate_padded, capacities=static_capacities(dataset, self.batch_size, self.static_shapes))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -439,3 +452,23 @@ class GraphDataModule(pl.LightningDataModule, ABC):
     def predict_dataloader(self) -> DataLoader:
         """The test split (predictions are what matbench records)."""
         return self._loader("test", shuffle=False)
+
+
+def static_capacities(dataset: Dataset, batch_size: int, max_buckets: int, samples: int = 256) -> list[Capacity]:
+    """At most ``max_buckets`` batch shapes that every batch of ``batch_size`` crystals of ``dataset`` (a graph
+    cache or a ``Subset`` of one) fits, in any order: the shapes of ``samples`` random batches (seeded) and of the
+    worst possible batch (the ``batch_size`` largest crystals by atoms and, separately, by edges) are cut into
+    groups (:func:`~sagnn_lightning.data.padding.choose_capacities`)."""
+    graphs: Any = dataset.dataset if isinstance(dataset, Subset) else dataset
+    indices = np.asarray(dataset.indices) if isinstance(dataset, Subset) else None
+    atoms, edges = np.asarray(graphs.num_atoms), np.asarray(graphs.num_edges)
+    if indices is not None:
+        atoms, edges = atoms[indices], edges[indices]
+    size = min(batch_size, len(atoms))
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(samples):
+        pick = rng.choice(len(atoms), size=size, replace=False)
+        rows.append((int(atoms[pick].sum()), int(edges[pick].sum()), size, int(atoms[pick].max())))
+    worst = (int(np.sort(atoms)[-size:].sum()), int(np.sort(edges)[-size:].sum()), size, int(atoms.max()))
+    return choose_capacities([*rows, worst], max_buckets)  # the worst case's capacity holds every batch

@@ -212,6 +212,8 @@ class MatbenchDataModule(GraphDataModule):
         download: allow downloading the official file into matminer's data home when no local file is found
             (``False``: a missing file is an error naming the path and the flags to use).
         progress: show a progress bar while downloading and building graphs.
+        static_shapes: pad every batch to one of at most this many fixed shapes (CUDA graphs,
+            ``--model.compile=reduce-overhead``; :mod:`sagnn_lightning.data.padding`); ``None`` (default): no padding.
 
     Attributes (available right after ``__init__``, computed lazily): ``task_type``, ``num_targets``,
     ``target_names``, ``target_mean``/``target_std`` (training split; 0/1 for classification), ``unit``.
@@ -237,6 +239,7 @@ class MatbenchDataModule(GraphDataModule):
         on_error: str = "raise",
         download: bool = True,
         progress: bool = True,
+        static_shapes: int | None = None,
     ) -> None:
         super().__init__(
             cutoff=cutoff,
@@ -249,6 +252,7 @@ class MatbenchDataModule(GraphDataModule):
             cache_dir=cache_dir,
             on_error=on_error,
             progress=progress,
+            static_shapes=static_shapes,
         )
         self.save_hyperparameters()
         self.task = get_task(task)

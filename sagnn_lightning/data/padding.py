@@ -105,26 +105,29 @@ def pad_graphs(graphs: Sequence[Data], capacity: Capacity) -> list[Data]:
     return padded
 
 
+def capacity_for(atoms: int, edges: int, crystals: int, largest: int) -> Capacity:
+    """The shape that holds every batch of at most ``crystals`` crystals with at most ``atoms`` atoms, ``edges``
+    edges and ``largest`` atoms per crystal, when ``atoms`` is the most that many crystals can have (a batch of
+    ``b`` crystals then has at most ``atoms - (crystals - b)``): ``P = ceil((atoms - 1) / (m - 1))`` padding crystals
+    of at most ``m = max(largest, 8)`` atoms absorb any shortfall, each with at least one atom."""
+    most = max(largest, 8)
+    pads = max(1, math.ceil((atoms - 1) / (most - 1)))
+    return Capacity(atoms + pads, edges, crystals + pads, most)
+
+
 def choose_capacities(batch_sizes: Sequence[tuple[int, int, int, int]], max_buckets: int = 8) -> list[Capacity]:
-    """At most ``max_buckets`` capacities that every batch fits, from ``(atoms, edges, crystals, largest crystal)``
-    of each batch: the batches sorted by atoms are cut into ``max_buckets`` groups; a group's capacity holds its
-    largest batch plus enough padding crystals (no larger than the group's largest crystal) for its smallest."""
+    """At most ``max_buckets`` capacities from ``(atoms, edges, crystals, largest crystal)`` of batches: sorted by
+    atoms and cut into ``max_buckets`` groups, each group's capacity is :func:`capacity_for` its maxima. The
+    largest group's capacity holds every batch when its row is the worst case (see :func:`capacity_for`); a batch
+    that does not fit a smaller one takes the next (:func:`smallest_fitting`)."""
     if not batch_sizes:
         return []
     ordered = sorted(batch_sizes)
     groups = np.array_split(np.arange(len(ordered)), min(max_buckets, len(ordered)))
-    capacities = []
-    for group in groups:
-        rows = [ordered[k] for k in group]
-        largest = max(r[3] for r in rows)
-        crystals = max(r[2] for r in rows) + 1
-        while True:
-            atoms = max(r[0] + (crystals - r[2]) for r in rows)
-            if all(math.ceil((atoms - r[0]) / (crystals - r[2])) <= largest for r in rows):
-                break
-            crystals += 1
-        capacities.append(Capacity(atoms, max(r[1] for r in rows), crystals, largest))
-    return sorted(set(capacities), key=lambda c: (c.atoms, c.edges))
+    capacities = {
+        capacity_for(*(max(ordered[k][f] for k in group) for f in range(4))) for group in groups if len(group)
+    }
+    return sorted(capacities, key=lambda c: (c.atoms, c.edges))
 
 
 def smallest_fitting(graphs: Sequence[Data], capacities: Sequence[Capacity]) -> Capacity:
@@ -145,4 +148,13 @@ def collate_padded(graphs: Sequence[Data], capacities: Sequence[Capacity]) -> Ba
     return batch
 
 
-__all__ = ["PAD_CELL", "PAD_Z", "Capacity", "choose_capacities", "collate_padded", "pad_graphs", "smallest_fitting"]
+__all__ = [
+    "PAD_CELL",
+    "PAD_Z",
+    "Capacity",
+    "capacity_for",
+    "choose_capacities",
+    "collate_padded",
+    "pad_graphs",
+    "smallest_fitting",
+]

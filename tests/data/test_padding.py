@@ -99,3 +99,32 @@ def test_capacities_fit_every_batch_and_refuse_what_does_not_fit():
         pad_graphs(graphs[:2], tiny)
     exact = Capacity(*_sizes(graphs[:3]))  # no padding needed: the same graphs come back
     assert exact.fits(graphs[:3]) and len(pad_graphs(graphs[:3], exact)) == 3
+
+
+def test_a_datamodule_with_static_shapes_pads_every_batch_to_few_shapes(tmp_path):
+    """``static_shapes=3``: every training and validation batch of a real dataset (the bundled perovskites, batch 32)
+    has one of at most 3 shapes per loader, real crystals first, and the same crystals as without padding."""
+    from sagnn_lightning.data.crystal import CrystalDataModule
+
+    def module(static_shapes):
+        dm = CrystalDataModule(
+            "sample:mp_abx3_perovskites",
+            target_columns=["band_gap"],
+            batch_size=32,
+            cache_dir=str(tmp_path),
+            progress=False,
+            static_shapes=static_shapes,
+        )
+        dm.setup("fit")
+        return dm
+
+    plain, padded = module(None), module(3)
+    for loader in ("train_dataloader", "val_dataloader"):
+        shapes = set()
+        real_ids, padded_ids = [], []
+        for a, b in zip(getattr(plain, loader)(), getattr(padded, loader)()):
+            shapes.add((b.num_nodes, b.num_edges, b.num_graphs, b.max_num_atoms))
+            real_ids += list(a.sample_id)
+            padded_ids += list(b.sample_id)[: b.num_real_graphs]
+            assert torch.equal(b.y[: b.num_real_graphs], a.y) and bool(torch.isnan(b.y[b.num_real_graphs :]).all())
+        assert 1 <= len(shapes) <= 3 and padded_ids == real_ids and len(real_ids) > 100
