@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for the first CUDA machine: everything that has so far only run on CPU, in at most 8 minutes.
+# One command for the first CUDA machine: everything that has so far only run on CPU, in at most 11 minutes.
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -13,23 +13,26 @@
 #   3. attention   benchmarks/attention.py (Triton varlen vs padded SDPA vs loop), bfloat16
 #   4. peers       benchmarks/peers.py --device cuda (a missing optional peer such as matgl is recorded in its
 #                  CSV, not fatal)
-#   5. ddp         1-epoch quickstart on 2 GPUs with DDP (skipped with fewer than 2 GPUs)
+#   5. train       benchmarks/train_speed.py: trainer-level crystals/s, warm-up and peak memory of SA-GNN eager,
+#                  compiled (inductor) and CUDA-graphed (reduce-overhead on padded static shapes) against matgl's
+#                  MEGNet and a PyG CGCNN, on phonons
+#   6. ddp         1-epoch quickstart on 2 GPUs with DDP (skipped with fewer than 2 GPUs)
 #
 # Results: ${OUT:-gpu_check_results/<UTC date-time>} (relative paths are taken from the repository root):
 # summary.txt (environment, one line per step: status, seconds, log; then the tail of every log), one log
-# per step, attention_cuda.csv, peers_speed_cuda.csv, peers_size_scaling_cuda.csv.
+# per step, attention_cuda.csv, peers_speed_cuda.csv, peers_size_scaling_cuda.csv, train_speed_cuda.csv.
 # Exit status: 0 when every step that ran passed, 1 otherwise. Without CUDA it says so and exits 0 (no files).
 #
 # Environment: PYTHON (default python3, else python), SAGNN_DATA_ROOT (folder with matbench/*.csv.gz and
 # matbench_phonons.json.gz; default ../shared/data beside the repository; without it the attention benchmark
 # uses its synthetic size mix only and peers the bundled perovskite sample), SAGNN_WHEELHOUSE,
-# GPU_CHECK_BUDGET_S (default 480).
+# GPU_CHECK_BUDGET_S (default 660).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 START=$(date +%s)
-BUDGET=${GPU_CHECK_BUDGET_S:-480}
+BUDGET=${GPU_CHECK_BUDGET_S:-660}
 DEADLINE=$((START + BUDGET - 10))  # 10 s for the summary
 
 if [[ -n "${PYTHON:-}" ]]; then PY=$PYTHON
@@ -158,7 +161,17 @@ else
     run_step peers 110 "$PY" benchmarks/peers.py --device cuda --data "$PEERS_DATA" --num-batches 4 --rounds 3 \
         --threads 4 --out "$RESULTS" --no-plot
 
-    # ------------------------------------------------------------------------------------------- 5. ddp
+    # ------------------------------------------------------------------------------------------- 5. train
+    TRAIN_DATA="$DATA_ROOT/matbench/matbench_phonons.csv.gz"
+    TRAIN_TARGET="last phdos peak"
+    if [[ ! -f "$TRAIN_DATA" ]]; then
+        TRAIN_DATA="$ROOT/sagnn_lightning/data/samples/mp_abx3_perovskites.csv.gz"
+        TRAIN_TARGET=band_gap
+    fi
+    run_step train 180 "$PY" benchmarks/train_speed.py --data "$TRAIN_DATA" --target "$TRAIN_TARGET" --device cuda \
+        --warmup 10 --steps 40 --batch-size 64 --cache-dir "$WORK/train_cache" --out "$RESULTS/train_speed_cuda.csv"
+
+    # ------------------------------------------------------------------------------------------- 6. ddp
     if ((GPUS >= 2)); then
         run_step ddp 130 "$PY" recipes/quickstart.py fit --config recipes/quickstart.yaml --trainer.devices=2 \
             --trainer.max_epochs=1 --trainer.accelerator=gpu --trainer.default_root_dir="$WORK/ddp_run"

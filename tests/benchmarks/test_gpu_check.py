@@ -54,3 +54,27 @@ def test_gpus_that_torch_cannot_use_fail_with_a_summary(tmp_path: Path) -> None:
     assert "GPU 1: Fake GPU" in summary and f"torch: {torch.__version__}" in summary
     assert "overall: FAIL" in summary
     assert not list((tmp_path / "results").glob("*.log"))  # no step ran
+
+
+def test_train_step_runs_its_benchmark_on_the_cpu(tmp_path: Path) -> None:
+    """The ``train`` step's script, as gpu_check calls it but on the CPU and for a few steps: one row per variant
+    that builds, with crystals/s and the warm-up."""
+    import csv
+
+    root = SCRIPT.parents[1]
+    out = tmp_path / "train_speed.csv"
+    argv = [
+        sys.executable,
+        "benchmarks/train_speed.py",
+        "--data",
+        "sagnn_lightning/data/samples/mp_abx3_perovskites.csv.gz",
+    ]
+    argv += ["--target", "band_gap", "--device", "cpu", "--variants", "sagnn_eager", "cgcnn_pyg"]
+    argv += ["--warmup", "2", "--steps", "3", "--batch-size", "16", "--cache-dir", str(tmp_path), "--out", str(out)]
+    proc = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["variant"] for r in rows] == ["sagnn_eager", "cgcnn_pyg"]
+    assert all(float(r["crystals_per_s"]) > 0 and int(r["steps"]) == 3 for r in rows)
+    assert "benchmarks/train_speed.py" in SCRIPT.read_text()
