@@ -103,15 +103,16 @@ class PredictionsWriter(AbstractContextManager["PredictionsWriter"]):
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         assert self._context is not None
-        if kind is None and self._discard:
-            error = RuntimeError("discarded")  # makes atomic_write remove its temporary file
-            kind = RuntimeError
-        try:
-            self._context.__exit__(kind, error, tb)
-        except RuntimeError as err:
-            if err is not error:
-                raise
+        if kind is None and self._discard:  # unwind atomic_write as on an error: it removes its temporary file
+            discarded = _Discarded()
+            self._context.__exit__(_Discarded, discarded, None)
+            return None
+        self._context.__exit__(kind, error, tb)
         return None
+
+
+class _Discarded(Exception):
+    """Thrown into ``atomic_write`` by :meth:`PredictionsWriter.discard`: leave the target as it was."""
 
 
 def write_predictions_csv(path: str | os.PathLike, result: Predictions, id_header: str = "id") -> Path:
