@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from sagnn_lightning.__main__ import main as module_main
+from sagnn_lightning.__main__ import run_name
 from tests.lit.conftest import REPO
 
 
@@ -16,36 +19,34 @@ def test_help_lists_every_command(capsys):
         assert f"\n  {command} " in out, command
 
 
-def test_an_abbreviated_lightning_option_is_refused(tmp_path):
+def test_an_abbreviated_lightning_option_is_refused(capsys):
     """argparse would take ``--trainer.max_epoch`` for ``--trainer.max_epochs``: a one-letter typo with another
-    meaning. It is an error, in the recipes and in ``python -m sagnn_lightning``."""
-    for command in (["recipes/quickstart.py"], ["-m", "sagnn_lightning"]):
-        proc = subprocess.run(
-            [sys.executable, *command, "fit", "--config", "recipes/quickstart.yaml", "--trainer.max_epoch=1"]
-            + ["--print_config"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert "error: unrecognized arguments: --trainer.max_epoch=1" in proc.stderr
-        assert "Traceback" not in proc.stderr
+    meaning. It is an error, in a recipe (as typed, in a subprocess) and in ``python -m sagnn_lightning``."""
+    argv = ["fit", "--config", "recipes/quickstart.yaml", "--trainer.max_epoch=1", "--print_config"]
+    proc = subprocess.run(
+        [sys.executable, "recipes/quickstart.py", *argv], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "error: unrecognized arguments: --trainer.max_epoch=1" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as info:
+        module_main([argv[0], "--config", str(REPO / "recipes/quickstart.yaml"), *argv[3:]])
+    assert info.value.code == 2
+    assert "error: unrecognized arguments: --trainer.max_epoch=1" in capsys.readouterr().err
 
 
-def test_generic_fit_names_its_run_dir_after_the_config(tmp_path):
+def test_generic_fit_names_its_run_dir_after_the_config():
     """The README's fine-tune and composition commands (``python -m sagnn_lightning fit --config X.yaml``) write to
-    ``runs/finetune`` and ``runs/composition``, not both to ``runs/sagnn``."""
-    for config, expected in (
-        ("recipes/finetune.yaml", "runs/finetune"),
-        ("recipes/configs/composition.yaml", "runs/composition"),
-    ):
-        proc = subprocess.run(
-            [sys.executable, "-m", "sagnn_lightning", "fit", "--config", config, "--print_config"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert f"default_root_dir: {expected}\n" in proc.stdout, config
+    ``runs/finetune`` and ``runs/composition``, not both to ``runs/sagnn`` (the fine-tune command as typed, in a
+    subprocess; the rule on every spelling of ``--config``)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sagnn_lightning", "fit", "--config", "recipes/finetune.yaml", "--print_config"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "default_root_dir: runs/finetune\n" in proc.stdout
+    assert run_name(["fit", "--config", "recipes/configs/composition.yaml"]) == "composition"
+    assert run_name(["fit", "--config=a/b.yaml", "--config", "c/my.run.yml"]) == "my"  # the last one counts
+    assert run_name(["fit", "--trainer.max_epochs=1"]) == "sagnn"
