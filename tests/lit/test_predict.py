@@ -338,31 +338,14 @@ def test_best_of_a_run_folder_says_which_checkpoint_it_took(regression_ckpt, tmp
 
 
 def test_a_typo_is_one_line_with_the_nearest_option(regression_ckpt, tmp_path, capsys):
-    argv = [
-        "predict",
-        "--ckpt",
-        str(regression_ckpt),
-        "--input",
-        str(INPUTS / "cifs"),
-        "--outptu",
-        str(tmp_path / "o.csv"),
-    ]
-    assert module_main(argv) == 2
+    common = ["predict", "--ckpt", str(regression_ckpt), "--input", str(INPUTS / "cifs")]
+    assert module_main([*common, "--outptu", str(tmp_path / "o.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert (
         err == "error: unknown option --outptu; did you mean --output? (see python -m sagnn_lightning predict --help)"
     )
     # no prefix matching: an abbreviation is not the option it abbreviates
-    argv = [
-        "predict",
-        "--ckpt",
-        str(regression_ckpt),
-        "--input",
-        str(INPUTS / "cifs"),
-        "--out",
-        str(tmp_path / "o.csv"),
-    ]
-    assert module_main(argv) == 2
+    assert module_main([*common, "--out", str(tmp_path / "o.csv")]) == 2
     assert capsys.readouterr().err.startswith("error: unknown option --out;")
 
 
