@@ -73,13 +73,16 @@ def recipe_args(config: Path) -> dict[str, Any]:
     return dict(yaml.safe_load(config.read_text())["model"]["model"]["init_args"])
 
 
-def real_batches(batch_size: int) -> dict[str, Any]:
-    """One batch of real crystals (phonons when ``../shared`` is there, else the bundled perovskites) as crystal
-    graphs (5 Å) and as element graphs, with zero targets."""
+def real_batches(batch_size: int, skip: int = 0) -> dict[str, Any]:
+    """One batch of real crystals (phonons when ``../shared`` is there, else the bundled perovskites; after the
+    first ``skip`` readable ones) as crystal graphs (5 Å) and as element graphs, with zero targets."""
     source = PHONONS if PHONONS.is_file() else sample_path("mp_abx3_perovskites")
     items = []
     for entry in iter_inputs(source):
         if entry.error is None:
+            if skip:
+                skip -= 1
+                continue
             items.append(entry)
         if len(items) == batch_size:
             break

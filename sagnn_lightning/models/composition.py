@@ -32,10 +32,10 @@ from sagnn_lightning.models.sagnn import (
     reset_children,
 )
 from sagnn_lightning.nn.attention import AtomSelfAttention, AttentionMaps
+from sagnn_lightning.nn.dense import Activation, mlp
 from sagnn_lightning.nn.element_features import ElementFeatures, ElementSource
 from sagnn_lightning.nn.fraction_message import FractionWeightedMessagePassing
 from sagnn_lightning.nn.fraction_pool import FractionWeightedPooling
-from sagnn_lightning.nn.megnet_block import Activation, mlp
 
 
 class CompositionSAGNN(nn.Module):

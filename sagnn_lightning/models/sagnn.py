@@ -26,8 +26,9 @@ from sagnn_lightning.errors import UsageError, param
 from sagnn_lightning.kernels.dispatch import Backend
 from sagnn_lightning.nn.attention import AtomSelfAttention, AttentionMaps, split_by_crystal
 from sagnn_lightning.nn.basis import GaussianExpansion
+from sagnn_lightning.nn.dense import Activation, mlp
 from sagnn_lightning.nn.geometry import bond_lengths
-from sagnn_lightning.nn.megnet_block import Activation, MEGNetBlock, mlp
+from sagnn_lightning.nn.megnet_block import BlockSegments, MEGNetBlock
 from sagnn_lightning.nn.readout import MEGNetReadout
 
 AttentionPlacement = Literal["each", "last", "none"]
@@ -161,8 +162,9 @@ class SAGNN(nn.Module):
         u = self.state_encoder(state)
 
         maps: AttentionMaps | None = {} if return_attention else None
+        segments = BlockSegments.of(edge_index, batch, edge_batch, num_graphs, dtype)
         for b, block in enumerate(self.blocks):
-            e, v, u = block(e, v, u, edge_index, batch, edge_batch, num_graphs)
+            e, v, u = block(e, v, u, edge_index, batch, edge_batch, num_graphs, segments)
             if self.attention == "each":
                 v = apply_attention(self.attention_layers, b, v, ptr, max_num_atoms, maps)
         if self.attention == "last":

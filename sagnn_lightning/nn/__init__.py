@@ -3,13 +3,21 @@ composition layers (element features, fraction-weighted messages and readout).""
 
 from sagnn_lightning.nn.attention import AtomSelfAttention, AttentionMaps, split_by_crystal
 from sagnn_lightning.nn.basis import GaussianExpansion
+from sagnn_lightning.nn.dense import MLP, ShiftedSoftplus, ShiftedSoftplusStack, make_activation, mlp
 from sagnn_lightning.nn.element_features import ElementFeatures
 from sagnn_lightning.nn.fraction_message import FractionWeightedMessagePassing
 from sagnn_lightning.nn.fraction_pool import FractionWeightedPooling
 from sagnn_lightning.nn.geometry import bond_lengths, bond_vectors
-from sagnn_lightning.nn.megnet_block import MEGNetBlock, ShiftedSoftplus, make_activation, mlp
+from sagnn_lightning.nn.megnet_block import BlockSegments, MEGNetBlock
 from sagnn_lightning.nn.readout import MEGNetReadout, Set2Set
-from sagnn_lightning.nn.scatter import scatter_max, scatter_mean, scatter_softmax, scatter_sum, torch_scatter_available
+from sagnn_lightning.nn.scatter import (
+    scatter_max,
+    scatter_mean,
+    scatter_softmax,
+    scatter_sum,
+    segment_counts,
+    torch_scatter_available,
+)
 
 __all__ = [
     "AtomSelfAttention",
@@ -19,9 +27,12 @@ __all__ = [
     "FractionWeightedPooling",
     "GaussianExpansion",
     "MEGNetBlock",
+    "BlockSegments",
+    "MLP",
     "MEGNetReadout",
     "Set2Set",
     "ShiftedSoftplus",
+    "ShiftedSoftplusStack",
     "bond_lengths",
     "bond_vectors",
     "make_activation",
@@ -30,6 +41,7 @@ __all__ = [
     "scatter_mean",
     "scatter_softmax",
     "scatter_sum",
+    "segment_counts",
     "split_by_crystal",
     "torch_scatter_available",
 ]

@@ -8,7 +8,7 @@ from typing import cast
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sagnn_lightning.nn.megnet_block import Activation, mlp
+from sagnn_lightning.nn.dense import Activation, mlp
 from sagnn_lightning.nn.scatter import scatter_softmax, scatter_sum
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from sagnn_lightning.nn.megnet_block import Activation, mlp
+from sagnn_lightning.nn.dense import Activation, mlp
 from sagnn_lightning.nn.scatter import scatter_softmax, scatter_sum
 
 

@@ -14,47 +14,37 @@ every layer, as in matgl.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sagnn_lightning.nn.scatter import scatter_mean
-
-Activation = Literal["softplus2", "softplus", "silu"]
-
-
-class ShiftedSoftplus(nn.Module):
-    """``softplus(x) − ln 2`` (zero at zero): MEGNet's ``softplus2``."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.softplus(x) - math.log(2.0)
+from sagnn_lightning.nn.dense import Activation, mlp
+from sagnn_lightning.nn.scatter import scatter_mean, segment_counts
 
 
-def make_activation(name: Activation) -> nn.Module:
-    """Activation module by name: ``"softplus2"`` (shifted softplus), ``"softplus"`` or ``"silu"``."""
-    if name == "softplus2":
-        return ShiftedSoftplus()
-    if name == "softplus":
-        return nn.Softplus()
-    if name == "silu":
-        return nn.SiLU()
-    raise ValueError(f"unknown activation {name!r}; choose 'softplus2', 'softplus' or 'silu'")
+class BlockSegments(NamedTuple):
+    """The divisors of a block's three means, the same in every block of a batch: computed once per batch.
 
+    ``edges_per_atom [N, 1]`` (edges centred on each atom), ``edges_per_graph [B, 1]``, ``atoms_per_graph [B, 1]``,
+    each at least 1.
+    """
 
-def mlp(dims: Sequence[int], activation: Activation = "softplus2", activate_last: bool = True) -> nn.Sequential:
-    """Dense stack ``dims[0] → dims[1] → … → dims[-1]`` with an activation after each layer (optionally not the last)."""
-    if len(dims) < 2:
-        raise ValueError(f"mlp needs at least an input and an output width, got dims={tuple(dims)}")
-    layers: list[nn.Module] = []
-    for k, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-        layers.append(nn.Linear(d_in, d_out))
-        if activate_last or k < len(dims) - 2:
-            layers.append(make_activation(activation))
-    return nn.Sequential(*layers)
+    edges_per_atom: Tensor
+    edges_per_graph: Tensor
+    atoms_per_graph: Tensor
+
+    @classmethod
+    def of(
+        cls, edge_index: Tensor, batch: Tensor, edge_batch: Tensor, num_graphs: int, dtype: torch.dtype
+    ) -> BlockSegments:
+        return cls(
+            segment_counts(edge_index[0], batch.shape[0], dtype),
+            segment_counts(edge_batch, num_graphs, dtype),
+            segment_counts(batch, num_graphs, dtype),
+        )
 
 
 class MEGNetBlock(nn.Module):
@@ -73,7 +63,8 @@ class MEGNetBlock(nn.Module):
     Shapes:
         ``edge_feat [E, dim]``, ``atom_feat [N, dim]``, ``state_feat [B, dim]``,
         ``edge_index [2, E]`` (row 0 = centre ``i``), ``batch [N]`` and ``edge_batch [E]`` (graph of
-        each atom / edge), ``num_graphs = B``. Returns the three updated tensors, same shapes.
+        each atom / edge), ``num_graphs = B``, optional ``segments`` (:class:`BlockSegments`, computed here when
+        not given). Returns the three updated tensors, same shapes.
     """
 
     def __init__(
@@ -116,7 +107,10 @@ class MEGNetBlock(nn.Module):
         batch: Tensor,
         edge_batch: Tensor,
         num_graphs: int,
+        segments: BlockSegments | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        if segments is None:
+            segments = BlockSegments.of(edge_index, batch, edge_batch, num_graphs, edge_feat.dtype)
         e = self.edge_dense(edge_feat)
         v = self.atom_dense(atom_feat)
         u = self.state_dense(state_feat)
@@ -124,10 +118,11 @@ class MEGNetBlock(nn.Module):
         num_atoms = v.shape[0]
 
         e = self._edge_update(v, e, u, i, j, edge_batch)
-        v = self.atom_update(torch.cat([v, scatter_mean(e, i, num_atoms), u[batch]], dim=-1))
-        u = self.state_update(
-            torch.cat([u, scatter_mean(e, edge_batch, num_graphs), scatter_mean(v, batch, num_graphs)], dim=-1)
-        )
+        edge_mean = scatter_mean(e, i, num_atoms, counts=segments.edges_per_atom)
+        v = self.atom_update(torch.cat([v, edge_mean, u[batch]], dim=-1))
+        graph_edges = scatter_mean(e, edge_batch, num_graphs, counts=segments.edges_per_graph)
+        graph_atoms = scatter_mean(v, batch, num_graphs, counts=segments.atoms_per_graph)
+        u = self.state_update(torch.cat([u, graph_edges, graph_atoms], dim=-1))
 
         e, v, u = self.dropout(e), self.dropout(v), self.dropout(u)
         if self.residual:

@@ -4,9 +4,9 @@ Every op takes a mandatory ``dim_size`` (the number of segments: atoms for edge 
 reductions, ``batch.num_graphs`` for graph-level ones), so nothing is read back from the GPU
 (no ``index.max()``). Empty segments give 0 (sum, mean, max), like torch-scatter.
 
-Backends: ``"torch"`` is the native path and always works: PyG's own ``torch_geometric.utils.scatter`` /
-``softmax`` for mean, max and softmax (equal results and speed), ``index_add_`` for sum (faster than PyG's,
-measured in ``benchmarks/scatter_ops.py``);
+Backends: ``"torch"`` is the native path and always works: PyG's own ``torch_geometric.utils.scatter`` for
+mean and max (equal results and speed), ``index_add_`` for sum (faster than PyG's, measured in
+``benchmarks/scatter_ops.py``), and a softmax that dispatches fewer ops than PyG's (the GPU waits on dispatch);
 ``"torch_scatter"`` uses the compiled torch-scatter package; ``"auto"`` picks torch-scatter when it
 imports (checked once, lazily, on first use; never at import of this module) and the native path
 otherwise. Both are tested equal.
@@ -86,9 +86,24 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int, backend: ScatterBacke
     return out.index_add_(0, index, src)
 
 
-def scatter_mean(src: Tensor, index: Tensor, dim_size: int, backend: ScatterBackend = "auto") -> Tensor:
-    """Mean of the rows of each segment: ``[M, ...]`` → ``[S, ...]`` (empty segments are 0)."""
+def segment_counts(index: Tensor, dim_size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Rows per segment, at least 1, as ``[S, 1]`` in ``dtype``: the divisor of :func:`scatter_mean` for a 2-D
+    ``src``, computed once when several means share an index."""
+    ones = torch.ones(index.shape[0], 1, dtype=dtype, device=index.device)
+    return ones.new_zeros(dim_size, 1).index_add_(0, index, ones).clamp_(min=1)
+
+
+def scatter_mean(
+    src: Tensor, index: Tensor, dim_size: int, backend: ScatterBackend = "auto", counts: Tensor | None = None
+) -> Tensor:
+    """Mean of the rows of each segment: ``[M, ...]`` → ``[S, ...]`` (empty segments are 0).
+
+    ``counts``: this index's :func:`segment_counts` (``[S, 1]``, broadcast over the other dims) when already known;
+    the mean is then one scatter-sum and one division (3 ops instead of 11 on the native path).
+    """
     _check(src, index, dim_size)
+    if counts is not None:
+        return scatter_sum(src, index, dim_size, backend) / counts
     if _use_torch_scatter(backend):
         return _torch_scatter_module().scatter_mean(src, index, dim=0, dim_size=dim_size)
     return pyg_utils.scatter(src, index, dim=0, dim_size=dim_size, reduce="mean")
@@ -118,10 +133,15 @@ def scatter_softmax(src: Tensor, index: Tensor, dim_size: int, backend: ScatterB
         ``[M, ...]`` weights; they sum to 1 over each non-empty segment.
     """
     _check(src, index, dim_size)
-    if not _use_torch_scatter(backend):
-        return pyg_utils.softmax(src, index, num_nodes=dim_size, dim=0)
     # the shift is a constant per segment: softmax is invariant to it, so no gradient is needed through it
-    shift = scatter_max(src.detach(), index, dim_size, backend=backend)
+    if _use_torch_scatter(backend):
+        shift = scatter_max(src.detach(), index, dim_size, backend=backend)
+    else:  # 12 ops forward against 16 for torch_geometric.utils.softmax (same maths; it adds 1e-16 to the sum)
+        detached = src.detach()
+        rows = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+        shift = detached.new_full((dim_size, *src.shape[1:]), float("-inf")).scatter_reduce_(0, rows, detached, "amax")
+        exp = (src - shift.index_select(0, index)).exp()
+        return exp / scatter_sum(exp, index, dim_size, backend=backend).index_select(0, index)
     exp = (src - shift[index]).exp()
     denom = scatter_sum(exp, index, dim_size, backend=backend)
     return exp / denom[index]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sagnn_lightning.data import collate_graphs
-from sagnn_lightning.nn.megnet_block import MEGNetBlock, ShiftedSoftplus, mlp
+from sagnn_lightning.nn.dense import ShiftedSoftplus, mlp
+from sagnn_lightning.nn.megnet_block import MEGNetBlock
 from tests.models.physics import graph, load_fixture_structures
 
 DIM = 8

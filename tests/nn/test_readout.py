@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch_geometric.nn.aggr import Set2Set as PyGSet2Set
 
-from sagnn_lightning.nn.readout import MEGNetReadout, Set2Set
+from sagnn_lightning.nn.readout import MEGNetReadout, Set2Set, paired_set2set
 
 
 def segments(sizes, dim, seed=0):
@@ -65,3 +65,42 @@ def test_megnet_readout_layout():
     torch.testing.assert_close(out[:, :8], readout.atom_set2set(atoms, batch, 2))
     torch.testing.assert_close(out[:, 8:16], readout.edge_set2set(edges, edge_batch, 2))
     torch.testing.assert_close(out[:, 16:], state)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_paired_set2set_equals_two_calls(steps):
+    """The readout's one-pass pair (batched LSTM step, one packed softmax) against each Set2Set on its own set:
+    values and gradients of the features and of both Set2Sets' weights; gradcheck in float64 (finite differences)."""
+    torch.manual_seed(steps)
+    atoms, bonds = Set2Set(6, steps).double(), Set2Set(6, steps).double()
+    xa, ia = segments([1, 4, 7, 2], 6, seed=1)
+    xb, ib = segments([5, 9, 3, 11], 6, seed=2)
+    perm = torch.randperm(xb.shape[0])  # the bond index need not be sorted
+    xb, ib = xb[perm], ib[perm]
+
+    def run(pair: bool):
+        for p in [*atoms.parameters(), *bonds.parameters()]:
+            p.grad = None
+        a, b = xa.clone().requires_grad_(True), xb.clone().requires_grad_(True)
+        out = (
+            paired_set2set(atoms, bonds, a, ia, b, ib, 4) if pair else torch.cat([atoms(a, ia, 4), bonds(b, ib, 4)], -1)
+        )
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        weights = [*atoms.parameters(), *bonds.parameters()]  # one step: the LSTM weights only meet zeros
+        return [out.detach(), a.grad, b.grad, *(torch.zeros_like(p) if p.grad is None else p.grad for p in weights)]
+
+    for paired, separate in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(paired, separate, rtol=1e-10, atol=1e-10)
+    a, b = xa[:6].clone().requires_grad_(True), xb[:9].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: paired_set2set(atoms, bonds, a, ia[:6], b, ib[:9], 4), (a, b))
+
+
+def test_readout_pairs_only_single_layer_set2sets():
+    """Two-layer LSTMs take the two separate calls (and give the same layout)."""
+    torch.manual_seed(0)
+    readout = MEGNetReadout(4, processing_steps=2, num_layers=2).double()
+    xa, ia = segments([2, 3], 4, seed=3)
+    xb, ib = segments([4, 6], 4, seed=4)
+    state = torch.randn(2, 4, dtype=torch.float64)
+    expected = torch.cat([readout.atom_set2set(xa, ia, 2), readout.edge_set2set(xb, ib, 2), state], -1)
+    torch.testing.assert_close(readout(xa, xb, state, ia, ib, 2), expected)

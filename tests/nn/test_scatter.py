@@ -13,6 +13,7 @@ from sagnn_lightning.nn.scatter import (
     scatter_mean,
     scatter_softmax,
     scatter_sum,
+    segment_counts,
     torch_scatter_available,
 )
 
@@ -131,3 +132,14 @@ def test_torch_scatter_backend_error_when_absent():
     src, index, n = make(8)
     with pytest.raises(RuntimeError, match="pip install torch-scatter"):
         scatter_sum(src, index, n, backend="torch_scatter")
+
+
+def test_mean_with_precomputed_counts_matches_naive():
+    """``segment_counts`` once, then ``scatter_mean(..., counts=)`` (the MEGNet blocks' path), empty segment → 0."""
+    src, index, n = make(5, trailing=(3,))
+    counts = segment_counts(index, n, src.dtype)
+    assert counts.shape == (n, 1) and counts[n - 1].item() == 1  # empty segment: divisor clamped to 1
+    out = scatter_mean(src, index, n, backend="torch", counts=counts)
+    torch.testing.assert_close(out, naive(src, index, n, "mean"))
+    src.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: scatter_mean(x, index, n, backend="torch", counts=counts), (src,))
