@@ -215,6 +215,8 @@ def config_summary(cli: Any, spec: dict[str, Any]) -> dict[str, Any]:
     }
     if data.get("val_folds") is not None:  # only when set: configs recorded before the option stay comparable
         training["val_folds"] = data["val_folds"]
+    if data.get("calibration_fraction"):
+        training["calibration_fraction"] = data["calibration_fraction"]
     return {
         "task": spec["task"],
         "variant": spec["variant"],
@@ -357,6 +359,7 @@ def _train_fold(spec: dict[str, Any], prefix: str) -> dict[str, Any]:
             f"{spec['task']} fold {spec['fold']}: {int((~np.isfinite(predictions)).sum())} non-finite "
             "predictions; training diverged (lower the learning rate)."
         )
+    calibration = _predict_calibration(trainer, module, datamodule, best, key)
     best_state = torch.load(best, map_location="cpu", weights_only=False, mmap=True)
     params = {
         "epochs_run": epochs,
@@ -386,7 +389,24 @@ def _train_fold(spec: dict[str, Any], prefix: str) -> dict[str, Any]:
         "predictions": predictions.tolist(),
         "params": params,
         "checkpoint": str(best),
+        **({"calibration": calibration} if calibration else {}),
     }
+
+
+def _predict_calibration(trainer: Any, module: Any, datamodule: Any, best: Path, key: str) -> dict[str, Any] | None:
+    """With ``--data.init_args.calibration_fraction``: the best checkpoint's predictions of the held-out
+    calibration rows, with their targets (``{"ids", "predictions", "targets"}``), else ``None``."""
+    if not getattr(datamodule, "calibration_fraction", 0.0):
+        return None
+    import torch
+
+    outputs = trainer.predict(
+        module, dataloaders=datamodule.calibration_dataloader(), ckpt_path=str(best), weights_only=False
+    )
+    ids = [str(i) for out in outputs for i in out["sample_id"]]
+    predictions = torch.cat([out[key] for out in outputs]).reshape(-1).double().numpy()
+    targets = datamodule.targets_of(ids)
+    return {"ids": ids, "predictions": predictions.tolist(), "targets": targets.reshape(-1).tolist()}
 
 
 def prepare_task_data(cli: Any) -> tuple[Any, bool, float]:

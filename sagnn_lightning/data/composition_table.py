@@ -43,6 +43,8 @@ class CompositionDataModule(CrystalDataModule):
         progress: show progress bars while building graphs.
         static_shapes: pad every batch to one of at most this many fixed shapes (CUDA graphs,
             ``--model.compile=reduce-overhead``; :mod:`sagnn_lightning.data.padding`); ``None`` (default): no padding.
+        calibration_fraction: share of the training rows held out from training and validation, the same for
+            every member of an ensemble, to calibrate its uncertainty on (``calibration_dataloader``); 0: none.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class CompositionDataModule(CrystalDataModule):
         on_error: str = "raise",
         progress: bool = True,
         static_shapes: int | None = None,
+        calibration_fraction: float = 0.0,
     ) -> None:
         super().__init__(
             data_file=data_file,
@@ -80,6 +83,7 @@ class CompositionDataModule(CrystalDataModule):
             on_error=on_error,
             progress=progress,
             static_shapes=static_shapes,
+            calibration_fraction=calibration_fraction,
         )
         self.save_hyperparameters()
         self.settings = CompositionSettings()

@@ -34,6 +34,8 @@ from sagnn_lightning.files import atomic_write, file_lock
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: second seed word of the calibration carve (its draw is independent of the validation and test draws)
+CALIBRATION_STREAM = 7
 ROWS_FORMAT = 1  # bump when readers change ids/targets of an unchanged file
 _MAX_LISTED = 20
 #: fewest crystals a split may have in fit / validate / test (R² and a standard deviation need two)
@@ -115,8 +117,14 @@ class GraphDataModule(pl.LightningDataModule, ABC):
         on_error: str = "raise",
         progress: bool = True,
         static_shapes: int | None = None,
+        calibration_fraction: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= calibration_fraction < 1.0:
+            raise UsageError(
+                f"calibration_fraction must be in [0, 1) ({param('data.calibration_fraction')}), got {calibration_fraction}"
+            )
+        self.calibration_fraction = calibration_fraction
         if static_shapes is not None and static_shapes < 1:
             raise UsageError(f"static_shapes must be >= 1 or null ({param('data.static_shapes')}), got {static_shapes}")
         self.static_shapes = static_shapes
@@ -147,6 +155,7 @@ class GraphDataModule(pl.LightningDataModule, ABC):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
+        self.calibration_dataset: Dataset | None = None
 
     # ---------------------------------------------------------------- subclass hooks
     @abstractmethod
@@ -352,8 +361,35 @@ class GraphDataModule(pl.LightningDataModule, ABC):
         """
         self.graph_dataset()
 
+    def carve_calibration(self, train_ids: list[str]) -> tuple[list[str], list[str]]:
+        """``(train, calibration)``: ``round(calibration_fraction * n)`` of the training ids, drawn with their own
+        seeded stream (``split_seed``), held out from training and validation for every member of an ensemble
+        (its uncertainty is calibrated on them); both keep the input order. Subclasses call this before they
+        choose validation rows."""
+        n_calibration = int(round(self.calibration_fraction * len(train_ids)))
+        picked = np.zeros(len(train_ids), dtype=bool)
+        picked[
+            np.random.default_rng([self.split_seed, CALIBRATION_STREAM]).permutation(len(train_ids))[:n_calibration]
+        ] = True
+        return [i for i, p in zip(train_ids, picked) if not p], [i for i, p in zip(train_ids, picked) if p]
+
+    def targets_of(self, ids: Sequence[str]) -> np.ndarray:
+        """The targets of ``ids``, ``[n, T]`` in the file's units (from the rows read)."""
+        position = {sid: k for k, sid in enumerate(self.table.ids)}
+        return self.table.targets[[position[i] for i in ids]]
+
+    def calibration_dataloader(self) -> DataLoader:
+        """The calibration rows (``calibration_fraction`` of the training rows), in order, never shuffled."""
+        if not self.split_ids.get("calibration"):
+            raise UsageError(
+                f"no calibration rows: set {param('data.calibration_fraction')} > 0 (e.g. 0.1) to hold some out"
+            )
+        if self.calibration_dataset is None:
+            self.calibration_dataset = self._subset("calibration")
+        return self._loader("calibration", shuffle=False)
+
     def _subset(self, split: str) -> Subset | None:
-        ids = self.split_ids[split]
+        ids = self.split_ids.get(split)
         if ids is None:
             return None
         graphs = self.graph_dataset()

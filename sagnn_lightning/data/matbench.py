@@ -214,6 +214,8 @@ class MatbenchDataModule(GraphDataModule):
         progress: show a progress bar while downloading and building graphs.
         static_shapes: pad every batch to one of at most this many fixed shapes (CUDA graphs,
             ``--model.compile=reduce-overhead``; :mod:`sagnn_lightning.data.padding`); ``None`` (default): no padding.
+        calibration_fraction: share of the training rows held out from training and validation, the same for
+            every member of an ensemble, to calibrate its uncertainty on (``calibration_dataloader``); 0: none.
 
     Attributes (available right after ``__init__``, computed lazily): ``task_type``, ``num_targets``,
     ``target_names``, ``target_mean``/``target_std`` (training split; 0/1 for classification), ``unit``.
@@ -240,6 +242,7 @@ class MatbenchDataModule(GraphDataModule):
         download: bool = True,
         progress: bool = True,
         static_shapes: int | None = None,
+        calibration_fraction: float = 0.0,
     ) -> None:
         super().__init__(
             cutoff=cutoff,
@@ -253,6 +256,7 @@ class MatbenchDataModule(GraphDataModule):
             on_error=on_error,
             progress=progress,
             static_shapes=static_shapes,
+            calibration_fraction=calibration_fraction,
         )
         self.save_hyperparameters()
         self.task = get_task(task)
@@ -362,16 +366,22 @@ class MatbenchDataModule(GraphDataModule):
                 f"Use a fold it covers or the full {self.task.name}.json.gz."
             )
         usable = set(table.ids)
+        pool, calibration = self.carve_calibration(train_ids)
         if self.val_folds:
-            train, val = inner_fold_validation(train_ids, self.val_folds, self.val_fold, self.split_seed)
+            train, val = inner_fold_validation(pool, self.val_folds, self.val_fold, self.split_seed)
         else:
-            train, val = carve_validation(train_ids, self.val_fraction, self.split_seed)
+            train, val = carve_validation(pool, self.val_fraction, self.split_seed)
         test: list[str] | None = [i for i in test_ids if i in usable]
         missing_test = [i for i in test_ids if i not in present]
         self._missing_test = missing_test
         if missing_test:
             test = None
-        return {"train": [i for i in train if i in usable], "val": [i for i in val if i in usable], "test": test}
+        return {
+            "train": [i for i in train if i in usable],
+            "val": [i for i in val if i in usable],
+            "test": test,
+            "calibration": [i for i in calibration if i in usable],
+        }
 
     def _coverage(self, present: set[str]) -> str:
         full_train = [k for k in range(NUM_FOLDS) if set(official_fold(self.task.name, k)[0]) <= present]

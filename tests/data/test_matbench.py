@@ -19,6 +19,7 @@ from sagnn_lightning.data.matbench import (
     inner_fold_validation,
 )
 from sagnn_lightning.data.table import DataFormatError
+from sagnn_lightning.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 MATBENCH_DIR = ROOT / "../shared/data/matbench"
@@ -119,6 +120,41 @@ def test_inner_folds_partition_the_official_training_rows(tmp_path, validation):
     assert again == splits[2] and other_seed["val"] != splits[2]["val"]
     ids = [f"x{i}" for i in range(11)]
     assert [len(inner_fold_validation(ids, 3, k, seed=0)[1]) for k in range(3)] == [4, 4, 3]
+
+
+def test_calibration_rows_are_held_out_from_every_inner_fold_member(tmp_path, validation):
+    """``calibration_fraction``: the same rows for all members of an ensemble, never trained or validated on."""
+    home = str(data_home())
+    official_train = validation["matbench_jdft2d"]["fold_1"]["train"]
+    modules = [
+        MatbenchDataModule(
+            "jdft2d",
+            fold=1,
+            data_home=home,
+            val_folds=5,
+            val_fold=k,
+            split_seed=3,
+            calibration_fraction=0.1,
+            cache_dir=str(tmp_path),
+        )
+        for k in range(5)
+    ]
+    splits = [m.split_ids for m in modules]
+    calibration = splits[0]["calibration"]
+    assert len(calibration) == round(0.1 * len(official_train)) and set(calibration) <= set(official_train)
+    for s in splits:
+        assert s["calibration"] == calibration
+        assert not set(calibration) & set(s["train"] + s["val"])
+        assert sorted(s["train"] + s["val"] + calibration) == sorted(official_train)
+    assert sorted(i for s in splits for i in s["val"]) == sorted(set(official_train) - set(calibration))
+    loader_ids = [i for batch in modules[0].calibration_dataloader() for i in batch.sample_id]
+    assert loader_ids == calibration
+    targets = modules[0].targets_of(calibration[:3])
+    table = modules[0].table
+    assert targets[:, 0].tolist() == [table.targets[table.ids.index(i), 0] for i in calibration[:3]]
+    without = MatbenchDataModule("jdft2d", fold=1, data_home=home, cache_dir=str(tmp_path))
+    with pytest.raises(UsageError, match="calibration_fraction"):
+        without.calibration_dataloader()
 
 
 @pytest.mark.parametrize(
