@@ -45,3 +45,50 @@ def ensemble_of_members(
     if task_type == "regression":
         params["member_test_mae"] = [float(np.mean(np.abs(p - truth))) for p in stacked]
     return mean, params
+
+
+def member_spread(stacked: np.ndarray) -> np.ndarray:
+    """The members' standard deviation per row (``ddof=1``: the sample spread of K members), ``[K, n]`` → ``[n]``."""
+    return stacked.std(axis=0, ddof=1) if stacked.shape[0] > 1 else np.zeros(stacked.shape[1])
+
+
+def uncertainty_rows(
+    results: Sequence[dict[str, Any]], ids: Sequence[str], truth: np.ndarray
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
+    """A regression fold's ensemble with error bars: rows ``id, target, prediction, std_raw[, std, lower_95,
+    upper_95], member_<j>`` for the test set and, when the members predicted held-out calibration rows
+    (``--data.init_args.calibration_fraction``), for those rows too, plus the calibration fit on them (variance
+    scaling and conformal multipliers, :func:`sagnn_lightning.uncertainty.fit_calibration`) with the calibration
+    metrics of the test set before and after. Without calibration rows: ``std`` is left out and the third value is
+    ``None``."""
+    from sagnn_lightning.uncertainty import fit_calibration, uncertainty_metrics
+
+    test = np.stack([np.asarray(r["predictions"], dtype=float) for r in results])
+    held: list[dict[str, Any]] = [r["calibration"] for r in results if r.get("calibration") is not None]
+    calibration = None
+    cal_rows: list[dict[str, Any]] = []
+    if len(held) == len(results) and all(h["ids"] == held[0]["ids"] for h in held):
+        cal = np.stack([np.asarray(h["predictions"], dtype=float) for h in held])
+        cal_truth = np.asarray(held[0]["targets"], dtype=float)
+        calibration = fit_calibration(cal_truth - cal.mean(axis=0), member_spread(cal))
+        cal_rows = _rows(held[0]["ids"], cal_truth, cal, calibration)
+    rows = _rows(list(ids), truth, test, calibration)
+    if calibration is None:
+        return rows, cal_rows, None
+    mean, raw = test.mean(axis=0), member_spread(test)
+    summary = {
+        "calibration": calibration.to_dict(),
+        "test_before": uncertainty_metrics(truth, mean, raw),
+        "test_after": uncertainty_metrics(truth, mean, calibration.std(raw), half_widths=calibration.half_widths(raw)),
+    }
+    return rows, cal_rows, summary
+
+
+def _rows(ids: Sequence[str], truth: np.ndarray, stacked: np.ndarray, calibration: Any) -> list[dict[str, Any]]:
+    mean, raw = stacked.mean(axis=0), member_spread(stacked)
+    columns: dict[str, np.ndarray] = {"target": truth, "prediction": mean, "std_raw": raw}
+    if calibration is not None:
+        half = calibration.half_widths(raw)["95"]
+        columns |= {"std": calibration.std(raw), "lower_95": mean - half, "upper_95": mean + half}
+    columns |= {f"member_{j}": p for j, p in enumerate(stacked)}
+    return [{"id": i, **{k: float(v[n]) for k, v in columns.items()}} for n, i in enumerate(ids)]

@@ -47,7 +47,7 @@ if str(HERE) not in sys.path:  # the modules beside this script, also when it is
 
 import options  # noqa: E402
 import pool  # noqa: E402
-from ensemble import InnerFolds, ensemble_of_members  # noqa: E402
+from ensemble import InnerFolds, ensemble_of_members, uncertainty_rows  # noqa: E402
 from folds import (  # noqa: E402
     DEFAULT_CONFIG_DIR,
     build_cli,
@@ -256,6 +256,8 @@ def run(
                 continue
             predictions, params = ensemble_of_members(complete, truth, task.metadata.task_type)
             tag = _tag(variant, name, fold)
+            if task.metadata.task_type == "regression":
+                params |= write_uncertainty(out, name, fold, complete, result["ids"], truth, tag)
         scores = record_fold(task, fold, predictions, params)
         save(mb, out, variant, configs, machine_info)
         print(
@@ -266,6 +268,31 @@ def run(
     for task in mb.tasks_map.values():
         task.df = None
     return mb, {"failed": failed, "stopped": stopped}
+
+
+def write_uncertainty(
+    out: Path, task: str, fold: int, members: list[dict[str, Any]], ids: list[str], truth: np.ndarray, tag: str
+) -> dict[str, Any]:
+    """Write ``<out>/uncertainty/<task>_fold_<k>.csv`` (and ``..._calibration.csv`` with calibration rows) and
+    print the test set's calibration metrics; returns what the fold's record keeps (the calibration and those
+    metrics), or nothing without calibration rows."""
+    from sagnn_lightning.files import write_csv_rows
+
+    rows, calibration_rows, summary = uncertainty_rows(members, ids, truth)
+    folder = out / "uncertainty"
+    write_csv_rows(folder / f"{task}_fold_{fold}.csv", rows)
+    if calibration_rows:
+        write_csv_rows(folder / f"{task}_fold_{fold}_calibration.csv", calibration_rows)
+    if summary is None:
+        return {}
+    before, after = summary["test_before"], summary["test_after"]
+    print(
+        f"{tag}test calibration (raw -> recalibrated on {summary['calibration']['n']} held-out rows): mean z² "
+        f"{before['mean_z2']:.3g} -> {after['mean_z2']:.3g}, 95 % coverage {before['coverage_95']:.3f} -> "
+        f"{after['coverage_95']:.3f}, Spearman {after['spearman']:.3f}",
+        flush=True,
+    )
+    return {"uncertainty": summary}
 
 
 # ---------------------------------------------------------------------------------------------- command line

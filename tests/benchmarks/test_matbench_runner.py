@@ -686,3 +686,35 @@ def test_report_handles_classification_histories(tmp_path):
     assert "| sagnn | matbench_glass | 0 | rocauc 0.8612 | 0.9346 | 40 | 0.94 | 2.5 | 250 |  |" in report.markdown(
         summary
     )
+
+
+def test_inner_fold_ensemble_with_calibration_rows_writes_error_bars(runner, one_thread, tmp_path, capsys):
+    """``--val-folds 2 -- --data.init_args.calibration_fraction=0.2``: both members leave the same calibration rows
+    out; the fold writes the test set and the calibration rows with the ensemble mean, the members' spread and the
+    recalibrated σ fit on the calibration rows (recomputed here from the CSV)."""
+    import pandas as pd
+    from matbench.metadata import mbv01_validation
+
+    out = tmp_path / "cal" / "runner"
+    argv = _argv(out, [0], 1, None, "--val-folds", "2") + ["--data.init_args.calibration_fraction=0.2"]
+    assert runner.main(argv) == 0
+    assert "test calibration (raw -> recalibrated on" in capsys.readouterr().out
+    official_train = mbv01_validation.splits[TASK]["fold_0"]["train"]
+    test_ids = list(mbv01_validation.splits[TASK]["fold_0"]["test"])
+    params = runner.load_results(out / "results.json.gz", [TASK]).tasks_map[TASK].results["fold_0"]["parameters"]
+    n_cal = round(0.2 * len(official_train))
+    assert all(m["n_train"] + m["n_val"] == len(official_train) - n_cal for m in params["members"])
+    test = pd.read_csv(out / "uncertainty" / f"{TASK}_fold_0.csv")
+    cal = pd.read_csv(out / "uncertainty" / f"{TASK}_fold_0_calibration.csv")
+    assert test["id"].tolist() == test_ids and len(cal) == n_cal and not set(cal["id"]) & set(test_ids)
+    for frame in (test, cal):
+        members = frame[["member_0", "member_1"]].to_numpy()
+        np.testing.assert_allclose(frame["prediction"], members.mean(axis=1))
+        np.testing.assert_allclose(frame["std_raw"], np.abs(members[:, 0] - members[:, 1]) / np.sqrt(2))
+    truth = _targets_from_file()
+    np.testing.assert_allclose(cal["target"], [truth[i] for i in cal["id"]])
+    scale = np.sqrt(np.mean(((cal["target"] - cal["prediction"]) / cal["std_raw"]) ** 2))
+    stored = params["uncertainty"]
+    assert stored["calibration"]["scale"] == pytest.approx(scale)
+    np.testing.assert_allclose(test["std"], scale * test["std_raw"])
+    assert stored["test_after"]["mae"] == pytest.approx(np.mean(np.abs(test["target"] - test["prediction"])))
