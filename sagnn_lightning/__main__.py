@@ -4,6 +4,7 @@
   ``--trainer.*``) go to the LightningCLI (:func:`sagnn_lightning.cli.cli_main`);
 * ``predict --ckpt C --input I --output O`` (or ``--model NAME``): the predict command, on files, folders, tables
   or a matbench task's official split → CSV (:mod:`sagnn_lightning.cli.predict`);
+* ``ensemble fit --out DIR --members K -- <training command>``: an ensemble (:mod:`sagnn_lightning.cli.ensemble`);
 * ``models [NAME ...]``: the pretrained models shipped with the package (:mod:`sagnn_lightning.cli.models`);
 * ``attention-plots DIR``: heatmaps and the element-pair map of an attention export
   (:mod:`sagnn_lightning.lit.attention_plots`).
@@ -25,6 +26,7 @@ commands:
   validate        validate a checkpoint (LightningCLI, --ckpt_path FILE)
   test            test a checkpoint (LightningCLI, --ckpt_path FILE)
   predict         predict with a checkpoint (--ckpt) or a shipped model (--model) on CIFs or tables -> CSV
+  ensemble fit    train K members of a training command into an ensemble with calibrated error bars
   models          list the pretrained models shipped with the package, or print their cards
   attention-plots draw the attention maps written by predict --attention DIR
 
@@ -47,6 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sagnn_lightning.lit.attention_plots import attention_plots_main
 
         return exit_status(lambda: attention_plots_main(argv[1:]))
+    if argv[:1] == ["ensemble"]:
+        from sagnn_lightning.cli.ensemble import FLAGS as ENSEMBLE_FLAGS
+        from sagnn_lightning.cli.ensemble import ensemble_main
+
+        return exit_status(lambda: ensemble_main(argv[1:]), ENSEMBLE_FLAGS)
     if argv[:1] == ["predict"]:
         from sagnn_lightning.cli.predict import FLAGS, predict_main
 

@@ -3,7 +3,8 @@
 ``--ckpt best.ckpt --input <folder of CIFs | .cif | CSV/JSON table | matbench json | matbench_<task>> --output
 preds.csv``; ``--model NAME`` instead of ``--ckpt`` takes a pretrained model shipped with the package.
 
-* ``--ckpt`` is a ``.ckpt`` file, a run folder (its best checkpoint), or ``best`` / ``last`` with
+* ``--ckpt`` is a ``.ckpt`` file, an ensemble folder (``ensemble fit``: adds ``std`` and, calibrated,
+  ``lower_95``/``upper_95``; ``--members`` adds ``member_<j>``), a run folder (its best checkpoint), or ``best`` / ``last`` with
   ``--run-dir <run folder>``: "best" is the best checkpoint of the *latest* run in that folder, as recorded in its
   ``last*.ckpt``; the command prints which file it took.
 * Output columns: ``id``, ``prediction`` (real units; for classification the 0/1 label) and, for
@@ -39,6 +40,7 @@ from sagnn_lightning.errors import UsageError, param, render_params
 from sagnn_lightning.files import check_writable
 from sagnn_lightning.lit.attention_export import AttentionExport
 from sagnn_lightning.lit.checkpoints import find_checkpoint
+from sagnn_lightning.lit.ensemble import Ensemble, is_ensemble, load_ensemble
 from sagnn_lightning.lit.inference import iter_predictions, model_graph_settings
 from sagnn_lightning.lit.loading import load_module
 from sagnn_lightning.lit.module import SAGNNModule
@@ -65,6 +67,7 @@ FLAGS: dict[str, str] = {
     "composition_column": "--composition-column",
     "id_column": "--id-column",
     "max_isolated_radius": "--max-isolated-radius",
+    "members": "--members",
     "data.structure_column": "--structure-column",
     "data.composition_column": "--composition-column",
     "data.id_column": "--id-column",
@@ -129,6 +132,11 @@ def build_parser() -> CommandParser:
         metavar="DIR",
         help="also write each crystal's attention weights to DIR: one .npz per crystal + index.json "
         "(then: python -m sagnn_lightning attention-plots DIR)",
+    )
+    parser.add_argument(
+        "--members",
+        action="store_true",
+        help="with an ensemble (--ckpt <ensemble folder>): also write each member's prediction (member_<j>)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
@@ -247,22 +255,32 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     check_writable(args.output, "output")  # before any work
     if args.attention is not None:
         check_writable(args.attention, "attention", kind="dir")
-    if args.model is not None:
-        if args.run_dir is not None:
-            raise UsageError("--run-dir goes with --ckpt best|last, not with --model")
-        ckpt = checkpoint_file(args.model)  # checksum checked; unknown names list the available ones
-    else:
-        found = find_checkpoint(args.ckpt, args.run_dir)
-        ckpt = found.path
-        if found.folder is not None:
-            print(found.describe(), flush=True)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    module, _ = load_module(ckpt, device, "model" if args.model is not None else "ckpt")
+    module: SAGNNModule | Ensemble
+    if args.model is None and args.run_dir is None and is_ensemble(args.ckpt):
+        module = load_ensemble(args.ckpt, device)
+        print(describe_ensemble(module, args.ckpt), flush=True)
+        ckpt = Path(args.ckpt)
+    else:
+        if args.members:
+            raise UsageError("--members goes with an ensemble: --ckpt <ensemble folder> (written by `ensemble fit`)")
+        if args.model is not None:
+            if args.run_dir is not None:
+                raise UsageError("--run-dir goes with --ckpt best|last, not with --model")
+            ckpt = checkpoint_file(args.model)  # checksum checked; unknown names list the available ones
+        else:
+            found = find_checkpoint(args.ckpt, args.run_dir)
+            ckpt = found.path
+            if found.folder is not None:
+                print(found.describe(), flush=True)
+        module, _ = load_module(ckpt, device, "model" if args.model is not None else "ckpt")
     if args.max_isolated_radius is not None and module.graph_settings is not None:
         module.graph_settings = {**module.graph_settings, "max_isolated_radius": args.max_isolated_radius}
     composition = isinstance(module.model, CompositionSAGNN)
     export = None
-    if args.attention is not None:  # before reading the input: a model without attention is refused at once
+    if args.attention is not None and isinstance(module, Ensemble):
+        raise UsageError("--attention takes one model: give one member's checkpoint (<ensemble>/member_<j>)")
+    if args.attention is not None and isinstance(module, SAGNNModule):  # before reading the input
         unit = card(args.model).unit if args.model is not None else None
         export = AttentionExport(args.attention, module, source=args.model or str(ckpt), unit=unit)
     items, total = _inputs(args, composition)
@@ -270,8 +288,26 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     return _run(module, items, total, settings, args, export, composition)
 
 
+def describe_ensemble(ensemble: Ensemble, folder: str) -> str:
+    """One line: how many members, and what its error bars are."""
+    calibration = ensemble.calibration
+    if calibration is None:
+        bars = "std = the members' raw spread (not calibrated: train with --calibration-fraction > 0)"
+    else:
+        bars = f"std calibrated on {calibration.n} held-out rows (x{calibration.scale:.3g}), conformal 95 % interval"
+    return f"ensemble {folder}: {len(ensemble)} members; {bars}"
+
+
+def _extra(module: SAGNNModule | Ensemble) -> list[str]:
+    if not isinstance(module, Ensemble):
+        return []
+    if module.task_type == "classification":
+        return ["probability_std"]
+    return ["std", *(["lower_95", "upper_95"] if module.calibration is not None else [])]
+
+
 def _run(
-    module: SAGNNModule,
+    module: SAGNNModule | Ensemble,
     items: Iterable[InputItem],
     total: int | None,
     settings: AnySettings,
@@ -282,7 +318,10 @@ def _run(
     progress = Progress(total, args.log_every)
     skipped = 0
     classification = module.task_type == "classification"
-    with PredictionsWriter(args.output, module.target_names, classification, args.id_header) as writer:
+    members = len(module) if isinstance(module, Ensemble) and args.members else 0
+    with PredictionsWriter(
+        args.output, module.target_names, classification, args.id_header, _extra(module), members
+    ) as writer:
         try:
             for part in _report(iter_predictions(module, items, settings, args.batch_size, export), progress):
                 writer.write(part)

@@ -99,7 +99,21 @@ def iter_predictions(
                 on_batch(batch, out)
         probability = out["probability"].float().cpu() if classification else None
         ids = [str(g.sample_id) for g in graphs]
-        yield Predictions(ids, out["prediction"].float().cpu(), probability, target_names, errors)
+        yield Predictions(ids, out["prediction"].float().cpu(), probability, target_names, errors, _extra(out))
+
+
+#: outputs of ``predict_step`` that are not per-row value columns
+_NOT_EXTRA = ("sample_id", "prediction", "probability")
+
+
+def _extra(out: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """An ensemble's extra outputs (``std``, intervals, ``members [K, B, T]`` → ``[B, K, T]``), rows first."""
+    extra = {}
+    for key, value in out.items():
+        if key in _NOT_EXTRA or not isinstance(value, torch.Tensor):
+            continue
+        extra[key] = (value.transpose(0, 1) if key == "members" else value).float().cpu()
+    return extra
 
 
 def concat_predictions(parts: Iterable[Predictions], target_names: Sequence[str], classification: bool) -> Predictions:
@@ -117,6 +131,7 @@ def concat_predictions(parts: Iterable[Predictions], target_names: Sequence[str]
         probability=probability,
         target_names=list(target_names),
         errors=[e for p in parts for e in p.errors],
+        extra={key: torch.cat([p.extra[key] for p in parts]) for key in (parts[0].extra if parts else {})},
     )
 
 
@@ -169,11 +184,24 @@ def predict_items(
             :class:`~sagnn_lightning.data.graph.StructureError` naming it (``item <k>``); ``"nan"``: its row is NaN
             and one warning counts them.
     """
+    columns = predict_item_outputs(module, items, batch_size, on_error)
+    return columns["probability"] if "probability" in columns else columns["prediction"]
+
+
+def predict_item_outputs(
+    module: Any,
+    items: Iterable[Any],
+    batch_size: int = 64,
+    on_error: Literal["raise", "nan"] = "raise",
+) -> dict[str, np.ndarray]:
+    """Every output column of ``module.predict_step`` for ``items`` (see :func:`predict_items`): ``prediction``,
+    ``probability`` (classification), and an ensemble's ``std``, intervals and ``members`` (``[K, n(, T)]``);
+    ``[n]`` per column for one target, ``[n, T]`` for several, NaN rows for failed items with ``on_error="nan"``."""
     if on_error not in ("raise", "nan"):
         raise UsageError(f"{param('on_error')} must be 'raise' or 'nan', got {on_error!r}")
     settings = model_graph_settings(module)
     entries = (InputItem(str(k), f"item {k}", item) for k, item in enumerate(items))
-    values: list[np.ndarray] = []
+    parts: list[Predictions] = []
     positions: list[int] = []
     failed: list[tuple[str, str]] = []
     total = 0
@@ -182,27 +210,41 @@ def predict_items(
             raise StructureError(part.errors[0][1])
         failed += part.errors
         total += len(part.ids) + len(part.errors)
-        chosen = part.probability if part.probability is not None else part.prediction
-        values.append(chosen.double().numpy())
+        parts.append(part)
         positions += [int(i) for i in part.ids]
-    width = len(module.target_names)
-    out = np.full((total, width), np.nan)
-    if positions:
-        out[positions] = np.concatenate(values)
+    single = len(module.target_names) == 1
+    columns: dict[str, np.ndarray] = {}
+    for key, values in _columns(parts).items():
+        out = np.full((total, *values.shape[1:]), np.nan)
+        if positions:
+            out[positions] = values
+        if key == "members":  # [n, K, T] → [K, n, T]
+            out = np.moveaxis(out, 1, 0)
+        columns[key] = out[..., 0] if single else out
     if failed:
         warnings.warn(
             f"{len(failed)} of {total} items could not be predicted (NaN): {render_params(failed[0][1])}",
             UserWarning,
             stacklevel=3,
         )
-    return out[:, 0] if width == 1 else out
+    return columns
 
 
-__all__ = [
-    "OnBatch",
-    "concat_predictions",
-    "iter_predictions",
-    "model_graph_settings",
-    "predict_items",
-    "predict_structures",
-]
+def _columns(parts: Sequence[Predictions]) -> dict[str, np.ndarray]:
+    """The parts' value columns concatenated over rows (float64)."""
+    if not parts:
+        return {}
+    names = ["prediction", *(["probability"] if parts[0].probability is not None else []), *parts[0].extra]
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for part in parts:
+        for name in names:
+            value = (
+                part.prediction
+                if name == "prediction"
+                else part.probability
+                if name == "probability"
+                else part.extra[name]
+            )
+            assert value is not None
+            columns[name].append(value.double().numpy())
+    return {name: np.concatenate(values) for name, values in columns.items()}

@@ -28,6 +28,8 @@ class Predictions:
         probability: ``[n, T]`` (classification) or ``None``.
         target_names: ``T`` names.
         errors: ``(file or id, reason)`` of every input left out.
+        extra: an ensemble's further columns, rows first: ``std``, ``std_raw``, ``lower_95``, ``upper_95``,
+            ``probability_std`` ``[n, T]`` and ``members [n, K, T]``.
     """
 
     ids: list[str]
@@ -35,6 +37,7 @@ class Predictions:
     probability: torch.Tensor | None
     target_names: list[str]
     errors: list[tuple[str, str]] = field(default_factory=list)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def prediction_columns(target_names: Sequence[str], classification: bool) -> list[str]:
@@ -44,6 +47,16 @@ def prediction_columns(target_names: Sequence[str], classification: bool) -> lis
     pred = ["prediction"] if single else [f"prediction_{n}" for n in target_names]
     prob = (["probability"] if single else [f"probability_{n}" for n in target_names]) if classification else []
     return [*pred, *prob]
+
+
+def extra_columns(target_names: Sequence[str], extra: Sequence[str], members: int = 0) -> list[str]:
+    """An ensemble's further CSV columns: each ``extra`` output (``std``, ``lower_95``, ...; ``<name>_<target>``
+    per target when there are several), then ``member_<j>`` (``member_<j>_<target>``) for ``members`` members."""
+    single = len(target_names) == 1
+    columns = [name if single else f"{name}_{t}" for name in extra for t in target_names[: 1 if single else None]]
+    for j in range(members):
+        columns += [f"member_{j}"] if single else [f"member_{j}_{t}" for t in target_names]
+    return columns
 
 
 def check_id_header(id_header: str) -> None:
@@ -64,15 +77,28 @@ class PredictionsWriter(AbstractContextManager["PredictionsWriter"]):
         target_names: the model's target names.
         classification: whether probabilities are written too.
         id_header: name of the id column.
+        extra: an ensemble's further outputs to write (``Predictions.extra`` keys, :func:`extra_columns`).
+        members: write this many members' predictions (``Predictions.extra["members"]``).
     """
 
     def __init__(
-        self, path: str | os.PathLike, target_names: Sequence[str], classification: bool, id_header: str = "id"
+        self,
+        path: str | os.PathLike,
+        target_names: Sequence[str],
+        classification: bool,
+        id_header: str = "id",
+        extra: Sequence[str] = (),
+        members: int = 0,
     ) -> None:
         check_id_header(id_header)
         self.path = Path(path).expanduser()
         self.classification = classification
-        self.header = [id_header, *prediction_columns(target_names, classification)]
+        self.extra, self.members = list(extra), members
+        self.header = [
+            id_header,
+            *prediction_columns(target_names, classification),
+            *extra_columns(target_names, extra, members),
+        ]
         self.rows = 0
         self._discard = False
         self._context: AbstractContextManager[IO[Any]] | None = None
@@ -92,6 +118,10 @@ class PredictionsWriter(AbstractContextManager["PredictionsWriter"]):
             row += [int(v) if self.classification else repr(float(v)) for v in result.prediction[k].tolist()]
             if result.probability is not None:
                 row += [repr(float(v)) for v in result.probability[k].tolist()]
+            for name in self.extra:
+                row += [repr(float(v)) for v in result.extra[name][k].tolist()]
+            if self.members:
+                row += [repr(float(v)) for v in result.extra["members"][k].reshape(-1).tolist()]
             self._writer.writerow(row)
         self.rows += len(result.ids)
 
@@ -123,4 +153,11 @@ def write_predictions_csv(path: str | os.PathLike, result: Predictions, id_heade
     return writer.path
 
 
-__all__ = ["Predictions", "PredictionsWriter", "check_id_header", "prediction_columns", "write_predictions_csv"]
+__all__ = [
+    "Predictions",
+    "PredictionsWriter",
+    "check_id_header",
+    "extra_columns",
+    "prediction_columns",
+    "write_predictions_csv",
+]

@@ -77,7 +77,7 @@ class Calibration:
         return {
             "method": "variance scaling (NLL) + normalised split conformal (crepes)",
             "scale": self.scale,
-            "conformal": dict(self.conformal),
+            "conformal": {k: (v if np.isfinite(v) else None) for k, v in self.conformal.items()},  # JSON: no inf
             "levels": dict(self.levels),
             "n": self.n,
         }
@@ -86,7 +86,7 @@ class Calibration:
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         return cls(
             scale=float(data["scale"]),
-            conformal={k: float(v) for k, v in data.get("conformal", {}).items()},
+            conformal={k: float("inf") if v is None else float(v) for k, v in data.get("conformal", {}).items()},
             n=int(data.get("n", 0)),
             levels={k: float(v) for k, v in data.get("levels", LEVELS).items()},
         )

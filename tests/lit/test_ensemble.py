@@ -1,0 +1,116 @@
+"""Ensembles as users type them: ``ensemble fit`` (resumable, calibrated on held-out rows), ``predict --ckpt
+<ensemble folder>`` (``id,prediction,std,lower_95,upper_95[,member_<j>]``) and the Python API, against each
+member's own checkpoint predicting alone."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sagnn_lightning.__main__ import main
+from sagnn_lightning.lit import load_checkpoint
+from sagnn_lightning.lit.ensemble import Ensemble, load_ensemble
+from tests.lit.conftest import quickstart_argv, run_python
+
+
+def _fit(sample_run, folder, *flags: str) -> list[str]:
+    training = ["python", *quickstart_argv(sample_run, "--trainer.max_epochs=2", "--trainer.logger=false")]
+    training = [a for a in training if not a.startswith("--trainer.default_root_dir")]  # the ensemble sets it
+    return ["-m", "sagnn_lightning", "ensemble", "fit", "--out", str(folder), *flags, "--", *training]
+
+
+@pytest.fixture(scope="module")
+def ensemble_dir(tmp_path_factory):
+    """One 2-member ensemble, trained as a user types it (shared by the tests below)."""
+    from tests.lit.conftest import TINY_MODEL_YAML, crystal_data_yaml, write_sample_csv
+
+    tmp = tmp_path_factory.mktemp("ensemble")
+    csv = write_sample_csv(tmp / "mp48.csv", 48)
+    (tmp / "data.yaml").write_text(crystal_data_yaml(csv))
+    (tmp / "tiny.yaml").write_text(TINY_MODEL_YAML)
+    run = {"csv": csv, "data": tmp / "data.yaml", "tiny": tmp / "tiny.yaml", "root": tmp / "unused"}
+    env = dict(__import__("os").environ, SAGNN_CACHE_DIR=str(tmp / "cache"), WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    argv = _fit(run, tmp / "ens", "--members", "2", "--calibration-fraction", "0.25")
+    first = run_python(argv, env)
+    return {"dir": tmp / "ens", "run": run, "env": env, "argv": argv, "stdout": first.stdout, "csv": csv}
+
+
+def test_fit_writes_a_manifest_with_members_and_calibration(ensemble_dir):
+    manifest = json.loads((ensemble_dir["dir"] / "ensemble.json").read_text())
+    assert [m["seed"] for m in manifest["members"]] == [0, 1]
+    assert all((ensemble_dir["dir"] / m["checkpoint"]).is_file() for m in manifest["members"])
+    assert manifest["training_command"][0] == "python" and "ensemble fit" in manifest["command"]
+    held_out = pd.read_csv(ensemble_dir["dir"] / "calibration_predictions.csv")
+    assert len(held_out) == manifest["calibration"]["n"] > 0
+    scale = math.sqrt(np.mean(((held_out["target"] - held_out["prediction"]) / held_out["std_raw"]) ** 2))
+    assert manifest["calibration"]["scale"] == pytest.approx(scale, rel=1e-6)
+    members = held_out[["member_0", "member_1"]].to_numpy()
+    np.testing.assert_allclose(held_out["std_raw"], np.abs(members[:, 0] - members[:, 1]) / math.sqrt(2), rtol=1e-6)
+    assert "calibration on" in ensemble_dir["stdout"]
+
+
+def test_predict_writes_the_mean_its_error_bar_and_each_member(ensemble_dir, tmp_path):
+    out = tmp_path / "preds.csv"
+    argv = ["predict", "--ckpt", str(ensemble_dir["dir"]), "--input", str(ensemble_dir["csv"]), "--output", str(out)]
+    assert main([*argv, "--members"]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["id", "prediction", "std", "lower_95", "upper_95", "member_0", "member_1"]
+    members = frame[["member_0", "member_1"]].to_numpy()
+    np.testing.assert_allclose(frame["prediction"], members.mean(axis=1), rtol=1e-5, atol=1e-6)
+    scale = json.loads((ensemble_dir["dir"] / "ensemble.json").read_text())["calibration"]["scale"]
+    np.testing.assert_allclose(frame["std"], scale * members.std(axis=1, ddof=1), rtol=1e-4, atol=1e-6)
+    manifest = json.loads((ensemble_dir["dir"] / "ensemble.json").read_text())
+    structures = pd.read_csv(ensemble_dir["csv"])["cif"].tolist()
+    for j, member in enumerate(manifest["members"]):  # each column is that member's checkpoint predicting alone
+        alone = load_checkpoint(ensemble_dir["dir"] / member["checkpoint"]).predict(structures)
+        np.testing.assert_allclose(frame[f"member_{j}"], alone, rtol=1e-5, atol=1e-6)
+    in_python = load_ensemble(ensemble_dir["dir"]).predict(structures)
+    np.testing.assert_allclose(in_python.prediction, frame["prediction"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(in_python.std, frame["std"], rtol=1e-4, atol=1e-6)
+    assert in_python.members.shape == (2, len(structures))
+    assert main(argv) == 0 and "member_0" not in pd.read_csv(out).columns  # without --members
+
+
+def test_identical_members_give_zero_spread(ensemble_dir):
+    manifest = json.loads((ensemble_dir["dir"] / "ensemble.json").read_text())
+    member = load_checkpoint(ensemble_dir["dir"] / manifest["members"][0]["checkpoint"])
+    structures = pd.read_csv(ensemble_dir["csv"])["cif"].tolist()[:8]
+    twice = Ensemble([member, member]).predict(structures)
+    assert np.all(twice.std == 0) and np.all(twice.std_raw == 0)
+    np.testing.assert_allclose(twice.prediction, member.predict(structures), rtol=1e-6)
+    assert twice.lower_95 is None  # no calibration: no interval
+
+
+def test_rerun_finishes_what_is_missing_and_refuses_other_settings(ensemble_dir):
+    folder = ensemble_dir["dir"]
+    manifest = json.loads((folder / "ensemble.json").read_text())
+    manifest["members"][1]["checkpoint"] = None  # as if the command had been killed before member 2 was recorded
+    (folder / "ensemble.json").write_text(json.dumps(manifest))
+    again = run_python(ensemble_dir["argv"], ensemble_dir["env"])
+    assert "member 1/2: trained" in again.stdout and "member 2/2: training" in again.stdout
+    assert json.loads((folder / "ensemble.json").read_text())["members"][1]["checkpoint"]
+    log = (folder / "member_1" / "train.log").read_text()
+    assert "Restoring states from the checkpoint" in log or "resum" in log.lower()
+    argv = [a if a != "2" else "3" for a in ensemble_dir["argv"]]
+    refused = run_python(argv, ensemble_dir["env"], check=False)
+    assert refused.returncode == 2 and "trained otherwise" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_bad_options_name_the_flag(tmp_path):
+    assert main(["ensemble", "fit", "--out", str(tmp_path / "e"), "--members", "1", "--", "python", "x.py"]) == 2
+    assert main(["ensemble", "fit", "--out", str(tmp_path / "e"), "--members", "2"]) == 2
+
+
+def test_members_must_share_their_task(ensemble_dir):
+    manifest = json.loads((ensemble_dir["dir"] / "ensemble.json").read_text())
+    member = load_checkpoint(ensemble_dir["dir"] / manifest["members"][0]["checkpoint"])
+    other = load_checkpoint(ensemble_dir["dir"] / manifest["members"][1]["checkpoint"])
+    other.graph_settings = {**(other.graph_settings or {}), "cutoff": 9.0}
+    with pytest.raises(Exception, match="graph settings"):
+        Ensemble([member, other])
+    assert torch.is_tensor(next(member.parameters()))
