@@ -38,6 +38,7 @@ from sagnn_lightning.data.readers import InputItem, count_inputs, iter_inputs
 from sagnn_lightning.data.tasks import ALL_MATBENCH_TASKS, get_task
 from sagnn_lightning.errors import UsageError, param, render_params
 from sagnn_lightning.files import check_writable
+from sagnn_lightning.lit import pretrained
 from sagnn_lightning.lit.attention_export import AttentionExport
 from sagnn_lightning.lit.checkpoints import find_checkpoint
 from sagnn_lightning.lit.ensemble import Ensemble, is_ensemble, load_ensemble
@@ -256,24 +257,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     if args.attention is not None:
         check_writable(args.attention, "attention", kind="dir")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    module: SAGNNModule | Ensemble
-    if args.model is None and args.run_dir is None and is_ensemble(args.ckpt):
-        module = load_ensemble(args.ckpt, device)
-        print(describe_ensemble(module, args.ckpt), flush=True)
-        ckpt = Path(args.ckpt)
-    else:
-        if args.members:
-            raise UsageError("--members goes with an ensemble: --ckpt <ensemble folder> (written by `ensemble fit`)")
-        if args.model is not None:
-            if args.run_dir is not None:
-                raise UsageError("--run-dir goes with --ckpt best|last, not with --model")
-            ckpt = checkpoint_file(args.model)  # checksum checked; unknown names list the available ones
-        else:
-            found = find_checkpoint(args.ckpt, args.run_dir)
-            ckpt = found.path
-            if found.folder is not None:
-                print(found.describe(), flush=True)
-        module, _ = load_module(ckpt, device, "model" if args.model is not None else "ckpt")
+    module, source = _load(args, device)
     if args.max_isolated_radius is not None and module.graph_settings is not None:
         module.graph_settings = {**module.graph_settings, "max_isolated_radius": args.max_isolated_radius}
     composition = isinstance(module.model, CompositionSAGNN)
@@ -282,10 +266,38 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         raise UsageError("--attention takes one model: give one member's checkpoint (<ensemble>/member_<j>)")
     if args.attention is not None and isinstance(module, SAGNNModule):  # before reading the input
         unit = card(args.model).unit if args.model is not None else None
-        export = AttentionExport(args.attention, module, source=args.model or str(ckpt), unit=unit)
+        export = AttentionExport(args.attention, module, source=source, unit=unit)
     items, total = _inputs(args, composition)
     settings: AnySettings = model_graph_settings(module)
     return _run(module, items, total, settings, args, export, composition)
+
+
+def _load(args: argparse.Namespace, device: str) -> tuple[SAGNNModule | Ensemble, str]:
+    """The model that ``--ckpt`` / ``--model`` name (an ensemble folder or a shipped ensemble: an
+    :class:`Ensemble`) and how to name its source; prints which checkpoint or ensemble it took."""
+    shipped_ensemble = args.model is not None and bool(card(args.model).extra.get("members"))
+    if args.model is not None and args.run_dir is not None:
+        raise UsageError("--run-dir goes with --ckpt best|last, not with --model")
+    if args.model is None and args.run_dir is None and is_ensemble(args.ckpt):
+        ensemble = load_ensemble(args.ckpt, device)
+        print(describe_ensemble(ensemble, args.ckpt), flush=True)
+        return ensemble, str(args.ckpt)
+    if shipped_ensemble:
+        loaded = pretrained.load(args.model, device)
+        assert isinstance(loaded, Ensemble)
+        print(describe_ensemble(loaded, args.model), flush=True)
+        return loaded, args.model
+    if args.members:
+        raise UsageError("--members goes with an ensemble: --ckpt <ensemble folder> (written by `ensemble fit`)")
+    if args.model is not None:
+        ckpt = checkpoint_file(args.model)  # checksum checked; unknown names list the available ones
+    else:
+        found = find_checkpoint(args.ckpt, args.run_dir)
+        ckpt = found.path
+        if found.folder is not None:
+            print(found.describe(), flush=True)
+    module, _ = load_module(ckpt, device, "model" if args.model is not None else "ckpt")
+    return module, args.model or str(ckpt)
 
 
 def describe_ensemble(ensemble: Ensemble, folder: str) -> str:

@@ -90,6 +90,27 @@ class ModelCard:
         out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "extra"}
         return {**out, **self.extra}
 
+    def _ensemble_lines(self) -> list[str]:
+        members = self.extra.get("members")
+        if not members:
+            return []
+        lines = [
+            f"  ensemble: {len(members)} members (validation MAE of their mean above; fine-tuning starts from the first)"
+        ]
+        calibration = self.extra.get("calibration")
+        if calibration:
+            lines.append(
+                f"  calibration: σ x{calibration['scale']:.4g} and conformal 95 % multiplier "
+                f"{calibration['conformal'].get('95')} of the members' spread, fit on {calibration['n']} held-out rows"
+            )
+        metrics = self.extra.get("validation_calibration")
+        if metrics:
+            lines.append(
+                f"  on the validation rows: mean z² {metrics['mean_z2']:.3g}, 95 % coverage {metrics['coverage_95']:.3f}, "
+                f"Spearman ρ(|error|, σ) {metrics['spearman']:.3f}"
+            )
+        return lines
+
     def render(self) -> str:
         """The card as text (``python -m sagnn_lightning models <name>``)."""
         score = ", ".join(f"{k}: {v}" for k, v in self.matbench.items()) or "none"
@@ -105,6 +126,7 @@ class ModelCard:
             f"  matbench: {score}",
             f"  trained with sagnn-lightning {self.package_version}: {self.command}",
             f"  weights: {self.file}, sha256 {self.sha256}",
+            *self._ensemble_lines(),
             "  config:",
             *("    " + line for line in json.dumps(self.config, indent=2, sort_keys=True).splitlines()),
         ]
@@ -157,24 +179,40 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def checkpoint_file(name: str, models_dir: str | os.PathLike | None = None) -> Path:
-    """The ``.ckpt`` of model ``name``, after checking its sha256 against the card.
+    """The ``.ckpt`` of model ``name`` (of an ensemble: its first member, where fine-tuning starts), after checking
+    its sha256 against the card.
 
     Raises:
         PretrainedError: unknown name, missing weights, or a checksum mismatch (a damaged install).
     """
     folder = _folder(models_dir)
     info = card(name, folder)
-    path = folder / info.file
+    return _checked_file(name, folder, info.file, info.sha256)
+
+
+def member_files(name: str, models_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The members' ``.ckpt`` files of ensemble ``name`` (card ``members``: ``file`` + ``sha256`` each), checked;
+    ``[checkpoint_file(name)]`` for a single model."""
+    folder = _folder(models_dir)
+    info = card(name, folder)
+    members = info.extra.get("members")
+    if not members:
+        return [checkpoint_file(name, folder)]
+    return [_checked_file(name, folder, m["file"], m["sha256"]) for m in members]
+
+
+def _checked_file(name: str, folder: Path, file: str, sha256: str) -> Path:
+    path = folder / file
     if not path.is_file():
         raise PretrainedError(
             f"pretrained model {name!r}: weights {path} are missing; reinstall sagnn-lightning "
             f"(available: {', '.join(_names(folder))})"
         )
     digest = sha256_of(path)
-    if digest != info.sha256:
+    if digest != sha256:
         raise PretrainedError(
             f"pretrained model {name!r}: checksum mismatch for {path} (sha256 {digest[:12]}..., card says "
-            f"{info.sha256[:12]}...); the file is damaged, reinstall sagnn-lightning "
+            f"{sha256[:12]}...); the file is damaged, reinstall sagnn-lightning "
             f"(available: {', '.join(_names(folder))})"
         )
     return path
@@ -188,5 +226,6 @@ __all__ = [
     "card",
     "checkpoint_file",
     "is_pretrained_name",
+    "member_files",
     "sha256_of",
 ]

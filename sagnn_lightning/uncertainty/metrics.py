@@ -44,8 +44,9 @@ def gaussian_nll(y: Any, mu: Any, sigma: Any) -> float:
 
 
 def coverage(y: Any, mu: Any, half_width: Any) -> float:
-    """Fraction of ``y`` inside ``[mu − half_width, mu + half_width]``."""
-    errors, half = _arrays(y, mu, half_width)
+    """Fraction of ``y`` inside ``[mu − half_width, mu + half_width]`` (an infinite half-width covers all)."""
+    half = np.asarray(half_width, dtype=np.float64).reshape(-1)
+    errors, _ = _arrays(y, mu, np.where(np.isinf(half), 1.0, half))
     return float(np.mean(np.abs(errors) <= half))
 
 

@@ -114,3 +114,46 @@ def test_members_must_share_their_task(ensemble_dir):
     with pytest.raises(Exception, match="graph settings"):
         Ensemble([member, other])
     assert torch.is_tensor(next(member.parameters()))
+
+
+def test_a_shipped_ensemble_loads_by_name_and_predicts_like_its_folder(ensemble_dir, tmp_path, monkeypatch):
+    """``scripts/export_pretrained.py --ensemble DIR``: the members slimmed, one card with the calibration; then
+    ``pretrained.load(name)`` and ``predict --model name`` give the folder's predictions and error bars."""
+    import yaml
+
+    from sagnn_lightning.lit import pretrained, registry
+    from tests.scripts import load_script
+
+    info = {
+        "summary": "test ensemble; validation MAE {validation_mae:.3f} eV",
+        "target": "band gap",
+        "unit": "eV",
+        "per": "cell",
+        "training_data": "48 MP perovskites",
+        "citation": "-",
+        "licence": "-",
+        "trainer": {"max_epochs": 2},
+        "command": "python -m sagnn_lightning ensemble fit ...",
+    }
+    cards = tmp_path / "cards.yaml"
+    cards.write_text(yaml.safe_dump({"tiny_ensemble": info}))
+    models = tmp_path / "models"
+    script = load_script("scripts/export_pretrained.py")
+    argv = ["--ensemble", str(ensemble_dir["dir"]), "--name", "tiny_ensemble", "--cards", str(cards)]
+    assert script.main([*argv, "--out", str(models)]) == 0
+    card = registry.card("tiny_ensemble", models)
+    assert len(card.extra["members"]) == 2 and card.extra["calibration"]["n"] > 0
+    assert "ensemble: 2 members" in card.render()
+    shipped = pretrained.load("tiny_ensemble", models_dir=models)
+    assert isinstance(shipped, Ensemble) and shipped.calibration is not None
+    structures = pd.read_csv(ensemble_dir["csv"])["cif"].tolist()[:6]
+    here, there = shipped.predict(structures), load_ensemble(ensemble_dir["dir"]).predict(structures)
+    np.testing.assert_allclose(here.prediction, there.prediction, rtol=1e-6)
+    np.testing.assert_allclose(here.std, there.std, rtol=1e-6)
+    monkeypatch.setattr(registry, "MODELS_DIR", models)
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", "tiny_ensemble", "--input", str(ensemble_dir["csv"]), "--output", str(out)]) == 0
+    assert list(pd.read_csv(out).columns) == ["id", "prediction", "std", "lower_95", "upper_95"]
+    (models / card.extra["members"][1]["file"]).write_bytes(b"damaged")
+    with pytest.raises(registry.PretrainedError, match="checksum mismatch"):
+        pretrained.load("tiny_ensemble", models_dir=models)

@@ -53,3 +53,8 @@ def test_bad_input_names_the_problem():
         uncertainty_metrics([1.0], [1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="sigma must be > 0"):
         uncertainty_metrics([1.0, 2.0], [1.0, 2.0], [0.0, 1.0])
+
+
+def test_an_infinite_interval_covers_everything():
+    m = uncertainty_metrics(Y, MU, SIGMA, half_widths={"95": [math.inf] * 4})
+    assert m["coverage_95"] == 1.0
