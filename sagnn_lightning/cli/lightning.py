@@ -147,6 +147,7 @@ class SAGNNLightningCLI(LightningCLI):
             ("data.target_mean", "model.target_mean"),
             ("data.target_std", "model.target_std"),
             ("data.target_names", "model.target_names"),
+            ("data.target_transforms", "model.target_transforms"),
             ("data.num_targets", "model.model.init_args.num_targets"),
         ):
             parser.link_arguments(source, target, apply_on="instantiate")

@@ -8,7 +8,7 @@ preds.csv``; ``--model NAME`` instead of ``--ckpt`` takes a pretrained model shi
   ``--run-dir <run folder>``: "best" is the best checkpoint of the *latest* run in that folder, as recorded in its
   ``last*.ckpt``; the command prints which file it took.
 * Output columns: ``id``, ``prediction`` (real units; for classification the 0/1 label) and, for
-  classification, ``probability``; with several targets, one ``prediction_<target>`` (and
+  classification, ``probability``; with several targets, one column named after each target (and
   ``probability_<target>``) column per target. Rows keep the input order.
 * Streams: the input is read in chunks, graphs are built one batch at a time and the rows are written as they
   come, into a temporary file that replaces ``--output`` at the end (memory stays flat in the input's size).

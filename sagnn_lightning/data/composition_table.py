@@ -45,6 +45,8 @@ class CompositionDataModule(CrystalDataModule):
             ``--model.compile=reduce-overhead``; :mod:`sagnn_lightning.data.padding`); ``None`` (default): no padding.
         calibration_fraction: share of the training rows held out from training and validation, the same for
             every member of an ensemble, to calibrate its uncertainty on (``calibration_dataloader``); 0: none.
+        target_transforms: one per target, ``"none"`` or ``"log"`` (e.g. ``[log, log, none]``): the model learns
+            the transformed values and predicts in the target's unit (:mod:`sagnn_lightning.data.targets`).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class CompositionDataModule(CrystalDataModule):
         progress: bool = True,
         static_shapes: int | None = None,
         calibration_fraction: float = 0.0,
+        target_transforms: list[str] | None = None,
     ) -> None:
         super().__init__(
             data_file=data_file,
@@ -84,6 +87,7 @@ class CompositionDataModule(CrystalDataModule):
             progress=progress,
             static_shapes=static_shapes,
             calibration_fraction=calibration_fraction,
+            target_transforms=target_transforms,
         )
         self.save_hyperparameters()
         self.settings = CompositionSettings()

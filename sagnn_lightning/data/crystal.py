@@ -76,6 +76,8 @@ class CrystalDataModule(GraphDataModule):
             ``--model.compile=reduce-overhead``; :mod:`sagnn_lightning.data.padding`); ``None`` (default): no padding.
         calibration_fraction: share of the training rows held out from training and validation, the same for
             every member of an ensemble, to calibrate its uncertainty on (``calibration_dataloader``); 0: none.
+        target_transforms: one per target, ``"none"`` or ``"log"`` (e.g. ``[log, log, none]``): the model learns
+            the transformed values and predicts in the target's unit (:mod:`sagnn_lightning.data.targets`).
 
     ``task_type`` and ``on_error`` are plain strings checked here (not ``Literal``), so that a wrong value is
     reported by the CLI as this class's one-line message rather than as a type-union dump.
@@ -103,6 +105,7 @@ class CrystalDataModule(GraphDataModule):
         progress: bool = True,
         static_shapes: int | None = None,
         calibration_fraction: float = 0.0,
+        target_transforms: list[str] | None = None,
     ) -> None:
         super().__init__(
             cutoff=cutoff,
@@ -117,6 +120,7 @@ class CrystalDataModule(GraphDataModule):
             progress=progress,
             static_shapes=static_shapes,
             calibration_fraction=calibration_fraction,
+            target_transforms=target_transforms,
         )
         self.save_hyperparameters()
         if task_type not in ("regression", "classification"):
@@ -209,6 +213,7 @@ class CrystalDataModule(GraphDataModule):
     def _split_ids(self, table: Table) -> dict[str, list[str] | None]:
         # split every row of the file (skipped rows included) so that skipping never moves other rows
         splits = random_split_ids(self.file_ids, self.val_fraction, self.test_fraction, self.split_seed)
-        splits["train"], splits["calibration"] = self.carve_calibration(splits["train"])
+        if self.calibration_fraction:
+            splits["train"], splits["calibration"] = self.carve_calibration(splits["train"])
         usable = set(table.ids)
         return {k: [i for i in v if i in usable] for k, v in splits.items()}

@@ -27,6 +27,7 @@ from sagnn_lightning.data.dataset import SkippedItem
 from sagnn_lightning.data.graph import GraphSettings
 from sagnn_lightning.data.padding import Capacity, choose_capacities, collate_padded
 from sagnn_lightning.data.table import DataFormatError, OnError, Table
+from sagnn_lightning.data.targets import check_transforms, invalid_for_transform, missing_counts, transform_array
 from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.errors import UsageError, param
 from sagnn_lightning.files import atomic_write, file_lock
@@ -65,18 +66,27 @@ def _without_id(reason: str, sample_id: str) -> str:
     return reason[len(prefix) :].rstrip(".") if reason.startswith(prefix) else reason.rstrip(".")
 
 
-def check_targets(table: Table, on_error: str, task_type: TaskType) -> tuple[Table, list[SkippedItem]]:
-    """Reject NaN/inf targets (and non-0/1 classification labels), naming the row ids.
+def check_targets(
+    table: Table, on_error: str, task_type: TaskType, transforms: Sequence[str] | None = None
+) -> tuple[Table, list[SkippedItem]]:
+    """Reject invalid targets, naming the row ids: inf, NaN (with one target; with several, a row may lack some
+    of them but not all: :mod:`sagnn_lightning.data.targets`), values a target's ``transforms`` entry cannot take,
+    and non-0/1 classification labels.
 
     Returns the table without bad rows and the list of skipped rows (``on_error="skip"``).
     """
     bad_rows: dict[int, str] = {}
     t = table.targets
     finite = np.isfinite(t)
-    for r in np.flatnonzero(~finite.all(axis=1)):
-        cols = [table.target_names[k] for k in np.flatnonzero(~finite[r])]
+    allowed = np.isnan(t) & (t.shape[1] > 1) & finite.any(axis=1, keepdims=True)  # some targets missing, not all
+    for r in np.flatnonzero(~(finite | allowed).all(axis=1)):
+        cols = [table.target_names[k] for k in np.flatnonzero(~(finite[r] | allowed[r]))]
         values = ", ".join(str(t[r, table.target_names.index(c)]) for c in cols)
         bad_rows[int(r)] = f"target {', '.join(cols)} is {values}"
+    if transforms is not None:
+        for r, k in zip(*np.nonzero(invalid_for_transform(t, transforms))):
+            name = table.target_names[k]
+            bad_rows.setdefault(int(r), f"target {name} is {t[r, k]}, but its transform is {transforms[k]} (needs > 0)")
     if task_type == "classification":
         for r in np.flatnonzero((finite & ~np.isin(t, (0.0, 1.0))).any(axis=1)):
             bad_rows.setdefault(int(r), f"classification target must be 0/1 or true/false, got {t[r].tolist()}")
@@ -118,8 +128,11 @@ class GraphDataModule(pl.LightningDataModule, ABC):
         progress: bool = True,
         static_shapes: int | None = None,
         calibration_fraction: float = 0.0,
+        target_transforms: list[str] | None = None,
     ) -> None:
         super().__init__()
+        # as given (the CLI links it to the module, and Lightning requires equal hparams); resolved: ``transforms``
+        self.target_transforms = list(target_transforms) if target_transforms is not None else None
         if not 0.0 <= calibration_fraction < 1.0:
             raise UsageError(
                 f"calibration_fraction must be in [0, 1) ({param('data.calibration_fraction')}), got {calibration_fraction}"
@@ -152,6 +165,7 @@ class GraphDataModule(pl.LightningDataModule, ABC):
         self._stats: tuple[list[float], list[float]] | None = None
         self._graphs: Any = None
         self.skipped: list[SkippedItem] = []  # rows left out in skip mode: (sample_id, reason)
+        self.missing_targets: dict[str, int] = {}  # rows lacking each target (kept: they train the others)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -195,12 +209,22 @@ class GraphDataModule(pl.LightningDataModule, ABC):
         if self._table is None:
             table = self._load_rows()
             self.file_ids = list(table.ids)
-            table, skipped = check_targets(table, self.on_error, self.task_type)
+            transforms = check_transforms(self.target_transforms, table.target_names)
+            table, skipped = check_targets(table, self.on_error, self.task_type, transforms)
             if len(table) == 0:
                 raise DataFormatError(f"{table.source}: no usable rows left; {format_skipped(skipped, len(skipped))}.")
             self._table, self.skipped = table, list(skipped)
             if skipped:
                 log.warning("%s: %s", table.source, format_skipped(skipped, len(table) + len(skipped)))
+            self.missing_targets = missing_counts(table.targets, table.target_names)
+            if self.missing_targets:
+                counts = ", ".join(f"{name} {n}" for name, n in self.missing_targets.items())
+                log.warning(
+                    "%s: rows lacking a target train on the targets they have (rows without: %s, of %d)",
+                    table.source,
+                    counts,
+                    len(table),
+                )
         return self._table
 
     def _rows_path(self) -> Path:
@@ -300,15 +324,27 @@ class GraphDataModule(pl.LightningDataModule, ABC):
             else:
                 row = {sid: r for r, sid in enumerate(self.table.ids)}
                 train = self.table.targets[[row[i] for i in self.split_ids["train"] or []]]
-                mean = train.mean(axis=0)
-                std = train.std(axis=0)
+                train = transform_array(train, self.transforms)
+                empty = [n for n, count in zip(self.target_names, np.isfinite(train).sum(axis=0)) if count == 0]
+                if empty:
+                    raise DataFormatError(
+                        f"{self.table.source}: no training row has a value for {empty}; drop the target or add rows"
+                    )
+                mean = np.nanmean(train, axis=0)
+                std = np.nanstd(train, axis=0)
                 std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
                 self._stats = (mean.tolist(), std.tolist())
         return self._stats
 
     @property
+    def transforms(self) -> list[str]:
+        """Per-target transform (``"none"`` or ``"log"``; :mod:`sagnn_lightning.data.targets`): the statistics and
+        the model's training targets are of the transformed values."""
+        return check_transforms(self.target_transforms, self.target_names)
+
+    @property
     def target_mean(self) -> list[float]:
-        """Per-target mean over the training split (0 for classification)."""
+        """Per-target mean over the training split, of the transformed values (0 for classification)."""
         return self._compute_stats()[0]
 
     @property

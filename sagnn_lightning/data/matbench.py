@@ -216,6 +216,8 @@ class MatbenchDataModule(GraphDataModule):
             ``--model.compile=reduce-overhead``; :mod:`sagnn_lightning.data.padding`); ``None`` (default): no padding.
         calibration_fraction: share of the training rows held out from training and validation, the same for
             every member of an ensemble, to calibrate its uncertainty on (``calibration_dataloader``); 0: none.
+        target_transforms: one per target, ``"none"`` or ``"log"`` (e.g. ``[log, log, none]``): the model learns
+            the transformed values and predicts in the target's unit (:mod:`sagnn_lightning.data.targets`).
 
     Attributes (available right after ``__init__``, computed lazily): ``task_type``, ``num_targets``,
     ``target_names``, ``target_mean``/``target_std`` (training split; 0/1 for classification), ``unit``.
@@ -243,6 +245,7 @@ class MatbenchDataModule(GraphDataModule):
         progress: bool = True,
         static_shapes: int | None = None,
         calibration_fraction: float = 0.0,
+        target_transforms: list[str] | None = None,
     ) -> None:
         super().__init__(
             cutoff=cutoff,
@@ -257,6 +260,7 @@ class MatbenchDataModule(GraphDataModule):
             progress=progress,
             static_shapes=static_shapes,
             calibration_fraction=calibration_fraction,
+            target_transforms=target_transforms,
         )
         self.save_hyperparameters()
         self.task = get_task(task)
@@ -376,12 +380,10 @@ class MatbenchDataModule(GraphDataModule):
         self._missing_test = missing_test
         if missing_test:
             test = None
-        return {
-            "train": [i for i in train if i in usable],
-            "val": [i for i in val if i in usable],
-            "test": test,
-            "calibration": [i for i in calibration if i in usable],
-        }
+        splits = {"train": [i for i in train if i in usable], "val": [i for i in val if i in usable], "test": test}
+        if self.calibration_fraction:
+            splits["calibration"] = [i for i in calibration if i in usable]
+        return splits
 
     def _coverage(self, present: set[str]) -> str:
         full_train = [k for k in range(NUM_FOLDS) if set(official_fold(self.task.name, k)[0]) <= present]

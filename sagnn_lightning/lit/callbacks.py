@@ -27,8 +27,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     Args:
         dirpath: folder of the checkpoints (the CLI sets ``<trainer.default_root_dir>/checkpoints``).
-        monitor: metric key, or ``"auto"``: ``val/mae`` (regression, min) / ``val/auroc``
-            (classification, max), read from the module's ``task_type``.
+        monitor: metric key, or ``"auto"``: the module's ``monitor`` (``val/mae`` for one regression target,
+            ``val/loss`` for several, ``val/auroc`` for classification, max).
         mode: ``"min"``, ``"max"`` or ``"auto"`` (with ``monitor``).
         save_top_k: best checkpoints kept (default 1).
         save_last: also write ``last.ckpt`` at the end of every training epoch, whether or not the metric
@@ -68,7 +68,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         task_type = getattr(pl_module, "task_type", "regression")
-        monitor, mode = MONITOR.get(task_type, MONITOR["regression"])
+        monitor, mode = getattr(pl_module, "monitor", None) or MONITOR.get(task_type, MONITOR["regression"])
         if self._auto_monitor:
             self.monitor = monitor
         if self._auto_mode:

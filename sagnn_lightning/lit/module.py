@@ -33,6 +33,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from sagnn_lightning.data.targets import TRANSFORMS, TargetTransformer
 from sagnn_lightning.data.tasks import TaskType
 from sagnn_lightning.errors import UsageError, param
 from sagnn_lightning.files import safe_name
@@ -84,11 +85,17 @@ class SAGNNModule(pl.LightningModule):
             names, checkpoints and the attention export are unchanged. See docs/guide/model.md.
         compile_backend: the ``torch.compile`` backend (default ``"inductor"``; ``"aot_eager"`` checks tracing
             without code generation).
+        target_transforms: per target, ``"none"`` or ``"log"`` (linked from the DataModule, whose statistics are
+            of the transformed values): the network learns the transformed target, predictions and metrics are in
+            the target's unit (:mod:`sagnn_lightning.data.targets`).
+        loss_weights: per-target weights of the loss (default 1 each); the loss is the weighted mean over the
+            targets each row has.
     """
 
     # buffers registered in __init__ (declared for type checkers)
     target_mean: Tensor
     target_std: Tensor
+    loss_weights: Tensor
 
     def __init__(
         self,
@@ -105,6 +112,8 @@ class SAGNNModule(pl.LightningModule):
         reset_head: bool = False,
         compile: Literal["default", "reduce-overhead", "max-autotune"] | None = None,
         compile_backend: str = "inductor",
+        target_transforms: Sequence[str] | None = None,
+        loss_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if task_type not in ("regression", "classification"):
@@ -143,6 +152,20 @@ class SAGNNModule(pl.LightningModule):
             )
         self.register_buffer("target_mean", mean.reshape(1, -1))
         self.register_buffer("target_std", std.reshape(1, -1))
+        self.target_transforms = list(target_transforms) if target_transforms is not None else ["none"] * num_targets
+        if len(self.target_transforms) != num_targets or any(t not in TRANSFORMS for t in self.target_transforms):
+            raise UsageError(
+                f"SAGNNModule: target_transforms must give one of {list(TRANSFORMS)} per target "
+                f"({num_targets}), got {self.target_transforms}; link it from the DataModule"
+            )
+        self.transformer = TargetTransformer(self.target_transforms)
+        weights = torch.ones(num_targets) if loss_weights is None else torch.as_tensor(loss_weights, dtype=torch.float)
+        if weights.numel() != num_targets or not torch.all(weights >= 0) or not weights.sum() > 0:
+            raise UsageError(
+                f"{param('model.loss_weights')} must give {num_targets} weights >= 0, not all 0, one per target "
+                f"{self.target_names}; got {list(loss_weights or [])}"
+            )
+        self.register_buffer("loss_weights", weights.reshape(1, -1), persistent=False)  # from the hparams
         self.init_from = str(init_from) if init_from else None
         self.reset_head = bool(reset_head)
         if compile not in (None, "default", "reduce-overhead", "max-autotune"):
@@ -174,7 +197,11 @@ class SAGNNModule(pl.LightningModule):
 
     @property
     def monitor(self) -> tuple[str, str]:
-        """``(metric key, "min" | "max")`` that selects the best checkpoint."""
+        """``(metric key, "min" | "max")`` that selects the best checkpoint: with several regression targets,
+        ``val/loss`` (the weighted loss on the standardised, transformed targets), since a mean of MAEs in different
+        units would let the target with the largest numbers choose."""
+        if self.task_type == "regression" and self.num_targets > 1:
+            return ("val/loss", "min")
         return MONITOR[self.task_type]
 
     def setup(self, stage: str) -> None:
@@ -220,20 +247,20 @@ class SAGNNModule(pl.LightningModule):
         """Predictions in real units ``[B, T]`` (regression) or logits ``[B, T]`` (classification)."""
         out = self.model(batch)
         if self.task_type == "regression":
-            out = out * self.target_std + self.target_mean
+            out = self.transformer.inverse(out * self.target_std + self.target_mean)
         return out
 
     def _loss(self, raw: Tensor, y: Tensor) -> Tensor:
         mask = torch.isfinite(y)
-        y = torch.where(mask, y, torch.zeros_like(y))
+        y = torch.where(mask, y, torch.ones_like(y))  # a missing target: any value a transform takes; masked below
         if self.task_type == "classification":
             per = nn.functional.binary_cross_entropy_with_logits(raw, y, reduction="none")
         else:
-            target = (y - self.target_mean) / self.target_std
+            target = (self.transformer.forward(y) - self.target_mean) / self.target_std
             diff = raw - target
             per = diff.abs() if self.loss_name == "l1" else diff.square()
-        mask = mask.to(per.dtype)
-        return (per * mask).sum() / mask.sum().clamp_min(1.0)
+        weight = mask.to(per.dtype) * self.loss_weights.to(per.dtype)
+        return (per * weight).sum() / weight.sum().clamp_min(1e-12)
 
     def _step(self, batch: Any, stage: str) -> dict[str, Any]:
         raw = self.model(batch)
@@ -255,7 +282,7 @@ class SAGNNModule(pl.LightningModule):
                 pred = torch.sigmoid(raw.detach())
                 target = labels_with_missing(y)
             else:
-                pred = raw.detach() * self.target_std + self.target_mean
+                pred = self.transformer.inverse(raw.detach() * self.target_std + self.target_mean)
                 target = y
             metrics = self._metrics(stage)
             for metric in metrics.values():

@@ -1,5 +1,5 @@
-"""The predictions CSV: ``id,prediction[,probability]`` (one ``prediction_<target>`` column per target when there
-are several), written row by row as predictions come and made visible atomically at the end."""
+"""The predictions CSV: ``id,prediction[,probability]`` (one column named after each target when there are
+several), written row by row as predictions come and made visible atomically at the end."""
 
 from __future__ import annotations
 
@@ -41,19 +41,19 @@ class Predictions:
 
 
 def prediction_columns(target_names: Sequence[str], classification: bool) -> list[str]:
-    """The CSV's value columns: ``prediction`` (``prediction_<target>`` per target when there are several), then
-    the matching ``probability`` columns for classification."""
+    """The CSV's value columns: ``prediction`` (one column named after each target when there are several, in
+    the target's unit), then the matching ``probability`` columns for classification."""
     single = len(target_names) == 1
-    pred = ["prediction"] if single else [f"prediction_{n}" for n in target_names]
+    pred = ["prediction"] if single else list(target_names)
     prob = (["probability"] if single else [f"probability_{n}" for n in target_names]) if classification else []
     return [*pred, *prob]
 
 
 def extra_columns(target_names: Sequence[str], extra: Sequence[str], members: int = 0) -> list[str]:
-    """An ensemble's further CSV columns: each ``extra`` output (``std``, ``lower_95``, ...; ``<name>_<target>``
+    """An ensemble's further CSV columns: each ``extra`` output (``std``, ``lower_95``, ...; ``<target>_<name>``
     per target when there are several), then ``member_<j>`` (``member_<j>_<target>``) for ``members`` members."""
     single = len(target_names) == 1
-    columns = [name if single else f"{name}_{t}" for name in extra for t in target_names[: 1 if single else None]]
+    columns = [name if single else f"{t}_{name}" for name in extra for t in target_names[: 1 if single else None]]
     for j in range(members):
         columns += [f"member_{j}"] if single else [f"member_{j}_{t}" for t in target_names]
     return columns
@@ -99,6 +99,11 @@ class PredictionsWriter(AbstractContextManager["PredictionsWriter"]):
             *prediction_columns(target_names, classification),
             *extra_columns(target_names, extra, members),
         ]
+        if len(set(self.header)) < len(self.header):
+            raise UsageError(
+                f"{param('id_header')}={id_header!r} or a target name repeats a column name of {self.header}; "
+                "choose another id header"
+            )
         self.rows = 0
         self._discard = False
         self._context: AbstractContextManager[IO[Any]] | None = None
