@@ -2,7 +2,8 @@
 
 For each CSV (e.g. the runner's ``<out>/uncertainty/<task>_fold_<k>.csv``, or ``predict --ckpt <ensemble>``'s
 output joined to targets with ``--targets``) it prints, and with ``--out PREFIX`` writes to ``PREFIX_metrics.csv``:
-MAE, RMSE, Gaussian NLL, the mean squared z-score (≈ 1 when calibrated; Pernot 2024), the miscalibration area,
+MAE (and, with ``member_<j>`` columns, the members' mean MAE and the ensemble's gain over it), RMSE, Gaussian NLL,
+the mean squared z-score (≈ 1 when calibrated; Pernot 2024), the miscalibration area,
 Spearman's ρ(|error|, σ), and the coverage of the 68 % and 95 % intervals (Gaussian ``±σ``/``±1.96σ``, or the
 CSV's ``lower_95``/``upper_95`` for the 95 % one when present), for each σ column given (``--std-columns``,
 default ``std_raw`` and ``std`` when present), per file and pooled over all files. ``--calibrate-on`` fits the
@@ -20,13 +21,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from sagnn_lightning.files import write_csv_rows
-from sagnn_lightning.uncertainty import binned_error_calibration, fit_calibration, uncertainty_metrics
+from sagnn_lightning.uncertainty import binned_error_calibration, coverage_curve, fit_calibration, uncertainty_metrics
 
 
 def read_predictions(
@@ -50,6 +51,16 @@ def read_predictions(
     return frame[keep].reset_index(drop=True)
 
 
+def member_scores(frame: pd.DataFrame) -> dict[str, float]:
+    """With ``member_<j>`` columns: the members' mean MAE and the ensemble's gain over it (``1 − MAE / that``)."""
+    members = [c for c in frame if c.startswith("member_")]
+    if not members:
+        return {}
+    mean_mae = float(np.mean([np.mean(np.abs(frame[c] - frame["target"])) for c in members]))
+    mae = float(np.mean(np.abs(frame["prediction"] - frame["target"])))
+    return {"members": float(len(members)), "members_mean_mae": mean_mae, "ensemble_gain": 1.0 - mae / mean_mae}
+
+
 def metrics_rows(name: str, frame: pd.DataFrame, std_columns: list[str]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for column in std_columns:
@@ -59,6 +70,7 @@ def metrics_rows(name: str, frame: pd.DataFrame, std_columns: list[str]) -> list
         if column == "std" and {"lower_95", "upper_95"} <= set(frame) and np.isfinite(frame["upper_95"]).all():
             half = {"95": ((frame["upper_95"] - frame["lower_95"]) / 2).to_numpy()}
         values = uncertainty_metrics(frame["target"], frame["prediction"], frame[column], half_widths=half)
+        values |= member_scores(frame)
         rows.append({"file": name, "sigma": column, **{k: round(v, 6) for k, v in values.items()}})
     return rows
 
@@ -80,30 +92,29 @@ def plot(frames: dict[str, pd.DataFrame], column: str, prefix: Path) -> list[Pat
     ax.set_xlabel(f"root mean variance ({column}), per bin")
     ax.set_ylabel("RMSE, per bin")
     ax.set_title("error-based calibration (8 equal-count bins of σ)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    calibration_png = prefix.with_name(prefix.name + "_calibration.png")
-    fig.savefig(calibration_png, dpi=130)
-    plt.close(fig)
+    calibration_png = _save(fig, ax, prefix, "calibration")
 
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    expected = np.linspace(0, 1, 41)
     for label, sigma_column in (("raw spread", "std_raw"), ("recalibrated", "std")):
-        if sigma_column not in pooled:
-            continue
-        z = np.abs((pooled["target"] - pooled["prediction"]) / pooled[sigma_column]).to_numpy()
-        with np.errstate(over="ignore"):
-            observed = [np.mean(z <= stats.norm.ppf(0.5 + p / 2)) for p in expected]
-        ax.plot(expected, observed, "-", label=label)
+        if sigma_column in pooled:
+            expected, observed = coverage_curve(pooled["target"], pooled["prediction"], pooled[sigma_column], 40)
+            ax.plot(expected, observed, "-", label=label)
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="calibrated")
     ax.set_xlabel("nominal coverage of the central Gaussian interval")
     ax.set_ylabel("observed coverage")
+    coverage_png = _save(fig, ax, prefix, "coverage")
+    return [calibration_png, coverage_png]
+
+
+def _save(fig: Any, ax: Any, prefix: Path, kind: str) -> Path:
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8)
     fig.tight_layout()
-    coverage_png = prefix.with_name(prefix.name + "_coverage.png")
-    fig.savefig(coverage_png, dpi=130)
+    path = prefix.with_name(f"{prefix.name}_{kind}.png")
+    fig.savefig(path, dpi=130)
     plt.close(fig)
-    return [calibration_png, coverage_png]
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

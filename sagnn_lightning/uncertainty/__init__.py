@@ -10,6 +10,7 @@ from sagnn_lightning.uncertainty.calibration import (
 from sagnn_lightning.uncertainty.metrics import (
     binned_error_calibration,
     coverage,
+    coverage_curve,
     gaussian_nll,
     miscalibration_area,
     uncertainty_metrics,
@@ -20,6 +21,7 @@ __all__ = [
     "binned_error_calibration",
     "conformal_quantile",
     "coverage",
+    "coverage_curve",
     "fit_calibration",
     "fit_variance_scale",
     "gaussian_nll",

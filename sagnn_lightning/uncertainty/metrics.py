@@ -50,14 +50,20 @@ def coverage(y: Any, mu: Any, half_width: Any) -> float:
     return float(np.mean(np.abs(errors) <= half))
 
 
-def miscalibration_area(y: Any, mu: Any, sigma: Any, levels: int = 100) -> float:
-    """Area between the observed and the expected fraction inside the central Gaussian intervals, over
-    ``levels + 1`` probabilities from 0 to 1 (trapezoid rule): 0 for calibrated σ, at most 0.5."""
+def coverage_curve(y: Any, mu: Any, sigma: Any, levels: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """``(expected, observed)``: for ``levels + 1`` probabilities ``p`` from 0 to 1, the fraction of errors inside
+    the central Gaussian interval of probability ``p`` (the coverage plot's curve)."""
     errors, sigma = _arrays(y, mu, sigma)
     expected = np.linspace(0.0, 1.0, levels + 1)
     with np.errstate(over="ignore"):
         half = stats.norm.ppf(0.5 + expected / 2)  # p = 1 → ∞: every error is inside
-    observed = np.array([np.mean(np.abs(errors) <= h * sigma) for h in half])
+    return expected, np.array([np.mean(np.abs(errors) <= h * sigma) for h in half])
+
+
+def miscalibration_area(y: Any, mu: Any, sigma: Any, levels: int = 100) -> float:
+    """Area between the observed and the expected fraction inside the central Gaussian intervals, over
+    ``levels + 1`` probabilities from 0 to 1 (trapezoid rule): 0 for calibrated σ, at most 0.5."""
+    expected, observed = coverage_curve(y, mu, sigma, levels)
     return float(np.trapezoid(np.abs(observed - expected), expected))
 
 

@@ -15,6 +15,7 @@ def _csv(path, seed, scale, n=3000, with_target=True):
     target = rng.normal(0.0, scale * std_raw)
     frame = pd.DataFrame({"id": [f"x{seed}-{k}" for k in range(n)], "prediction": 0.0, "std_raw": std_raw})
     frame["std"] = scale * std_raw
+    frame["member_0"], frame["member_1"] = 0.1, -0.3  # members' mean MAE > the mean's (0.0) MAE
     if with_target:
         frame["target"] = target
     frame.to_csv(path, index=False)
@@ -42,6 +43,11 @@ def test_metrics_recalibration_and_plots(tmp_path, capsys):
     assert pooled.loc["recalibrated", "mean_z2"] == pytest.approx(1.0, rel=0.08)
     assert pooled.loc["std", "coverage_95"] == pytest.approx(0.95, abs=0.015)
     assert pooled.loc["std_raw", "miscalibration_area"] > 0.2 > 0.02 > pooled.loc["std", "miscalibration_area"]
+    members_mae = np.mean(
+        [np.mean(np.abs(pd.read_csv(tmp_path / f"fold_{k}.csv")["target"] - v)) for k in range(2) for v in (0.1, -0.3)]
+    )
+    assert pooled.loc["std", "members_mean_mae"] == pytest.approx(members_mae, rel=1e-4)
+    assert 0 < pooled.loc["std", "ensemble_gain"] < 0.2
     assert (prefix.parent / "cal_calibration.png").stat().st_size > 10_000
     assert (prefix.parent / "cal_coverage.png").stat().st_size > 10_000
 
