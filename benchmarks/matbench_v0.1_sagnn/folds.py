@@ -196,6 +196,8 @@ def config_summary(cli: Any, spec: dict[str, Any]) -> dict[str, Any]:
     model = _plain(config.model.model.init_args)
     model.pop("num_targets", None)
     data = _plain(config.data.init_args)
+    if data.get("cutoff") is not None:  # the network's cutoff is linked from the DataModule's when it is built
+        model["cutoff"] = data["cutoff"]
     trainer = _plain(config.trainer)
     training = {
         "model_class": config.model.model.class_path,

@@ -37,7 +37,7 @@ from sagnn_lightning.errors import SAGNNError
 from sagnn_lightning.files import atomic_write
 
 #: On-disk format and graph-code version; bump when either changes (part of the cache key).
-CACHE_FORMAT_VERSION = "2"
+CACHE_FORMAT_VERSION = "3"  # 3: k-nearest ties broken by neighbour and image (graph.DISTANCE_TIE)
 
 MAGIC = b"SAGNNGC1"
 END_MAGIC = b"SAGNNEND"

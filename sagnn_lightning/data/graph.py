@@ -220,8 +220,17 @@ def _search(cart: np.ndarray, centres: np.ndarray, lattice: np.ndarray, pbc: np.
     return c, p, images, d
 
 
+#: distances closer than this (Å) sort as equal, so that ties are broken by neighbour and image, never by float noise
+DISTANCE_TIE = 1e-4
+
+
 def _edge_order(centers: np.ndarray, points: np.ndarray, images: np.ndarray, dists: np.ndarray) -> np.ndarray:
-    """Permutation sorting edges by ``(centre, distance, neighbour, image)``.
+    """Permutation sorting edges by ``(centre, distance, neighbour, image)``, the distance in steps of
+    :data:`DISTANCE_TIE`.
+
+    Symmetry-equivalent neighbours are at the same distance up to the rounding of how the structure was given
+    (a CIF's 6 decimals, a dict, a cache): sorted by the exact float, which of them the ``max_neighbors`` cut keeps
+    would depend on that noise, and the same crystal would get other graphs in training and in prediction.
 
     Three sort keys instead of six: neighbour and image are packed into one int64 (images are bounded by the
     search radius over the shortest lattice-plane spacing, far inside ±2**15), which halves ``np.lexsort``'s
@@ -231,7 +240,7 @@ def _edge_order(centers: np.ndarray, points: np.ndarray, images: np.ndarray, dis
     for axis in range(3):
         packed <<= 16
         packed |= images[:, axis] + (1 << 15)
-    return np.lexsort((packed, dists, centers))
+    return np.lexsort((packed, np.rint(dists / DISTANCE_TIE), centers))
 
 
 def neighbor_list_arrays(

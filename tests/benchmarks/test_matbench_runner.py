@@ -114,11 +114,12 @@ def _own_predictions(checkpoint: Path, model_config: dict, ids: list[str], struc
     model = SAGNN(num_targets=1, **model_config)  # the recorded configuration rebuilds the network
     module = SAGNNModule.load_from_checkpoint(checkpoint, model=model, map_location="cpu", weights_only=False)
     module.eval()
-    result = predict_structures(
+    result = predict_structures(  # the graphs the run trained on: its cutoff and neighbour cap (the recipe's)
         module,
         ids,
         [Structure.from_dict(structures[i]) for i in ids],
         cutoff=float(model_config["cutoff"]),
+        max_neighbors=module.graph_settings["max_neighbors"] if module.graph_settings else None,
         batch_size=1,
     )
     assert result.ids == ids and not result.errors

@@ -317,3 +317,26 @@ def test_fast_data_construction_equals_pygs_constructor(monkeypatch) -> None:
     fast_batch, slow_batch = Batch.from_data_list([fast, fast]), Batch.from_data_list([slow, slow])
     for key in ("edge_index", "batch", "ptr", "atomic_numbers", "image_offsets", "lattice", "state"):
         assert torch.equal(fast_batch[key], slow_batch[key]), key
+
+
+def test_k_nearest_ties_do_not_depend_on_float_noise():
+    """Rock salt: the 24-neighbour cut falls inside a shell of equidistant atoms. The structure given with
+    coordinates off by 1e-9 (another file's rounding) keeps the same neighbours: ties are broken by neighbour and
+    image (``graph.DISTANCE_TIE``), not by the last bits of the distances."""
+    from sagnn_lightning.data.graph import GraphSettings
+    from sagnn_lightning.data.inputs import item_to_graph
+
+    salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    centres, _, _, distances = salt.get_neighbor_list(8.0)
+    shell = np.sort(distances[centres == 0])
+    assert shell[23] == pytest.approx(shell[24]) and shell[24] < shell[-1]  # the cut is inside a shell
+    settings = GraphSettings(cutoff=8.0, max_neighbors=24)
+
+    def edges(structure: Structure) -> set[tuple[int, ...]]:
+        graph = item_to_graph(structure, settings, name="salt")
+        return set(map(tuple, torch.cat([graph.edge_index.T, graph.image_offsets], dim=1).tolist()))
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        noise = rng.uniform(-1e-9, 1e-9, salt.frac_coords.shape)
+        assert edges(Structure(salt.lattice, salt.species, salt.frac_coords + noise)) == edges(salt)
