@@ -107,6 +107,7 @@ class Ensemble(nn.Module):
         self.task_type = first.task_type
         self.graph_settings = first.graph_settings
         self.model = first.model  # what the inference stream reads (composition model? embedding size)
+        self.eval()  # an ensemble only predicts; its members were trained apart
 
     def __len__(self) -> int:
         return len(self.members)
