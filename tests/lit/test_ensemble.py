@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from sagnn_lightning.__main__ import main
+from sagnn_lightning.data.readers import InputItem
+from sagnn_lightning.data.samples import sample_path
 from sagnn_lightning.lit import load_checkpoint
 from sagnn_lightning.lit.ensemble import Ensemble, load_ensemble
 from tests.lit.conftest import quickstart_argv, run_python
@@ -157,3 +159,41 @@ def test_a_shipped_ensemble_loads_by_name_and_predicts_like_its_folder(ensemble_
     (models / card.extra["members"][1]["file"]).write_bytes(b"damaged")
     with pytest.raises(registry.PretrainedError, match="checksum mismatch"):
         pretrained.load("tiny_ensemble", models_dir=models)
+
+
+def test_a_classification_ensemble_averages_probabilities(tmp_path):
+    """Classification members: the mean probability, its spread and the label of the mean; the CSV columns."""
+    from sagnn_lightning.lit.inference import iter_predictions, model_graph_settings
+    from sagnn_lightning.lit.module import SAGNNModule
+    from sagnn_lightning.lit.predictions_csv import PredictionsWriter
+    from tests.lit.test_module import tiny_model
+
+    members = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        model = tiny_model(1)
+        model.reset_parameters()
+        members.append(SAGNNModule(model, task_type="classification").eval())
+    ensemble = Ensemble(members)
+    frame = pd.read_csv(sample_path("mp_abx3_perovskites"))
+    structures = frame["cif"].tolist()[:6]
+    result = ensemble.predict(structures)
+    alone = np.stack([m.predict(structures) for m in members])  # each member's probability of class 1
+    np.testing.assert_allclose(result.probability, alone.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(result.probability_std, alone.std(axis=0, ddof=1), rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(result.prediction, (alone.mean(axis=0) >= 0.5).astype(float))
+    assert result.std is None and result.probability_std.max() > 1e-4  # three different members
+    items = [InputItem(str(k), str(k), s) for k, s in enumerate(structures)]
+    out = tmp_path / "p.csv"
+    with PredictionsWriter(out, ensemble.target_names, True, extra=["probability_std"], members=3) as writer:
+        for part in iter_predictions(ensemble, items, model_graph_settings(ensemble)):
+            writer.write(part)
+    written = pd.read_csv(out)
+    assert list(written.columns) == [
+        "id",
+        "prediction",
+        "probability",
+        "probability_std",
+        *(f"member_{j}" for j in range(3)),
+    ]
+    np.testing.assert_allclose(written["probability"], result.probability, rtol=1e-5)
