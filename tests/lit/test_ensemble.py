@@ -170,9 +170,11 @@ def test_a_classification_ensemble_averages_probabilities(tmp_path):
 
     members = []
     for seed in (0, 1, 2):
-        torch.manual_seed(seed)
-        model = tiny_model(1)
-        model.reset_parameters()
+        model = tiny_model(1)  # seeded: the same weights each time, so make each member its own
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
         members.append(SAGNNModule(model, task_type="classification").eval())
     ensemble = Ensemble(members)
     frame = pd.read_csv(sample_path("mp_abx3_perovskites"))
