@@ -48,8 +48,13 @@ def ensemble_of_members(
 
 
 def member_spread(stacked: np.ndarray) -> np.ndarray:
-    """The members' standard deviation per row (``ddof=1``: the sample spread of K members), ``[K, n]`` → ``[n]``."""
-    return stacked.std(axis=0, ddof=1) if stacked.shape[0] > 1 else np.zeros(stacked.shape[1])
+    """The members' spread per row, ``[K, n]`` → ``[n]``: :func:`sagnn_lightning.lit.ensemble.member_spread`, the
+    one that ``predict --ckpt <ensemble>`` uses."""
+    import torch
+
+    from sagnn_lightning.lit.ensemble import member_spread as spread
+
+    return spread(torch.from_numpy(np.asarray(stacked, dtype=np.float64))).numpy()
 
 
 def uncertainty_rows(
