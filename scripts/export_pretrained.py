@@ -32,6 +32,7 @@ import yaml
 import sagnn_lightning
 from sagnn_lightning.files import atomic_write
 from sagnn_lightning.lit.ensemble import read_manifest
+from sagnn_lightning.lit.ensemble_fit import member_predictions
 from sagnn_lightning.lit.loading import load_module
 from sagnn_lightning.lit.pretrained import training_datamodule
 from sagnn_lightning.lit.registry import MODELS_DIR, ModelCard, sha256_of
@@ -101,14 +102,8 @@ def ensemble_validation(paths: list[Path], data: dict[str, Any], data_file: str 
         overrides["data_file"] = data_file
     datamodule = training_datamodule(data, **overrides)
     datamodule.setup("validate")
-    ids: list[str] = []
-    stacked: list[list[torch.Tensor]] = [[] for _ in modules]
-    with torch.inference_mode():
-        for batch_idx, batch in enumerate(datamodule.val_dataloader()):
-            for k, module in enumerate(modules):
-                stacked[k].append(module.predict_step(batch, batch_idx)["prediction"].double()[:, 0])
-            ids += [str(i) for i in batch.sample_id]
-    predictions = np.stack([torch.cat(parts).numpy() for parts in stacked])
+    ids, stacked = member_predictions(modules, datamodule.val_dataloader())
+    predictions = stacked[:, :, 0]
     truth = np.asarray(datamodule.targets_of(ids), dtype=np.float64)[:, 0]
     return {
         "ids": ids,

@@ -24,7 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -210,21 +210,22 @@ def _scores(best: Path) -> dict[str, Any]:
 
 
 def member_predictions(
-    modules: Sequence[Any], datamodule: Any, device: str = "cpu"
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(ids, targets [n, T], predictions [K, n, T])`` of the members on ``datamodule``'s calibration rows."""
+    modules: Sequence[Any], loader: Iterable[Any], device: str = "cpu"
+) -> tuple[list[str], np.ndarray]:
+    """``(ids, predictions [K, n, T])`` of the members on every batch of ``loader`` (e.g. a DataModule's
+    ``calibration_dataloader()`` or ``val_dataloader()``): values in the targets' units, probabilities for
+    classification."""
     ids: list[str] = []
     stacked: list[list[torch.Tensor]] = [[] for _ in modules]
     with torch.inference_mode():
-        for batch_idx, batch in enumerate(datamodule.calibration_dataloader()):
+        for batch_idx, batch in enumerate(loader):
             batch = batch.to(device)
             for k, module in enumerate(modules):
                 out = module.predict_step(batch, batch_idx)
                 key = "probability" if module.task_type == "classification" else "prediction"
                 stacked[k].append(out[key].double().cpu())
             ids += [str(i) for i in batch.sample_id]
-    predictions = np.stack([torch.cat(parts).numpy() for parts in stacked])
-    return ids, np.asarray(datamodule.targets_of(ids), dtype=np.float64), predictions
+    return ids, np.stack([torch.cat(parts).numpy() for parts in stacked])
 
 
 def calibrate(root: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -238,7 +239,8 @@ def calibrate(root: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], dic
     if not settings:
         raise SAGNNError(f"{root}: member 0's checkpoint does not record its data; cannot find the calibration rows")
     datamodule = training_datamodule(settings, progress=False)
-    ids, targets, predictions = member_predictions(modules, datamodule)
+    ids, predictions = member_predictions(modules, datamodule.calibration_dataloader())
+    targets = np.asarray(datamodule.targets_of(ids), dtype=np.float64)
     mean, spread = predictions.mean(axis=0)[:, 0], member_spread(torch.from_numpy(predictions)).numpy()[:, 0]
     calibration = fit_calibration(targets[:, 0] - mean, spread)
     rows = [
