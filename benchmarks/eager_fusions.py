@@ -1,7 +1,8 @@
 """The eager-mode fusions against the same modules run one by one, interleaved in one process, on the CPU.
 
 The fusions (``sagnn_lightning/nn/dense.py``: a dense stack with shifted softplus as one autograd node;
-``nn/readout.py``: both Set2Sets in one pass; ``nn/megnet_block.py``: the blocks' mean divisors computed once per
+``nn/paired_set2set.py``: both Set2Sets in one pass, as one autograd node; ``nn/gathered_linear.py``: the edge
+update's first layer as one autograd node; ``nn/megnet_block.py``: the blocks' mean divisors computed once per
 batch) exist to cut the operations that a GPU waits on (``benchmarks/step_ops.py``). This script checks the other
 half of the bargain: the CPU, which is compute-bound, must not get slower. For each model it reports the aten ops
 per forward + backward and the crystals/s of whole training steps (forward, L1 loss, backward, fused Adam) with
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from sagnn_lightning.files import write_csv_rows
 from sagnn_lightning.nn import dense, megnet_block, readout
+from sagnn_lightning.nn.gathered_linear import gathered_linear_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import step_ops  # noqa: E402  (a sibling script)
@@ -49,12 +51,13 @@ def _two_set2sets(first, second, x1: Tensor, i1: Tensor, x2: Tensor, i2: Tensor,
 @contextlib.contextmanager
 def unfused() -> Iterator[None]:
     """Inside: the modules run one by one, as before the fusions (``nn.Sequential`` forwards, two Set2Set calls,
-    PyG's scatter mean per block). Used by this benchmark and by the test that compares the two."""
+    PyG's scatter mean per block, autograd's graph for the edge update's first layer). Used by this benchmark and by the test that compares the two."""
     patches = [
         (dense.MLP, "_fused_plan", lambda self, x: None),
         (readout, "paired_set2set", _two_set2sets),
         (megnet_block, "BlockSegments", _NoSegments),
         (megnet_block, "scatter_mean", _pyg_mean),
+        (megnet_block, "gathered_linear", gathered_linear_reference),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     try:

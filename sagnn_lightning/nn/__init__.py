@@ -7,8 +7,10 @@ from sagnn_lightning.nn.dense import MLP, ShiftedSoftplus, ShiftedSoftplusStack,
 from sagnn_lightning.nn.element_features import ElementFeatures
 from sagnn_lightning.nn.fraction_message import FractionWeightedMessagePassing
 from sagnn_lightning.nn.fraction_pool import FractionWeightedPooling
+from sagnn_lightning.nn.gathered_linear import GatheredLinear
 from sagnn_lightning.nn.geometry import bond_lengths, bond_vectors
 from sagnn_lightning.nn.megnet_block import BlockSegments, MEGNetBlock
+from sagnn_lightning.nn.paired_set2set import PairedSet2Set, set2set_pair
 from sagnn_lightning.nn.readout import MEGNetReadout, Set2Set
 from sagnn_lightning.nn.scatter import (
     scatter_max,
@@ -25,11 +27,13 @@ __all__ = [
     "ElementFeatures",
     "FractionWeightedMessagePassing",
     "FractionWeightedPooling",
+    "GatheredLinear",
     "GaussianExpansion",
     "MEGNetBlock",
     "BlockSegments",
     "MLP",
     "MEGNetReadout",
+    "PairedSet2Set",
     "Set2Set",
     "ShiftedSoftplus",
     "ShiftedSoftplusStack",
@@ -42,6 +46,7 @@ __all__ = [
     "scatter_softmax",
     "scatter_sum",
     "segment_counts",
+    "set2set_pair",
     "split_by_crystal",
     "torch_scatter_available",
 ]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sagnn_lightning.nn.paired_set2set import set2set_pair
 from sagnn_lightning.nn.scatter import scatter_softmax, scatter_sum
 
 
@@ -149,29 +150,11 @@ class MEGNetReadout(nn.Module):
 def paired_set2set(
     first: Set2Set, second: Set2Set, x1: Tensor, index1: Tensor, x2: Tensor, index2: Tensor, dim_size: int
 ) -> Tensor:
-    """``[first(x1, index1) ‖ second(x2, index2)]`` in one pass: the two single-layer LSTMs as one batched matmul
-    per step and the two sets as one packed set of ``2B`` segments (same maths as calling each, tested). This
-    dispatches about a third of the ops of two calls, which is what a GPU waits on at these widths.
+    """``[first(x1, index1) ‖ second(x2, index2)]`` in one pass (single-layer LSTMs, equal steps):
+    :func:`~sagnn_lightning.nn.paired_set2set.set2set_pair` (same maths as calling each, tested). This
+    dispatches about a quarter of the ops of two calls, which is what a GPU waits on at these widths.
 
     Shapes: ``x1 [M1, D]``, ``index1 [M1]``, ``x2 [M2, D]``, ``index2 [M2]``, ``dim_size = B`` → ``[B, 4D]``.
     """
-    dim, num_sets = first.in_channels, 2 * dim_size
-    w_ih, w_hh, b_ih, b_hh = (torch.stack(pair) for pair in zip(first.lstm._layer(0), second.lstm._layer(0)))
-    w_ih, w_hh, bias = w_ih.transpose(1, 2), w_hh.transpose(1, 2), (b_ih + b_hh).unsqueeze(1)  # bias [2, 1, 4D]
-    x = torch.cat([x1, x2])
-    index = torch.cat([index1, index2 + dim_size])
-    q_star = h = c = None
-    for _ in range(first.processing_steps):
-        if q_star is None or h is None or c is None:  # q*, h and c start at zero: the gates are the biases
-            i, f, g, o = bias.expand(2, dim_size, 4 * dim).chunk(4, dim=-1)
-            c = torch.sigmoid(i) * torch.tanh(g)
-        else:  # nn.LSTM's gate order: input, forget, cell, output
-            i, f, g, o = (torch.baddbmm(bias, q_star, w_ih) + torch.bmm(h, w_hh)).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)  # [2, B, D]: the query of each set
-        q = h.reshape(num_sets, dim)
-        a = scatter_softmax((x * q[index]).sum(dim=-1, keepdim=True), index, num_sets)
-        r = scatter_sum(a * x, index, num_sets)
-        q_star = torch.cat([q, r], dim=-1).view(2, dim_size, 2 * dim)
-    assert q_star is not None, "Set2Set needs processing_steps >= 1"
-    return q_star.transpose(0, 1).reshape(dim_size, 4 * dim)
+    steps = first.processing_steps
+    return set2set_pair(x1, index1, x2, index2, dim_size, steps, first.lstm._layer(0), second.lstm._layer(0))
