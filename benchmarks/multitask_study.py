@@ -20,7 +20,7 @@ out ``EVAL_EXCLUDED`` (mp-22261, InCuTe2, eps ~ 3e6: a metal in DFPT, whose erro
 wall time (start-up included) over its epochs.
 
     OMP_NUM_THREADS=1 python benchmarks/multitask_study.py --work /tmp/multitask_study --jobs 2 --epochs 40 \\
-        --out benchmarks/results/multitask_study
+        --out benchmarks/results/multitask_study [-- <fit overrides, e.g. --trainer.accelerator=gpu>]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +99,19 @@ def write_folds(dataset: Dataset, work: Path) -> None:
             table.iloc[rows].to_csv(folder / f"train_f{fraction:g}.csv", index=False)
 
 
-def run_one(dataset: Dataset, fold: int, fraction: float, target: str | None, work: Path, epochs: int) -> list[dict]:
-    """Fit (or resume) one run, predict the fold's test rows; one result row per target it learned."""
+def run_one(
+    dataset: Dataset,
+    fold: int,
+    fraction: float,
+    target: str | None,
+    work: Path,
+    epochs: int,
+    overrides: Sequence[str] = (),
+    timeout: float | None = None,
+) -> list[dict]:
+    """Fit (or resume) one run, predict the fold's test rows; one result row per target it learned.
+    ``overrides`` go to the fit command after the study's own options (e.g. ``--trainer.accelerator=gpu``);
+    ``timeout`` (s) bounds each command."""
     folder = work / dataset.name / f"fold{fold}"
     model = "multitask" if target is None else "single"
     run_dir = folder / "runs" / f"f{fraction:g}" / (target or "multitask")
@@ -122,6 +134,7 @@ def run_one(dataset: Dataset, fold: int, fraction: float, target: str | None, wo
             "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={run_dir}",
         ]
+        fit += list(overrides)
         if (run_dir / "checkpoints" / "last.ckpt").is_file():
             fit += ["--ckpt_path=last"]
         predict = [sys.executable, "-m", "sagnn_lightning", "predict", "--ckpt", "best", "--run-dir", str(run_dir)]
@@ -131,7 +144,7 @@ def run_one(dataset: Dataset, fold: int, fraction: float, target: str | None, wo
                 fh.write("$ " + " ".join(cmd) + "\n")
                 fh.flush()
                 started = time.time()
-                subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=timeout)
                 if cmd is fit and "--ckpt_path=last" not in fit:  # a resumed fit's time would be partial
                     fit_seconds = time.time() - started
     truth = pd.read_csv(folder / "test.csv").set_index("material_id")
@@ -231,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--epochs", type=int, default=40, help="epochs of every run (equal budget)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     work, out = Path(args.work), Path(args.out)
     datasets = [DATASETS[name] for name in args.datasets]
     for dataset in datasets:
@@ -254,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     failed = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_one, *key, work, args.epochs): key for key in todo}
+        futures = {pool.submit(run_one, *key, work, args.epochs, overrides): key for key in todo}
         for future in as_completed(futures):
             d, fold, fraction, target = futures[future]
             try:
