@@ -207,6 +207,16 @@ def test_bad_datamodule_option_reports_the_constructor_message(work, same_env, c
     user_error(quickstart_here(work, capsys, option), 2, *fragments)
 
 
+def test_lr_multiplier_of_no_parameters_names_the_flag(work, same_env, capsys):
+    user_error(
+        quickstart_here(work, capsys, "--model.lr_multipliers={attention: 0.1}"),
+        2,
+        "--model.lr_multipliers",
+        "'attention' names no parameters",
+        "attention_layers",
+    )
+
+
 def test_parser_errors_are_the_error_line_without_the_usage_block(work):
     proc = run(quickstart(work, "--model.loss=bogus"), work)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -27,6 +27,7 @@ LIT_ORDER = (
     "sagnn_lightning.lit.module",
     "sagnn_lightning.lit.inference",
     "sagnn_lightning.lit.predictions_csv",
+    "sagnn_lightning.lit.lr_multipliers",
     "sagnn_lightning.lit.finetune",
     "sagnn_lightning.lit.checkpoints",
     "sagnn_lightning.lit.registry",

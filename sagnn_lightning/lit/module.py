@@ -40,6 +40,7 @@ from sagnn_lightning.files import safe_name
 from sagnn_lightning.lit import finetune
 from sagnn_lightning.lit.checkpoints import graph_settings_from_checkpoint
 from sagnn_lightning.lit.inference import predict_items
+from sagnn_lightning.lit.lr_multipliers import apply_lr_multipliers, check_lr_multipliers, lr_param_groups
 from sagnn_lightning.lit.metrics import labels_with_missing, make_metrics
 from sagnn_lightning.lit.schedules import HoldThenLinearDecay
 from sagnn_lightning.lit.wandb import CHECKPOINT_RUN_ID_KEY, active_run_id
@@ -90,6 +91,9 @@ class SAGNNModule(pl.LightningModule):
             the target's unit (:mod:`sagnn_lightning.data.targets`).
         loss_weights: per-target weights of the loss (default 1 each); the loss is the weighted mean over the
             targets each row has.
+        lr_multipliers: ``{parameter-name prefix: multiplier}`` of the optimizer's learning rate for parts of the
+            network (names as for ``freeze``), e.g. ``{"attention_layers": 0.1}``; the rest keeps the optimizer's
+            rate (:mod:`~sagnn_lightning.lit.lr_multipliers`).
     """
 
     # buffers registered in __init__ (declared for type checkers)
@@ -114,6 +118,7 @@ class SAGNNModule(pl.LightningModule):
         compile_backend: str = "inductor",
         target_transforms: Sequence[str] | None = None,
         loss_weights: Sequence[float] | None = None,
+        lr_multipliers: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if task_type not in ("regression", "classification"):
@@ -178,6 +183,7 @@ class SAGNNModule(pl.LightningModule):
                 f"{param(finetune.RESET_HEAD)}=true needs {param(finetune.INIT_FROM)}=<pretrained name or .ckpt>"
             )
         self.frozen = finetune.freeze(self.model, list(freeze or []))
+        self.lr_multipliers = check_lr_multipliers(self.model, lr_multipliers)
         self._init_loaded = False
         #: ``{"cutoff", "max_neighbors", "max_isolated_radius"}`` of the graphs it trains on (from the DataModule at
         #: set-up, or from the checkpoint): :meth:`predict` builds its graphs with them
@@ -229,7 +235,11 @@ class SAGNNModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         # frozen parameters (``freeze``) are left out: no optimizer state, no weight decay, bit-identical
-        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        if self.lr_multipliers:
+            optimizer = self.optimizer_factory(lr_param_groups(self.model, self.lr_multipliers))
+            apply_lr_multipliers(optimizer)
+        else:
+            optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

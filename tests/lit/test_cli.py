@@ -41,6 +41,8 @@ def test_fit_test_predict_end_to_end(sample_run, offline_env, tmp_path, capsys):
             "--model.optimizer.init_args.lr=0.004",
             "--data.init_args.batch_size=6",
             "--model.model.init_args.heads=4",
+            "--model.lr_multipliers={attention_layers: 0.25}",
+            "--model.scheduler.init_args.warmup_epochs=1",
         ],
         configs=[BASE],
     )
@@ -52,6 +54,10 @@ def test_fit_test_predict_end_to_end(sample_run, offline_env, tmp_path, capsys):
     assert cli.datamodule.batch_size == 6
     assert all(layer.heads == 4 for layer in cli.model.model.attention_layers)
     assert isinstance(cli.trainer.lr_scheduler_configs[0].scheduler, HoldThenLinearDecay)
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.warmup_epochs == 1
+    attention, rest = cli.trainer.optimizers[0].param_groups  # --model.lr_multipliers: the attention's own rate
+    assert {id(p) for p in attention["params"]} == {id(p) for p in cli.model.model.attention_layers.parameters()}
+    assert attention["lr"] == pytest.approx(0.25 * rest["lr"]) and rest["lr"] > 0
     # DataModule statistics were linked into the model
     assert cli.model.task_type == cli.datamodule.task_type == "regression"
     assert cli.model.model.num_targets == cli.datamodule.num_targets == 1
