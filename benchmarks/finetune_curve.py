@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sagnn_lightning.files import write_csv_rows
+from sagnn_lightning.files import atomic_write, write_csv_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("formation_energy_per_atom", "band_gap")
@@ -131,9 +131,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.suptitle("fine-tuned from matbench_perovskites vs from scratch (recipes/finetune.yaml)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold
 
-from sagnn_lightning.files import write_csv_rows
+from sagnn_lightning.files import atomic_write, write_csv_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -229,9 +229,8 @@ def plot(frame: pd.DataFrame, dataset: Dataset, path: Path) -> None:
     fig.suptitle(f"{dataset.name}: single-task vs one 3-target SA-GNN (5 folds, fold range shaded)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
 
 

@@ -64,7 +64,7 @@ def test_one_single_target_run_as_typed(tmp_path):
     assert row["seconds_per_epoch"] > 0
 
 
-def test_summary_pairs_the_folds():
+def test_summary_pairs_the_folds(tmp_path):
     rng = np.random.default_rng(0)
     single, multi = rng.uniform(1, 2, 5), rng.uniform(1, 2, 5)
     rows = [
@@ -90,3 +90,5 @@ def test_summary_pairs_the_folds():
     assert summary["diff_mean"] == pytest.approx(diff.mean()) and summary["diff_std"] == pytest.approx(diff.std(ddof=1))
     assert summary["multitask_wins"] == int((diff < 0).sum())
     assert summary["diff_percent"] == pytest.approx(100 * diff.mean() / single.mean())
+    study.plot(pd.DataFrame(rows).assign(dataset=ABX3.name, target=ABX3.targets[0]), ABX3, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
