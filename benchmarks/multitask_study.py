@@ -204,6 +204,23 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def markdown(summary: pd.DataFrame) -> str:
+    """The summary as the docs' table: MAE mean ± std over folds, the paired difference and the fold count."""
+    lines = [
+        "| dataset | target (unit) | training rows | single-task | multitask | multitask − single (paired) "
+        "| change | multitask better in |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary.itertuples():
+        unit = f" ({r.unit})" if r.unit else ""
+        lines.append(
+            f"| {r.dataset} | {r.target}{unit} | {r.train_rows_mean:,.0f} | {r.single_mae:.4g} ± {r.single_std:.2g} "
+            f"| {r.multitask_mae:.4g} ± {r.multitask_std:.2g} | {r.diff_mean:+.3g} ± {r.diff_std:.2g} "
+            f"| {r.diff_percent:+.1f} % | {r.multitask_wins} of {r.folds} folds |"
+        )
+    return "\n".join(lines)
+
+
 def plot(frame: pd.DataFrame, dataset: Dataset, path: Path) -> None:
     """Learning curves: test MAE against training rows per target, single vs multitask, mean and fold range."""
     import matplotlib
@@ -290,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if not frame.empty:
         summary = summarize(frame)
         write_csv_rows(out.with_name(out.name + "_summary.csv"), summary.round(4).to_dict("records"))
+        print(markdown(summary), flush=True)
         for dataset in datasets:
             plot(frame, dataset, out.with_name(f"{out.name}_{dataset.name}.png"))
     print(f"{len(rows)} result rows in {csv_path}; {len(failed)} runs failed", flush=True)

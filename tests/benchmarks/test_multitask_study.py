@@ -90,5 +90,10 @@ def test_summary_pairs_the_folds(tmp_path):
     assert summary["diff_mean"] == pytest.approx(diff.mean()) and summary["diff_std"] == pytest.approx(diff.std(ddof=1))
     assert summary["multitask_wins"] == int((diff < 0).sum())
     assert summary["diff_percent"] == pytest.approx(100 * diff.mean() / single.mean())
+    table = study.markdown(study.summarize(pd.DataFrame(rows))).splitlines()
+    assert len(table) == 3 and table[2].startswith("| d | t (eV) | 102 |")
+    assert (
+        f"{diff.mean():+.3g} ± {diff.std(ddof=1):.2g}" in table[2] and f"{int((diff < 0).sum())} of 5 folds" in table[2]
+    )
     study.plot(pd.DataFrame(rows).assign(dataset=ABX3.name, target=ABX3.targets[0]), ABX3, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
