@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from sagnn_lightning.nn.scatter import scatter_sum
+
 
 def gathered_linear_reference(
     v: Tensor, e: Tensor, u: Tensor, i: Tensor, j: Tensor, edge_batch: Tensor, weight: Tensor, bias: Tensor | None
@@ -62,9 +64,9 @@ class GatheredLinear(torch.autograd.Function):
         v, e, u, i, j, edge_batch, weight = ctx.saved_tensors
         need_v, need_e, need_u, _, _, _, need_w, need_b = ctx.needs_input_grad
         w_i, w_j, w_e, w_u = weight.split(ctx.sizes, dim=1)
-        grad_i = grad.new_zeros(v.shape[0], grad.shape[1]).index_add_(0, i, grad)
-        grad_j = grad.new_zeros(v.shape[0], grad.shape[1]).index_add_(0, j, grad)
-        grad_g = grad.new_zeros(u.shape[0], grad.shape[1]).index_add_(0, edge_batch, grad)
+        grad_i = scatter_sum(grad, i, v.shape[0])
+        grad_j = scatter_sum(grad, j, v.shape[0])
+        grad_g = scatter_sum(grad, edge_batch, u.shape[0])
         grad_v = torch.addmm(grad_i.mm(w_i), grad_j, w_j) if need_v else None
         grad_e = grad.mm(w_e) if need_e else None
         grad_u = grad_g.mm(w_u) if need_u else None

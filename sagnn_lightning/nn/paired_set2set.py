@@ -93,11 +93,8 @@ class PairedSet2Set(torch.autograd.Function):
             tanh_c = c.tanh()
             h = o * tanh_c  # [2, B, D]
             query = h.reshape(num_sets, dim).index_select(0, index)  # [M, D]
-            logits = (x * query).sum(-1)
-            shift = logits.new_full((num_sets,), float("-inf")).scatter_reduce_(0, index, logits, "amax")
-            weights = (logits - shift.index_select(0, index)).exp()
-            weights = weights / weights.new_zeros(num_sets).index_add_(0, index, weights).index_select(0, index)
-            r = x.new_zeros(num_sets, dim).index_add_(0, index, weights.unsqueeze(1) * x)
+            weights = scatter_softmax((x * query).sum(-1), index, num_sets)  # [M]
+            r = scatter_sum(weights.unsqueeze(1) * x, index, num_sets)
             q_star = torch.cat([h.reshape(num_sets, dim), r], dim=-1)
             step_inputs = inputs if inputs is not None else x.new_empty(0)
             saved += [step_inputs, gate, g, c, c_prev if c_prev is not None else x.new_empty(0), tanh_c, query, weights]
@@ -125,9 +122,7 @@ class PairedSet2Set(torch.autograd.Function):
             grad_x.addcmul_(weights.unsqueeze(1), grad_r_rows)
             # a = softmax_segment(logits)
             weighted = weights * grad_a
-            grad_logits = weighted - weights * weighted.new_zeros(num_sets).index_add_(0, index, weighted).index_select(
-                0, index
-            )
+            grad_logits = weighted - weights * scatter_sum(weighted, index, num_sets).index_select(0, index)
             # logits = Σ_d x·q[index]
             grad_x.addcmul_(grad_logits.unsqueeze(1), query)
             grad_q = grad_q.index_add(0, index, grad_logits.unsqueeze(1) * x).reshape(2, dim_size, dim)

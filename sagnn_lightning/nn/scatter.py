@@ -137,8 +137,8 @@ def scatter_softmax(src: Tensor, index: Tensor, dim_size: int, backend: ScatterB
     if _use_torch_scatter(backend):
         shift = scatter_max(src.detach(), index, dim_size, backend=backend)
     else:  # 12 ops forward against 16 for torch_geometric.utils.softmax (same maths; it adds 1e-16 to the sum)
-        detached = src.detach()
-        rows = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+        detached = src.detach() if src.requires_grad else src
+        rows = index if src.dim() == 1 else index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
         shift = detached.new_full((dim_size, *src.shape[1:]), float("-inf")).scatter_reduce_(0, rows, detached, "amax")
         exp = (src - shift.index_select(0, index)).exp()
         return exp / scatter_sum(exp, index, dim_size, backend=backend).index_select(0, index)
