@@ -18,6 +18,7 @@ LIT_ORDER = (
     "sagnn_lightning.lit",
     "sagnn_lightning.lit.attention_logger",
     "sagnn_lightning.lit.attention_plots",
+    "sagnn_lightning.lit.ensemble_assemble",
     "sagnn_lightning.lit.ensemble_fit",
     "sagnn_lightning.lit.pretrained",
     "sagnn_lightning.lit.ensemble",

@@ -41,6 +41,8 @@ from sagnn_lightning.lit.pretrained import training_datamodule
 from sagnn_lightning.uncertainty import fit_calibration, uncertainty_metrics
 
 Split = Literal["inner-folds", "seeds"]
+#: which held-out rows an ensemble is calibrated on
+HeldOutRows = Literal["calibration", "validation"]
 
 
 def member_args(
@@ -177,7 +179,7 @@ def fit_ensemble(
                 continue
             best = _best_checkpoint(root / f"member_{j}")
             manifest["members"][j].update(
-                checkpoint=str(best.relative_to(root)), train_seconds=round(seconds, 1), **_scores(best)
+                checkpoint=str(best.relative_to(root)), train_seconds=round(seconds, 1), **checkpoint_scores(best)
             )
             write_manifest(root, manifest)
             print(f"member {j + 1}/{members}: done in {seconds:.0f} s, best {best.relative_to(root)}", flush=True)
@@ -200,8 +202,9 @@ def _best_checkpoint(run_dir: Path) -> Path:
     return best
 
 
-def _scores(best: Path) -> dict[str, Any]:
-    """The member's best validation score as its checkpoint callback recorded it."""
+def checkpoint_scores(best: Path) -> dict[str, Any]:
+    """``{"monitor", "best_score"}``: the best validation score that the checkpoint callback of ``best``'s run
+    recorded (``{}`` when it recorded none, e.g. a slimmed shipped model)."""
     state = read_checkpoint(best, "ckpt")
     for key, value in state.get("callbacks", {}).items():
         if key.startswith(("ModelCheckpoint", "BestAndLastCheckpoint")) and value.get("best_model_score") is not None:
@@ -228,35 +231,48 @@ def member_predictions(
     return ids, np.stack([torch.cat(parts).numpy() for parts in stacked])
 
 
-def calibrate(root: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit the calibration on the held-out rows (the data of member 0's checkpoint, which every member shares) and
-    write ``calibration_predictions.csv``; returns the calibration and the raw spread's metrics on those rows."""
+def calibrate(
+    root: Path, manifest: dict[str, Any], rows: HeldOutRows = "calibration", data_file: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the calibration on held-out rows of member 0's data (which every member shares) and write
+    ``calibration_predictions.csv``; returns the calibration and the raw spread's metrics on those rows.
+
+    ``rows``: ``"calibration"`` (the ``calibration_fraction`` rows held out of every member) or ``"validation"``
+    (the validation rows of members that share them; they chose their checkpoints on these rows, see
+    :func:`~sagnn_lightning.lit.ensemble_assemble.assemble_ensemble`). ``data_file``: where member 0's data file is
+    on this machine, when its checkpoint records another place."""
     modules = [load_module(root / m["checkpoint"], "cpu", "ckpt")[0] for m in manifest["members"]]
     if modules[0].task_type != "regression" or len(modules[0].target_names) != 1:
         print("calibration: fitted for single-target regression only; the raw spread is kept", flush=True)
         return {}, {}
     settings = read_checkpoint(root / manifest["members"][0]["checkpoint"], "ckpt").get("datamodule_hyper_parameters")
     if not settings:
-        raise SAGNNError(f"{root}: member 0's checkpoint does not record its data; cannot find the calibration rows")
-    datamodule = training_datamodule(settings, progress=False)
-    ids, predictions = member_predictions(modules, datamodule.calibration_dataloader())
+        raise SAGNNError(f"{root}: member 0's checkpoint does not record its data; cannot find the held-out rows")
+    overrides: dict[str, Any] = {"progress": False, "num_workers": 0}
+    if data_file:
+        overrides["data_file"] = data_file
+    datamodule = training_datamodule(settings, **overrides)
+    if rows == "validation":
+        datamodule.setup("validate")
+    loader = datamodule.val_dataloader() if rows == "validation" else datamodule.calibration_dataloader()
+    ids, predictions = member_predictions(modules, loader)
     targets = np.asarray(datamodule.targets_of(ids), dtype=np.float64)
     mean, spread = predictions.mean(axis=0)[:, 0], member_spread(torch.from_numpy(predictions)).numpy()[:, 0]
     calibration = fit_calibration(targets[:, 0] - mean, spread)
-    rows = [
+    table = [
         {"id": i, "target": float(t), "prediction": float(m), "std_raw": float(s), "std": float(calibration.scale * s)}
         | {f"member_{k}": float(predictions[k, n, 0]) for k in range(len(modules))}
         for n, (i, t, m, s) in enumerate(zip(ids, targets[:, 0], mean, spread))
     ]
-    write_csv_rows(root / "calibration_predictions.csv", rows)
+    write_csv_rows(root / "calibration_predictions.csv", table)
     before = uncertainty_metrics(targets[:, 0], mean, spread)
     print(
-        f"calibration on {len(ids)} held-out rows: σ scale {calibration.scale:.3g}, conformal 95 % multiplier "
+        f"calibration on {len(ids)} held-out {rows} rows: σ scale {calibration.scale:.3g}, conformal 95 % multiplier "
         f"{calibration.conformal['95']:.3g} (raw spread: mean z² {before['mean_z2']:.3g}, 95 % coverage "
         f"{before['coverage_95']:.3f}, Spearman {before['spearman']:.3f})",
         flush=True,
     )
-    return calibration.to_dict(), {"held_out_raw": before}
+    return calibration.to_dict(), {"held_out_raw": before, "held_out_rows": rows}
 
 
-__all__ = ["calibrate", "fit_ensemble", "member_args", "member_predictions"]
+__all__ = ["HeldOutRows", "calibrate", "checkpoint_scores", "fit_ensemble", "member_args", "member_predictions"]

@@ -199,3 +199,72 @@ def test_a_classification_ensemble_averages_probabilities(tmp_path):
         *(f"member_{j}" for j in range(3)),
     ]
     np.testing.assert_allclose(written["probability"], result.probability, rtol=1e-5)
+
+
+def _assemble(folder, checkpoints, *flags: str) -> int:
+    return main(["ensemble", "assemble", "--out", str(folder), "--ckpt", *map(str, checkpoints), *flags])
+
+
+def _member_checkpoints(ensemble_dir) -> list:
+    manifest = json.loads((ensemble_dir["dir"] / "ensemble.json").read_text())
+    return [ensemble_dir["dir"] / m["checkpoint"] for m in manifest["members"]]
+
+
+def test_assemble_on_the_calibration_rows_equals_fit(ensemble_dir, tmp_path):
+    """The members of ``ensemble fit``, assembled from their checkpoints: the same calibration and predictions."""
+    fitted = json.loads((ensemble_dir["dir"] / "ensemble.json").read_text())
+    assert _assemble(tmp_path / "asm", _member_checkpoints(ensemble_dir), "--calibrate-on", "calibration") == 0
+    manifest = json.loads((tmp_path / "asm" / "ensemble.json").read_text())
+    assert manifest["calibrated_on"] == "calibration" and manifest["split"] == "assembled"
+    assert [m["seed"] for m in manifest["members"]] == [0, 1]  # from each run's config.yaml
+    assert all(m["monitor"] and m["best_score"] > 0 for m in manifest["members"])
+    assert manifest["calibration"]["scale"] == pytest.approx(fitted["calibration"]["scale"], rel=1e-9)
+    for level, multiplier in fitted["calibration"]["conformal"].items():  # None: too few rows for the level
+        ours = manifest["calibration"]["conformal"][level]
+        assert ours is None if multiplier is None else ours == pytest.approx(multiplier, rel=1e-9)
+    structures = pd.read_csv(ensemble_dir["csv"])["cif"].tolist()[:6]
+    here, there = (
+        load_ensemble(tmp_path / "asm").predict(structures),
+        load_ensemble(ensemble_dir["dir"]).predict(structures),
+    )
+    np.testing.assert_allclose(here.prediction, there.prediction, rtol=1e-6)
+    np.testing.assert_allclose(here.std, there.std, rtol=1e-6)
+    np.testing.assert_allclose(here.upper_95, there.upper_95, rtol=1e-6)
+
+
+def test_assemble_on_the_validation_rows_scales_by_their_errors(ensemble_dir, tmp_path):
+    """``--calibrate-on validation``: the scale is sqrt(mean(z²)) of the shared validation rows, computed here from
+    each member predicting those crystals alone."""
+    from sagnn_lightning.lit.pretrained import training_datamodule
+
+    checkpoints = _member_checkpoints(ensemble_dir)
+    assert _assemble(tmp_path / "asm", checkpoints) == 0
+    manifest = json.loads((tmp_path / "asm" / "ensemble.json").read_text())
+    settings = torch.load(checkpoints[0], map_location="cpu", weights_only=False)["datamodule_hyper_parameters"]
+    datamodule = training_datamodule(settings, progress=False, num_workers=0)
+    datamodule.setup("validate")
+    ids = [str(i) for batch in datamodule.val_dataloader() for i in batch.sample_id]
+    frame = pd.read_csv(ensemble_dir["csv"]).set_index("material_id")
+    structures = frame.loc[ids, "cif"].tolist()
+    alone = np.stack([load_checkpoint(c).predict(structures) for c in checkpoints])
+    truth = frame.loc[ids, "band_gap"].to_numpy(dtype=float)
+    z = (truth - alone.mean(axis=0)) / alone.std(axis=0, ddof=1)
+    assert manifest["calibration"]["n"] == len(ids) > 0
+    assert manifest["calibration"]["scale"] == pytest.approx(math.sqrt(np.mean(z**2)), rel=1e-4)
+    assert manifest["calibration_metrics"]["held_out_rows"] == "validation"
+
+
+def test_assemble_refuses_members_that_held_out_other_rows(ensemble_dir, tmp_path, capsys):
+    first, second = _member_checkpoints(ensemble_dir)
+    state = torch.load(second, map_location="cpu", weights_only=False)
+    state["datamodule_hyper_parameters"]["split_seed"] = 7
+    other = tmp_path / "other.ckpt"
+    torch.save(state, other)
+    assert _assemble(tmp_path / "asm", [first, other]) == 2
+    err = capsys.readouterr().err
+    assert "--ckpt" in err and "split_seed: 0 vs 7" in err and "--calibrate-on" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert _assemble(tmp_path / "raw", [first, other], "--calibrate-on", "none") == 0  # raw spread: allowed
+    assert load_ensemble(tmp_path / "raw").calibration is None
+    assert _assemble(tmp_path / "raw", [first, other], "--calibrate-on", "none") == 2  # never overwrites one
+    assert _assemble(tmp_path / "one", [first]) == 2 and "two" in capsys.readouterr().err
