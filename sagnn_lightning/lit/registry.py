@@ -164,10 +164,20 @@ def available(models_dir: str | os.PathLike | None = None) -> dict[str, str]:
     return {name: card(name, folder).summary for name in _names(folder)}
 
 
+def _member_of(value: str) -> tuple[str, int | None]:
+    """``"NAME/member_<j>"`` → ``("NAME", j)``; anything else → ``(value, None)``."""
+    name, slash, member = value.partition("/")
+    if slash and member.startswith("member_") and member[len("member_") :].isdigit():
+        return name, int(member[len("member_") :])
+    return value, None
+
+
 def is_pretrained_name(value: str, models_dir: str | os.PathLike | None = None) -> bool:
-    """Whether ``value`` names a shipped model (and is not an existing path)."""
+    """Whether ``value`` names a shipped model, or one member of a shipped ensemble as ``NAME/member_<j>`` (and is
+    not an existing path)."""
     folder = _folder(models_dir)
-    return value in _names(folder) and not Path(value).exists()
+    name, _ = _member_of(value)
+    return name in _names(folder) and not Path(value).exists()
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -179,15 +189,25 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def checkpoint_file(name: str, models_dir: str | os.PathLike | None = None) -> Path:
-    """The ``.ckpt`` of model ``name`` (of an ensemble: its first member, where fine-tuning starts), after checking
-    its sha256 against the card.
+    """The ``.ckpt`` of model ``name`` after checking its sha256 against the card: of an ensemble its first member
+    (where fine-tuning starts), or member ``j`` for ``NAME/member_<j>``.
 
     Raises:
-        PretrainedError: unknown name, missing weights, or a checksum mismatch (a damaged install).
+        PretrainedError: unknown name or member, missing weights, or a checksum mismatch (a damaged install).
     """
     folder = _folder(models_dir)
-    info = card(name, folder)
-    return _checked_file(name, folder, info.file, info.sha256)
+    base, member = _member_of(name)
+    info = card(base, folder)
+    if member is None:
+        return _checked_file(name, folder, info.file, info.sha256)
+    members = info.extra.get("members") or []
+    if member >= len(members):
+        raise PretrainedError(
+            f"pretrained model {base!r} has {len(members) or 'no'} ensemble members"
+            + (f" (member_0 to member_{len(members) - 1})" if members else "")
+            + f"; {name!r} is not one of them"
+        )
+    return _checked_file(base, folder, members[member]["file"], members[member]["sha256"])
 
 
 def member_files(name: str, models_dir: str | os.PathLike | None = None) -> list[Path]:

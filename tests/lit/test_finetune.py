@@ -194,3 +194,22 @@ def test_an_unknown_init_from_is_one_line_before_anything_starts(tmp_path, offli
         " matbench_phonons) nor an existing .ckpt; give one of those names or a checkpoint written by training"
     ]
     assert "Traceback" not in proc.stderr and not (root / "wandb").exists()
+
+
+def test_init_from_one_member_of_a_shipped_ensemble():
+    """``NAME/member_<j>`` starts from member ``j`` of a shipped ensemble (the bare name: member 0)."""
+    from sagnn_lightning.lit.registry import PretrainedError
+
+    args = dict(pretrained.card("matbench_jdft2d").config["model"]["model"]["init_args"])
+    args.pop("num_targets")
+    ensemble = pretrained.load("matbench_jdft2d")
+    for name, member in (("matbench_jdft2d/member_2", 2), ("matbench_jdft2d", 0)):
+        module = SAGNNModule(SAGNN(**{**args, "attention_backend": "torch"}), init_from=name)
+        module.setup("fit")
+        own, source = module.model.state_dict(), ensemble.members[member].model.state_dict()
+        assert all(torch.equal(own[k], source[k]) for k in source)
+    assert not torch.equal(
+        ensemble.members[2].model.head[0].weight, ensemble.members[0].model.head[0].weight
+    ), "members differ"
+    with pytest.raises(PretrainedError, match="member_0 to member_4"):
+        pretrained.checkpoint_file("matbench_jdft2d/member_9")
