@@ -208,8 +208,8 @@ def test_init_from_one_member_of_a_shipped_ensemble():
         module.setup("fit")
         own, source = module.model.state_dict(), ensemble.members[member].model.state_dict()
         assert all(torch.equal(own[k], source[k]) for k in source)
-    assert not torch.equal(
-        ensemble.members[2].model.head[0].weight, ensemble.members[0].model.head[0].weight
-    ), "members differ"
+    assert not torch.equal(ensemble.members[2].model.head[0].weight, ensemble.members[0].model.head[0].weight), (
+        "members differ"
+    )
     with pytest.raises(PretrainedError, match="member_0 to member_4"):
         pretrained.checkpoint_file("matbench_jdft2d/member_9")
