@@ -43,12 +43,14 @@ def write_inputs(path: Path, rows: int) -> Path:
     return path
 
 
-def measure(inputs: Path, output: Path, tree: Path | None) -> tuple[float, float, int]:
-    """``(peak RSS MB, wall s, predicted rows)`` of one predict process."""
+def measure(
+    inputs: Path, output: Path, tree: Path | None, model: str = "matbench_perovskites"
+) -> tuple[float, float, int]:
+    """``(peak RSS MB, wall s, predicted rows)`` of one ``predict --model <model>`` process."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    argv = [sys.executable, "-m", "sagnn_lightning", "predict", "--model", "matbench_perovskites"]
+    argv = [sys.executable, "-m", "sagnn_lightning", "predict", "--model", model]
     argv += ["--input", str(inputs), "--output", str(output), "--device", "cpu"]
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tree or REPO)
@@ -65,6 +67,7 @@ def measure(inputs: Path, output: Path, tree: Path | None) -> tuple[float, float
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--model", default="matbench_perovskites", help="shipped model name (e.g. NAME/member_0)")
     parser.add_argument("--baseline-tree", type=Path, default=None, help="another checkout to compare against")
     parser.add_argument("--baseline-max-rows", type=int, default=100_000, help="largest size given to the baseline")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predict_memory.csv")
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.baseline_tree is not None and rows <= args.baseline_max_rows:
                 trees.insert(0, ("baseline", args.baseline_tree))
             for name, tree in trees:
-                rss, wall, done = measure(inputs, Path(tmp) / f"out_{name}_{rows}.csv", tree)
+                rss, wall, done = measure(inputs, Path(tmp) / f"out_{name}_{rows}.csv", tree, args.model)
                 results.append(
                     {
                         "version": name,

@@ -263,7 +263,10 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     composition = isinstance(module.model, CompositionSAGNN)
     export = None
     if args.attention is not None and isinstance(module, Ensemble):
-        raise UsageError("--attention takes one model: give one member's checkpoint (<ensemble>/member_<j>)")
+        raise UsageError(
+            "--attention takes one model: give one member, --model NAME/member_<j> for a shipped ensemble or "
+            "--ckpt <ensemble folder>/member_<j>/<its .ckpt>"
+        )
     if args.attention is not None and isinstance(module, SAGNNModule):  # before reading the input
         unit = card(args.model).unit if args.model is not None else None
         export = AttentionExport(args.attention, module, source=source, unit=unit)

@@ -150,12 +150,40 @@ def _unknown(name: str, models_dir: Path) -> PretrainedError:
 
 
 def card(name: str, models_dir: str | os.PathLike | None = None) -> ModelCard:
-    """The card of model ``name`` (:class:`PretrainedError` for an unknown name)."""
+    """The card of model ``name`` (:class:`PretrainedError` for an unknown name). ``NAME/member_<j>`` names one
+    member of a shipped ensemble: its card is the ensemble's, for that member's file alone (no members, no
+    calibration; the member's own validation MAE)."""
     folder = _folder(models_dir)
+    base, member = split_member_name(name)
+    if member is not None:
+        return _member_card(card(base, folder), member)
     path = folder / f"{name}.json"
     if "/" in name or os.sep in name or not path.is_file():
         raise _unknown(name, folder)
     return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _member_card(ensemble: ModelCard, member: int) -> ModelCard:
+    members = ensemble.extra.get("members") or []
+    if member >= len(members):
+        raise PretrainedError(
+            f"pretrained model {ensemble.name!r} has {len(members) or 'no'} ensemble members"
+            + (f" (member_0 to member_{len(members) - 1})" if members else "")
+            + f"; member_{member} is not one of them"
+        )
+    entry = members[member]
+    data = {
+        k: v for k, v in ensemble.to_dict().items() if k not in ("members", "calibration", "validation_calibration")
+    }
+    data.update(
+        name=f"{ensemble.name}/member_{member}",
+        summary=f"member {member} of the {len(members)}-member {ensemble.name} ensemble: {ensemble.target} "
+        f"[{ensemble.unit}]",
+        file=entry["file"],
+        sha256=entry["sha256"],
+        validation_mae=entry.get("validation_mae", ensemble.validation_mae),
+    )
+    return ModelCard.from_dict(data)
 
 
 def available(models_dir: str | os.PathLike | None = None) -> dict[str, str]:
@@ -164,8 +192,8 @@ def available(models_dir: str | os.PathLike | None = None) -> dict[str, str]:
     return {name: card(name, folder).summary for name in _names(folder)}
 
 
-def _member_of(value: str) -> tuple[str, int | None]:
-    """``"NAME/member_<j>"`` → ``("NAME", j)``; anything else → ``(value, None)``."""
+def split_member_name(value: str) -> tuple[str, int | None]:
+    """``"NAME/member_<j>"`` (one member of a shipped ensemble) → ``("NAME", j)``; anything else → ``(value, None)``."""
     name, slash, member = value.partition("/")
     if slash and member.startswith("member_") and member[len("member_") :].isdigit():
         return name, int(member[len("member_") :])
@@ -176,7 +204,7 @@ def is_pretrained_name(value: str, models_dir: str | os.PathLike | None = None) 
     """Whether ``value`` names a shipped model, or one member of a shipped ensemble as ``NAME/member_<j>`` (and is
     not an existing path)."""
     folder = _folder(models_dir)
-    name, _ = _member_of(value)
+    name, _ = split_member_name(value)
     return name in _names(folder) and not Path(value).exists()
 
 
@@ -196,18 +224,8 @@ def checkpoint_file(name: str, models_dir: str | os.PathLike | None = None) -> P
         PretrainedError: unknown name or member, missing weights, or a checksum mismatch (a damaged install).
     """
     folder = _folder(models_dir)
-    base, member = _member_of(name)
-    info = card(base, folder)
-    if member is None:
-        return _checked_file(name, folder, info.file, info.sha256)
-    members = info.extra.get("members") or []
-    if member >= len(members):
-        raise PretrainedError(
-            f"pretrained model {base!r} has {len(members) or 'no'} ensemble members"
-            + (f" (member_0 to member_{len(members) - 1})" if members else "")
-            + f"; {name!r} is not one of them"
-        )
-    return _checked_file(base, folder, members[member]["file"], members[member]["sha256"])
+    info = card(name, folder)
+    return _checked_file(split_member_name(name)[0], folder, info.file, info.sha256)
 
 
 def member_files(name: str, models_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -248,4 +266,5 @@ __all__ = [
     "is_pretrained_name",
     "member_files",
     "sha256_of",
+    "split_member_name",
 ]

@@ -292,10 +292,11 @@ def test_shipped_model_predicts_in_python_as_on_the_command_line(tmp_path):
     )
     rows = read_rows(out)
     frame = pd.read_csv(INPUTS / "mp_abx3_8.csv")
-    model = pretrained.load("matbench_perovskites")
-    values = model.predict(list(frame["cif"]))
+    model = pretrained.load("matbench_perovskites")  # a shipped ensemble: the mean and its calibrated σ
+    result = model.predict(list(frame["cif"]))
     assert [r["id"] for r in rows] == list(frame["material_id"])
-    assert values == pytest.approx([float(r["prediction"]) for r in rows], rel=1e-5, abs=1e-6)
+    assert result.prediction == pytest.approx([float(r["prediction"]) for r in rows], rel=1e-5, abs=1e-6)
+    assert result.std == pytest.approx([float(r["std"]) for r in rows], rel=1e-4, abs=1e-6)
 
 
 def test_streamed_csv_equals_one_chunk(regression_ckpt, tmp_path):
@@ -369,5 +370,5 @@ def test_an_element_beyond_the_embedding_is_one_item_not_a_crash(tmp_path, capsy
     err = capsys.readouterr().err
     assert "Z=118 is beyond the model's max_atomic_number=100" in err and "Traceback" not in err
     with pytest.warns(UserWarning, match="1 of 2 items"):
-        values = pretrained.load("matbench_perovskites").predict([og, frame["cif"][1]], on_error="nan")
+        values = pretrained.load("matbench_perovskites").predict([og, frame["cif"][1]], on_error="nan").prediction
     assert torch.isnan(torch.tensor(values[0])) and torch.isfinite(torch.tensor(values[1]))

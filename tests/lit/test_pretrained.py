@@ -169,3 +169,27 @@ def test_predict_by_name_from_a_fresh_wheel_install_without_network(tmp_path, of
     )
     assert [r["id"] for r in got] == here.ids
     assert np.allclose([float(r["prediction"]) for r in got], here.prediction[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_one_member_of_a_shipped_ensemble_by_name(tmp_path, capsys):
+    """``NAME/member_<j>``: one member as a single model (load, card, ``predict --model``, ``--attention``)."""
+    from sagnn_lightning.__main__ import main
+    from sagnn_lightning.lit.module import SAGNNModule
+
+    ensemble, member = pretrained.load("matbench_perovskites"), pretrained.load("matbench_perovskites/member_1")
+    assert isinstance(member, SAGNNModule) and len(ensemble) == 3
+    rows = _fixture("matbench_perovskites").head(4)
+    structures = rows.cif.tolist()
+    np.testing.assert_allclose(member.predict(structures), ensemble.predict(structures).members[1], rtol=1e-6)
+    card = pretrained.card("matbench_perovskites/member_1")
+    assert card.validation_mae == pretrained.card("matbench_perovskites").extra["members"][1]["validation_mae"]
+    assert "members" not in card.extra and "calibration" not in card.extra
+    with pytest.raises(PretrainedError, match="member_0 to member_2"):
+        pretrained.load("matbench_perovskites/member_3")
+    inputs = tmp_path / "in.csv"
+    rows[["id", "cif"]].to_csv(inputs, index=False)
+    argv = ["predict", "--input", str(inputs), "--output", str(tmp_path / "p.csv"), "--attention", str(tmp_path / "a")]
+    assert main([*argv, "--model", "matbench_perovskites/member_1"]) == 0
+    assert (tmp_path / "a" / "index.json").is_file()
+    assert main([*argv, "--model", "matbench_perovskites"]) == 2
+    assert "--model NAME/member_<j>" in capsys.readouterr().err
