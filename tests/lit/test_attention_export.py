@@ -30,7 +30,7 @@ from sagnn_lightning.models import SAGNN, CompositionSAGNN, megnet
 from tests.lit.conftest import REPO, TINY_MODEL_YAML, crystal_data_yaml, read_rows, run_python, write_sample_csv
 
 INPUT = REPO / "tests" / "fixtures" / "inputs" / "jdft2d_8.json"  # 8 real 2D crystals of 3 to 10 atoms
-MODEL = "matbench_phonons"  # one shipped model (matbench_jdft2d is an ensemble: --attention takes one model)
+MODEL = "matbench_phonons/member_0"  # one member: the shipped models are ensembles, --attention takes one model
 
 #: both predict commands in one process (one start-up; the same threads, so the CSVs can be compared byte for byte)
 BOTH_PREDICTS = """\
