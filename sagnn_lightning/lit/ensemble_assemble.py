@@ -18,6 +18,7 @@ Calibration rows (``calibrate_on``):
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import shlex
@@ -29,6 +30,7 @@ from typing import Any, Literal
 import yaml
 
 from sagnn_lightning.errors import SAGNNError, UsageError, param
+from sagnn_lightning.files import atomic_write
 from sagnn_lightning.lit.checkpoints import check_checkpoint_file, read_checkpoint
 from sagnn_lightning.lit.ensemble import Ensemble, is_ensemble, write_manifest
 from sagnn_lightning.lit.ensemble_fit import calibrate, checkpoint_scores
@@ -47,7 +49,7 @@ def _class_defaults(class_path: str) -> dict[str, Any]:
     take its default)."""
     module_name, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(__import__(module_name, fromlist=[name]), name)
+        cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError):
         return {}
     return {
@@ -94,11 +96,10 @@ def _recorded_seed(checkpoint: Path) -> int | None:
 
 
 def _copy(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` atomically (temp file + rename)."""
+    """Copy ``source`` to ``target`` atomically (:func:`~sagnn_lightning.files.atomic_write`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    with open(source, "rb") as src, atomic_write(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def assemble_ensemble(
@@ -141,7 +142,7 @@ def assemble_ensemble(
                 "checkpoint": str(target.relative_to(root)),
                 "seed": _recorded_seed(path),
                 "epoch": state.get("epoch"),
-                **checkpoint_scores(path),
+                **checkpoint_scores(state),
             }
         )
     command = ["python", "-m", "sagnn_lightning", "ensemble", "assemble", "--out", str(root), "--ckpt"]

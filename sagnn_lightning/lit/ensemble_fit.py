@@ -179,7 +179,9 @@ def fit_ensemble(
                 continue
             best = _best_checkpoint(root / f"member_{j}")
             manifest["members"][j].update(
-                checkpoint=str(best.relative_to(root)), train_seconds=round(seconds, 1), **checkpoint_scores(best)
+                checkpoint=str(best.relative_to(root)),
+                train_seconds=round(seconds, 1),
+                **checkpoint_scores(read_checkpoint(best, "ckpt")),
             )
             write_manifest(root, manifest)
             print(f"member {j + 1}/{members}: done in {seconds:.0f} s, best {best.relative_to(root)}", flush=True)
@@ -202,10 +204,9 @@ def _best_checkpoint(run_dir: Path) -> Path:
     return best
 
 
-def checkpoint_scores(best: Path) -> dict[str, Any]:
-    """``{"monitor", "best_score"}``: the best validation score that the checkpoint callback of ``best``'s run
-    recorded (``{}`` when it recorded none, e.g. a slimmed shipped model)."""
-    state = read_checkpoint(best, "ckpt")
+def checkpoint_scores(state: dict[str, Any]) -> dict[str, Any]:
+    """``{"monitor", "best_score"}``: the best validation score that the checkpoint callback of the run recorded in
+    the checkpoint ``state`` (``{}`` when it recorded none, e.g. a slimmed shipped model)."""
     for key, value in state.get("callbacks", {}).items():
         if key.startswith(("ModelCheckpoint", "BestAndLastCheckpoint")) and value.get("best_model_score") is not None:
             return {"monitor": value.get("monitor"), "best_score": float(value["best_model_score"])}
