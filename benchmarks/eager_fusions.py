@@ -3,7 +3,8 @@
 The fusions (``sagnn_lightning/nn/dense.py``: a dense stack with shifted softplus as one autograd node;
 ``nn/paired_set2set.py``: both Set2Sets in one pass, as one autograd node; ``nn/gathered_linear.py``: the edge
 update's first layer as one autograd node; ``nn/megnet_block.py``: the blocks' mean divisors computed once per
-batch) exist to cut the operations that a GPU waits on (``benchmarks/step_ops.py``). This script checks the other
+batch, each mean one node; ``nn/concat.py``: feature concatenations with a one-split backward;
+``nn/fused_attention.py``: the attention layer's projections and padded attention as one node) exist to cut the operations that a GPU waits on (``benchmarks/step_ops.py``). This script checks the other
 half of the bargain: the CPU, which is compute-bound, must not get slower. For each model it reports the aten ops
 per forward + backward and the crystals/s of whole training steps (forward, L1 loss, backward, fused Adam) with
 the fusions (``fused``) and without them (``unfused``, what the code did before), taking turns over ``--rounds``
@@ -21,13 +22,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch_geometric.utils as pyg_utils
 from torch import Tensor
 
 from sagnn_lightning.files import write_csv_rows
-from sagnn_lightning.nn import dense, megnet_block, readout
+from sagnn_lightning.nn import attention, dense, megnet_block, readout
 from sagnn_lightning.nn.gathered_linear import gathered_linear_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,13 +53,17 @@ def _two_set2sets(first, second, x1: Tensor, i1: Tensor, x2: Tensor, i2: Tensor,
 @contextlib.contextmanager
 def unfused() -> Iterator[None]:
     """Inside: the modules run one by one, as before the fusions (``nn.Sequential`` forwards, two Set2Set calls,
-    PyG's scatter mean per block, autograd's graph for the edge update's first layer). Used by this benchmark and by the test that compares the two."""
+    PyG's scatter mean per block, autograd's graph for the edge update's first layer, ``torch.cat``, the attention
+    layer's ``nn.Linear`` + padded SDPA path). Used by this benchmark and by the test that compares the two."""
     patches = [
-        (dense.MLP, "_fused_plan", lambda self, x: None),
+        (dense.MLP, "_fused_plan", lambda self, x, modules: None),
         (readout, "paired_set2set", _two_set2sets),
         (megnet_block, "BlockSegments", _NoSegments),
         (megnet_block, "scatter_mean", _pyg_mean),
-        (megnet_block, "gathered_linear", gathered_linear_reference),
+        (megnet_block, "gathered_linear", _concatenated_first_layer),
+        (megnet_block, "concat_features", _torch_cat),
+        (readout, "concat_features", _torch_cat),
+        (attention.AtomSelfAttention, "_fusable", lambda self, *args: False),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     try:
@@ -67,6 +73,15 @@ def unfused() -> Iterator[None]:
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)
+
+
+def _torch_cat(tensors: list[Tensor]) -> Tensor:
+    return torch.cat(tensors, dim=-1)
+
+
+def _concatenated_first_layer(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """:func:`gathered_linear_reference`, taking (and ignoring) the block's cache of weight views."""
+    return gathered_linear_reference(*args[:8])
 
 
 def _steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list, fused: bool) -> float:

@@ -145,7 +145,8 @@ class SAGNN(nn.Module):
         dtype = self.atom_embedding.weight.dtype
         batch, ptr, num_graphs, max_num_atoms = batch_layout(data)
         edge_index = data.edge_index
-        edge_batch = batch[edge_index[0]]
+        segments = BlockSegments.of(edge_index, batch, num_graphs, dtype)
+        edge_batch = segments.edge_batch
         state = getattr(data, "state", None)
         if state is None:  # MEGNet's default state: zeros
             state = torch.zeros(num_graphs, self.state_dim, device=edge_index.device)
@@ -156,19 +157,20 @@ class SAGNN(nn.Module):
                 f"state_dim={self.state_dim}; build graphs with a matching state or change state_dim"
             )
 
-        distances = bond_lengths(data.pos.to(dtype), data.lattice.to(dtype), edge_index, data.image_offsets, batch)
+        distances = bond_lengths(
+            data.pos.to(dtype), data.lattice.to(dtype), edge_index, data.image_offsets, edge_batch=edge_batch
+        )
         e = self.edge_encoder(self.bond_expansion(distances))
         v = self.atom_encoder(self.atom_embedding(data.atomic_numbers))
         u = self.state_encoder(state)
 
         maps: AttentionMaps | None = {} if return_attention else None
-        segments = BlockSegments.of(edge_index, batch, edge_batch, num_graphs, dtype)
         for b, block in enumerate(self.blocks):
             e, v, u = block(e, v, u, edge_index, batch, edge_batch, num_graphs, segments)
             if self.attention == "each":
-                v = apply_attention(self.attention_layers, b, v, ptr, max_num_atoms, maps)
+                v = apply_attention(self.attention_layers, b, v, ptr, max_num_atoms, maps, batch=batch)
         if self.attention == "last":
-            v = apply_attention(self.attention_layers, 0, v, ptr, max_num_atoms, maps)
+            v = apply_attention(self.attention_layers, 0, v, ptr, max_num_atoms, maps, batch=batch)
 
         pooled = self.readout(v, e, u, batch, edge_batch, num_graphs)
         out = self.head(self.readout_dropout(pooled))
@@ -212,13 +214,14 @@ def apply_attention(
     max_num_atoms: int,
     maps: AttentionMaps | None,
     key_bias: Tensor | None = None,
+    batch: Tensor | None = None,
 ) -> Tensor:
     """``layers[index]`` on the node features ``x [N, D]``; with a ``maps`` dict (``return_attention``), on the
     weight-returning path, storing its per-crystal weights as ``maps["attention_layers.<index>"]``."""
     layer = layers[index]
     if maps is None:
-        return layer(x, ptr, max_num_atoms, key_bias=key_bias)
-    x, weights = layer(x, ptr, max_num_atoms, key_bias=key_bias, return_weights=True)
+        return layer(x, ptr, max_num_atoms, key_bias=key_bias, batch=batch)
+    x, weights = layer(x, ptr, max_num_atoms, key_bias=key_bias, return_weights=True, batch=batch)
     maps[f"attention_layers.{index}"] = split_by_crystal(weights, ptr)
     return x
 

@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from sagnn_lightning.kernels import varlen_attention
-from sagnn_lightning.kernels.dispatch import Backend
+from sagnn_lightning.kernels.dispatch import Backend, resolve_backend
 from sagnn_lightning.kernels.reference import varlen_attention_weights
+from sagnn_lightning.nn.fused_attention import FusedSelfAttention, PaddedLayout, cpu_attention_kernel_available
+from sagnn_lightning.nn.parameter_views import ParameterViews, transposed
 
 #: attention maps of a model: ``{layer name: [weights of crystal b, [heads, n_b, n_b]] for b in the batch}``
 AttentionMaps = dict[str, list[Tensor]]
@@ -43,7 +45,8 @@ class AtomSelfAttention(nn.Module):
 
     Shapes:
         ``x [N, dim]`` (atoms of all crystals, packed), ``ptr [B + 1]`` (graph boundaries), ``max_num_atoms``
-        (Python int, largest crystal), optional ``key_bias [N]`` → ``[N, dim]``; with ``return_weights=True``
+        (Python int, largest crystal), optional ``key_bias [N]`` and ``batch [N]`` (the crystal of each atom, when
+        the caller has it: saves recomputing it from ``ptr``) → ``[N, dim]``; with ``return_weights=True``
         → ``([N, dim], weights [B, heads, max_num_atoms, max_num_atoms])``.
 
     ``return_weights=True`` computes the same formula on a plain-PyTorch path with an explicit softmax
@@ -88,6 +91,7 @@ class AtomSelfAttention(nn.Module):
         self.v_proj = nn.Linear(dim, inner)
         self.out_proj = nn.Linear(inner, dim)
         self.norm: nn.Module = nn.LayerNorm(dim) if layer_norm else nn.Identity()
+        self._weights_t = ParameterViews()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -105,6 +109,7 @@ class AtomSelfAttention(nn.Module):
         max_num_atoms: int,
         key_bias: Tensor | None = None,
         return_weights: Literal[False] = False,
+        batch: Tensor | None = None,
     ) -> Tensor: ...
 
     @overload
@@ -116,6 +121,7 @@ class AtomSelfAttention(nn.Module):
         key_bias: Tensor | None = None,
         *,
         return_weights: Literal[True],
+        batch: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]: ...
 
     def forward(
@@ -125,12 +131,21 @@ class AtomSelfAttention(nn.Module):
         max_num_atoms: int,
         key_bias: Tensor | None = None,
         return_weights: bool = False,
+        batch: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         total = x.shape[0]
-        shape = (total, self.heads, self.head_dim)
-        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
         scale = 1.0 / math.sqrt(self.head_dim)
         dropout_p = self.dropout if self.training else 0.0
+        if not return_weights and self._fusable(x, key_bias, dropout_p):
+            layout = PaddedLayout.of(ptr, total, int(max_num_atoms), x.dtype, batch)
+            projections = (self.q_proj, self.k_proj, self.v_proj, self.out_proj)
+            weights_t = tuple(self._weights_t.get(str(n), p.weight, transposed) for n, p in enumerate(projections))
+            params = [t for p in projections for t in (p.weight, p.bias)]
+            out = FusedSelfAttention.apply(x, layout, self.heads, scale, weights_t, *params)
+            out = x + out if self.residual else out
+            return self.norm(out)
+        shape = (total, self.heads, self.head_dim)
+        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
         weights: Tensor | None = None
         if return_weights:  # explicit softmax, weights kept (for inspection)
             out, weights = varlen_attention_weights(
@@ -154,6 +169,21 @@ class AtomSelfAttention(nn.Module):
             out = x + out
         out = self.norm(out)
         return out if weights is None else (out, weights)
+
+    def _fusable(self, x: Tensor, key_bias: Tensor | None, dropout_p: float) -> bool:
+        """Eager CPU training on the PyTorch path without dropout or key bias: :class:`FusedSelfAttention` runs it."""
+        return (
+            x.device.type == "cpu"
+            and x.dim() == 2
+            and key_bias is None
+            and dropout_p == 0.0
+            and resolve_backend(self.backend, "cpu") == "torch"
+            and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled("cpu")
+            and all(p.dtype == x.dtype for p in self.parameters())
+            and cpu_attention_kernel_available()
+        )
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, head_dim={self.head_dim}, dropout={self.dropout}, backend={self.backend!r}"

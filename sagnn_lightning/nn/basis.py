@@ -42,7 +42,7 @@ class GaussianExpansion(nn.Module):
 
     def forward(self, distances: Tensor) -> Tensor:
         centers = self.centers(distances.dtype, distances.device)
-        return torch.exp(-((distances.unsqueeze(-1) - centers) ** 2) / self.width**2)
+        return torch.exp((distances.unsqueeze(-1) - centers).square_().mul_(-1.0 / self.width**2))
 
     def extra_repr(self) -> str:
         return f"start={self.start}, stop={self.stop}, num_gaussians={self.num_gaussians}, width={self.width}"

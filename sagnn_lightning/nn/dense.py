@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from sagnn_lightning.nn.parameter_views import ParameterViews, transposed
+
 Activation = Literal["softplus2", "softplus", "silu"]
 
 LOG2 = math.log(2.0)
@@ -51,17 +53,20 @@ class ShiftedSoftplusStack(torch.autograd.Function):
     """``[ssp ∘] (ssp? ∘ Linear_K) ∘ … ∘ (ssp? ∘ Linear_1)`` as one autograd node (``ssp``: shifted softplus).
 
     ``plan = (activate_input, (activate_after_layer_1, …))``; ``params = (W_1, b_1, …, W_K, b_K)`` with
-    ``W_k [out, in]`` as in ``nn.Linear``. Input ``x [M, in]`` → ``[M, out_K]``. First-order gradients only.
+    ``W_k [out, in]`` as in ``nn.Linear``; ``weights_t = (W_1ᵀ, …, W_Kᵀ)``, views of the same memory (the
+    arithmetic uses them, the gradients go to ``params``; :class:`~sagnn_lightning.nn.parameter_views.ParameterViews`
+    keeps them between steps). Input ``x [M, in]`` → ``[M, out_K]``. First-order gradients only.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, plan: tuple[bool, tuple[bool, ...]], *params: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, plan: tuple[bool, tuple[bool, ...]], weights_t: tuple[Tensor, ...], *params: Tensor
+    ) -> Tensor:
         activate_input, activate = plan
         saved: list[Tensor | None] = [x if activate_input else None]
         h = F.softplus(x) - LOG2 if activate_input else x
         for k, act in enumerate(activate):
-            weight, bias = params[2 * k], params[2 * k + 1]
-            z = torch.addmm(bias, h, weight.t())
+            z = torch.addmm(params[2 * k + 1], h, weights_t[k])
             saved += [h, z if act else None]
             h = F.softplus(z) - LOG2 if act else z
         ctx.plan = plan
@@ -81,16 +86,16 @@ class ShiftedSoftplusStack(torch.autograd.Function):
             h, z = layers[2 * k], layers[2 * k + 1]
             if z is not None:
                 grad = _softplus_backward(grad, z)
-            if needs[2 + 2 * k]:
-                grads[2 * k] = grad.t().mm(h)
             if needs[3 + 2 * k]:
+                grads[2 * k] = grad.t().mm(h)
+            if needs[4 + 2 * k]:
                 grads[2 * k + 1] = grad.sum(0)
             if k == 0 and not needs[0]:
-                return (None, None, *grads)
+                return (None, None, None, *grads)
             grad = grad.mm(params[2 * k])
         if activate_input:
             grad = _softplus_backward(grad, x)
-        return (grad, None, *grads)
+        return (grad, None, None, *grads)
 
 
 class MLP(nn.Sequential):
@@ -98,16 +103,26 @@ class MLP(nn.Sequential):
 
     Shapes: ``[..., in]`` → ``[..., out]``. A stack of ``Linear`` and :class:`ShiftedSoftplus` only, on a 2-D
     input that needs gradients in eager mode outside autocast, runs as :class:`ShiftedSoftplusStack`.
+    ``forward(x, start=k)`` runs the layers from index ``k`` on (``mlp[k:](x)`` without building a new module).
     """
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        plan = self._fused_plan(x)
-        if plan is None:
-            return super().forward(x)
-        params = [p for module in self if isinstance(module, nn.Linear) for p in (module.weight, module.bias)]
-        return ShiftedSoftplusStack.apply(x, plan, *params)
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._weights_t = ParameterViews()
 
-    def _fused_plan(self, x: Tensor) -> tuple[bool, tuple[bool, ...]] | None:
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:  # type: ignore[override]
+        modules = list(self)[start:]
+        plan = self._fused_plan(x, modules)
+        if plan is None:
+            for module in modules:
+                x = module(x)
+            return x
+        linears = [(start + k, m) for k, m in enumerate(modules) if isinstance(m, nn.Linear)]
+        weights_t = tuple(self._weights_t.get(str(k), m.weight, transposed) for k, m in linears)
+        params = [p for _, module in linears for p in (module.weight, module.bias)]
+        return ShiftedSoftplusStack.apply(x, plan, weights_t, *params)
+
+    def _fused_plan(self, x: Tensor, modules: list[nn.Module]) -> tuple[bool, tuple[bool, ...]] | None:
         if (
             x.dim() != 2
             or not torch.is_grad_enabled()
@@ -115,7 +130,6 @@ class MLP(nn.Sequential):
             or torch.is_autocast_enabled(x.device.type)
         ):
             return None
-        modules = list(self)
         activate_input = bool(modules) and isinstance(modules[0], ShiftedSoftplus)
         activate: list[bool] = []
         for module in modules[1:] if activate_input else modules:

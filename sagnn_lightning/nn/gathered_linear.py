@@ -10,6 +10,8 @@ against the concatenation, with ``gradcheck`` in float64).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from sagnn_lightning.nn.parameter_views import ParameterViews
 from sagnn_lightning.nn.scatter import scatter_sum
 
 
@@ -33,8 +36,19 @@ def gathered_linear_reference(
     return F.linear(v, w_i)[i] + F.linear(v, w_j)[j] + F.linear(e, w_e, bias) + F.linear(u, w_u)[edge_batch]
 
 
+def weight_parts(weight: Tensor, sizes: Sequence[int]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """``(W_iᵀ, W_jᵀ, W_eᵀ, W_uᵀ), (W_i, W_j, W_e, W_u)``: views of ``weight [out, sum(sizes)]`` split by input part
+    (what :class:`GatheredLinear` multiplies by; :class:`~sagnn_lightning.nn.parameter_views.ParameterViews` keeps
+    them between steps)."""
+    return tuple(weight.t().split(list(sizes))), tuple(weight.split(list(sizes), dim=1))
+
+
 class GatheredLinear(torch.autograd.Function):
-    """:func:`gathered_linear_reference` as one autograd node (first-order gradients; needs a bias)."""
+    """:func:`gathered_linear_reference` as one autograd node (first-order gradients; needs a bias).
+
+    ``apply(v, e, u, i, j, edge_batch, parts, weight, bias)`` with ``parts = weight_parts(weight, sizes)``: the
+    arithmetic uses those views, the gradient goes to ``weight``.
+    """
 
     @staticmethod
     def forward(
@@ -45,25 +59,25 @@ class GatheredLinear(torch.autograd.Function):
         i: Tensor,
         j: Tensor,
         edge_batch: Tensor,
+        parts: tuple[tuple[Tensor, ...], tuple[Tensor, ...]],
         weight: Tensor,
         bias: Tensor,
     ) -> Tensor:
-        sizes = [v.shape[1], v.shape[1], e.shape[1], u.shape[1]]
-        w_i, w_j, w_e, w_u = weight.t().split(sizes)
+        w_i, w_j, w_e, w_u = parts[0]
         h = torch.addmm(bias, e, w_e)
         h.add_(v.mm(w_i).index_select(0, i))
         h.add_(v.mm(w_j).index_select(0, j))
         h.add_(u.mm(w_u).index_select(0, edge_batch))
-        ctx.sizes = sizes
-        ctx.save_for_backward(v, e, u, i, j, edge_batch, weight)
+        ctx.parts = parts[1]
+        ctx.save_for_backward(v, e, u, i, j, edge_batch)
         return h
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        v, e, u, i, j, edge_batch, weight = ctx.saved_tensors
-        need_v, need_e, need_u, _, _, _, need_w, need_b = ctx.needs_input_grad
-        w_i, w_j, w_e, w_u = weight.split(ctx.sizes, dim=1)
+        v, e, u, i, j, edge_batch = ctx.saved_tensors
+        need_v, need_e, need_u, _, _, _, _, need_w, need_b = ctx.needs_input_grad
+        w_i, w_j, w_e, w_u = ctx.parts
         grad_i = scatter_sum(grad, i, v.shape[0])
         grad_j = scatter_sum(grad, j, v.shape[0])
         grad_g = scatter_sum(grad, edge_batch, u.shape[0])
@@ -75,14 +89,23 @@ class GatheredLinear(torch.autograd.Function):
             parts = (grad_i.t().mm(v), grad_j.t().mm(v), grad.t().mm(e), grad_g.t().mm(u))
             grad_w = torch.cat(parts, dim=1)
         grad_b = grad.sum(0) if need_b else None
-        return grad_v, grad_e, grad_u, None, None, None, grad_w, grad_b
+        return grad_v, grad_e, grad_u, None, None, None, None, grad_w, grad_b
 
 
 def gathered_linear(
-    v: Tensor, e: Tensor, u: Tensor, i: Tensor, j: Tensor, edge_batch: Tensor, weight: Tensor, bias: Tensor | None
+    v: Tensor,
+    e: Tensor,
+    u: Tensor,
+    i: Tensor,
+    j: Tensor,
+    edge_batch: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    views: ParameterViews | None = None,
 ) -> Tensor:
     """``W·[v_i ‖ v_j ‖ e ‖ u_{edge_batch}] + b`` (shapes as :func:`gathered_linear_reference`): one autograd node
-    in eager training (grad mode, no autocast, one dtype, a bias), the plain-torch graph otherwise."""
+    in eager training (grad mode, no autocast, one dtype, a bias), the plain-torch graph otherwise. ``views``: the
+    caller's cache of ``weight``'s split views (made on each call without one)."""
     if (
         bias is None
         or not torch.is_grad_enabled()
@@ -91,7 +114,10 @@ def gathered_linear(
         or not v.dtype == e.dtype == u.dtype == weight.dtype
     ):
         return gathered_linear_reference(v, e, u, i, j, edge_batch, weight, bias)
-    return GatheredLinear.apply(v, e, u, i, j, edge_batch, weight, bias)
+    sizes = (v.shape[1], v.shape[1], e.shape[1], u.shape[1])
+    make = partial(weight_parts, sizes=sizes)
+    parts = make(weight.detach()) if views is None else views.get(f"gathered_linear{sizes}", weight, make)
+    return GatheredLinear.apply(v, e, u, i, j, edge_batch, parts, weight, bias)
 
 
-__all__ = ["GatheredLinear", "gathered_linear", "gathered_linear_reference"]
+__all__ = ["GatheredLinear", "gathered_linear", "gathered_linear_reference", "weight_parts"]

@@ -20,31 +20,40 @@ from typing import NamedTuple, cast
 import torch
 from torch import Tensor, nn
 
+from sagnn_lightning.nn.concat import concat_features
 from sagnn_lightning.nn.dense import Activation, mlp
 from sagnn_lightning.nn.gathered_linear import gathered_linear
-from sagnn_lightning.nn.scatter import scatter_mean, segment_counts
+from sagnn_lightning.nn.parameter_views import ParameterViews
+from sagnn_lightning.nn.scatter import scatter_mean
 
 
 class BlockSegments(NamedTuple):
-    """The divisors of a block's three means, the same in every block of a batch: computed once per batch.
+    """What every block of a batch shares, computed once per batch: the bond ends and the divisors of the three means.
 
-    ``edges_per_atom [N, 1]`` (edges centred on each atom), ``edges_per_graph [B, 1]``, ``atoms_per_graph [B, 1]``,
-    each at least 1.
+    ``centre [E]``, ``neighbour [E]`` (rows of ``edge_index``), ``edge_batch [E]`` (crystal of each bond),
+    ``edges_per_atom [N, 1]`` (bonds centred on each atom), ``edges_per_graph [B, 1]``, ``atoms_per_graph [B, 1]``
+    (the counts at least 1).
     """
 
+    centre: Tensor
+    neighbour: Tensor
+    edge_batch: Tensor
     edges_per_atom: Tensor
     edges_per_graph: Tensor
     atoms_per_graph: Tensor
 
     @classmethod
-    def of(
-        cls, edge_index: Tensor, batch: Tensor, edge_batch: Tensor, num_graphs: int, dtype: torch.dtype
-    ) -> BlockSegments:
-        return cls(
-            segment_counts(edge_index[0], batch.shape[0], dtype),
-            segment_counts(edge_batch, num_graphs, dtype),
-            segment_counts(batch, num_graphs, dtype),
-        )
+    def of(cls, edge_index: Tensor, batch: Tensor, num_graphs: int, dtype: torch.dtype) -> BlockSegments:
+        """From ``edge_index [2, E]``, ``batch [N]`` and ``num_graphs = B``; the counts in ``dtype``. The three
+        counts are one scatter over the three indices laid end to end (atoms, then crystals twice)."""
+        centre, neighbour = edge_index.unbind(0)
+        edge_batch = batch[centre]
+        num_atoms = batch.shape[0]
+        index = torch.cat([centre, edge_batch + num_atoms, batch + (num_atoms + num_graphs)])
+        ones = torch.ones(index.shape[0], 1, dtype=dtype, device=index.device)
+        counts = ones.new_zeros(num_atoms + 2 * num_graphs, 1).index_add_(0, index, ones).clamp_(min=1)
+        per_atom, per_graph_edges, per_graph_atoms = counts.split([num_atoms, num_graphs, num_graphs])
+        return cls(centre, neighbour, edge_batch, per_atom, per_graph_edges, per_graph_atoms)
 
 
 class MEGNetBlock(nn.Module):
@@ -92,6 +101,7 @@ class MEGNetBlock(nn.Module):
         self.atom_update = mlp([3 * dim, *conv_hidden, dim], activation)
         self.state_update = mlp([3 * dim, *conv_hidden, dim], activation)
         self.dropout = nn.Dropout(dropout)
+        self._weight_views = ParameterViews()
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -110,19 +120,19 @@ class MEGNetBlock(nn.Module):
         segments: BlockSegments | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         if segments is None:
-            segments = BlockSegments.of(edge_index, batch, edge_batch, num_graphs, edge_feat.dtype)
+            segments = BlockSegments.of(edge_index, batch, num_graphs, edge_feat.dtype)
         e = self.edge_dense(edge_feat)
         v = self.atom_dense(atom_feat)
         u = self.state_dense(state_feat)
-        i, j = edge_index[0], edge_index[1]
+        i, j = segments.centre, segments.neighbour
         num_atoms = v.shape[0]
 
         e = self._edge_update(v, e, u, i, j, edge_batch)
         edge_mean = scatter_mean(e, i, num_atoms, counts=segments.edges_per_atom)
-        v = self.atom_update(torch.cat([v, edge_mean, u[batch]], dim=-1))
+        v = self.atom_update(concat_features([v, edge_mean, u[batch]]))
         graph_edges = scatter_mean(e, edge_batch, num_graphs, counts=segments.edges_per_graph)
         graph_atoms = scatter_mean(v, batch, num_graphs, counts=segments.atoms_per_graph)
-        u = self.state_update(torch.cat([u, graph_edges, graph_atoms], dim=-1))
+        u = self.state_update(concat_features([u, graph_edges, graph_atoms]))
 
         e, v, u = self.dropout(e), self.dropout(v), self.dropout(u)
         if self.residual:
@@ -133,8 +143,8 @@ class MEGNetBlock(nn.Module):
         """``φ_e([v_i ‖ v_j ‖ e ‖ u])`` without building the ``[E, 4·dim]`` concatenation: the first layer is
         :func:`~sagnn_lightning.nn.gathered_linear.gathered_linear` (same weights, same result)."""
         first = cast(nn.Linear, self.edge_update[0])
-        hidden = gathered_linear(v, e, u, i, j, edge_batch, first.weight, first.bias)
-        return self.edge_update[1:](hidden)
+        hidden = gathered_linear(v, e, u, i, j, edge_batch, first.weight, first.bias, self._weight_views)
+        return self.edge_update(hidden, start=1)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, residual={self.residual}"

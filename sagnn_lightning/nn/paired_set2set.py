@@ -76,7 +76,7 @@ class PairedSet2Set(torch.autograd.Function):
         index = torch.cat([index1, index2 + dim_size])
         weight = torch.stack([torch.cat([w_ih1, w_hh1], 1), torch.cat([w_ih2, w_hh2], 1)])  # [2, 4D, 3D]
         bias = torch.stack([b_ih1 + b_hh1, b_ih2 + b_hh2]).unsqueeze(1)  # [2, 1, 4D]
-        saved: list[Tensor] = []
+        saved: list[Tensor | None] = []
         c = h = q_star = None
         for _ in range(steps):
             if q_star is None or h is None:  # q*, h and c start at zero: the gates are the biases
@@ -96,8 +96,7 @@ class PairedSet2Set(torch.autograd.Function):
             weights = scatter_softmax((x * query).sum(-1), index, num_sets)  # [M]
             r = scatter_sum(weights.unsqueeze(1) * x, index, num_sets)
             q_star = torch.cat([h.reshape(num_sets, dim), r], dim=-1)
-            step_inputs = inputs if inputs is not None else x.new_empty(0)
-            saved += [step_inputs, gate, g, c, c_prev if c_prev is not None else x.new_empty(0), tanh_c, query, weights]
+            saved += [inputs, gate, g, c, c_prev, tanh_c, query, weights]  # inputs and c_prev: None at step 0
         ctx.shape = (dim, dim_size, steps, x1.shape[0])
         ctx.save_for_backward(x, index, weight, *saved)
         assert q_star is not None
@@ -109,8 +108,8 @@ class PairedSet2Set(torch.autograd.Function):
         dim, dim_size, steps, rows1 = ctx.shape
         num_sets = 2 * dim_size
         x, index, weight, *saved = ctx.saved_tensors
-        grad_x = torch.zeros_like(x)
-        grad_bias = grad_w_ih = grad_w_hh = None
+        grad_x: Tensor | None = None
+        grad_bias = grad_weight = None
         grad_q_star = grad.view(dim_size, 2, 2 * dim).transpose(0, 1).reshape(num_sets, 2 * dim)
         grad_h = grad_c = None
         for step in reversed(range(steps)):
@@ -119,7 +118,10 @@ class PairedSet2Set(torch.autograd.Function):
             # r = Σ_segment a·x
             grad_r_rows = grad_r.index_select(0, index)
             grad_a = (grad_r_rows * x).sum(-1)
-            grad_x.addcmul_(weights.unsqueeze(1), grad_r_rows)
+            if grad_x is None:  # the last step's r is the first to reach x
+                grad_x = weights.unsqueeze(1) * grad_r_rows
+            else:
+                grad_x.addcmul_(weights.unsqueeze(1), grad_r_rows)
             # a = softmax_segment(logits)
             weighted = weights * grad_a
             grad_logits = weighted - weights * scatter_sum(weighted, index, num_sets).index_select(0, index)
@@ -133,32 +135,32 @@ class PairedSet2Set(torch.autograd.Function):
             grad_c = grad_c_step if grad_c is None else grad_c_step + grad_c
             parts = [
                 torch.ops.aten.sigmoid_backward(grad_c * g, i),
-                torch.ops.aten.sigmoid_backward(grad_c * c_prev, f) if c_prev.numel() else torch.zeros_like(f),
+                torch.ops.aten.sigmoid_backward(grad_c * c_prev, f) if c_prev is not None else torch.zeros_like(f),
                 torch.ops.aten.tanh_backward(grad_c * i, g),
                 torch.ops.aten.sigmoid_backward(grad_h * tanh_c, o),
             ]
             grad_pre = torch.cat(parts, dim=-1)  # [2, B, 4D]
             step_bias = grad_pre.sum(1)
             grad_bias = step_bias if grad_bias is None else grad_bias + step_bias
-            if not inputs.numel():
+            if inputs is None:
                 break
-            grad_pre_t = grad_pre.transpose(1, 2)
-            step_ih = grad_pre_t.bmm(inputs[..., : 2 * dim])
-            step_hh = grad_pre_t.bmm(inputs[..., 2 * dim :])
-            grad_w_ih = step_ih if grad_w_ih is None else grad_w_ih + step_ih
-            grad_w_hh = step_hh if grad_w_hh is None else grad_w_hh + step_hh
+            step_weight = grad_pre.transpose(1, 2).bmm(inputs)  # [2, 4D, 3D]: [W_ih | W_hh] of both LSTMs
+            grad_weight = step_weight if grad_weight is None else grad_weight + step_weight
             grad_inputs = grad_pre.bmm(weight)  # [2, B, 3D]
             grad_q_star = grad_inputs[..., : 2 * dim].reshape(num_sets, 2 * dim)
             grad_h = grad_inputs[..., 2 * dim :]
             grad_c = grad_c * f
-        assert grad_bias is not None
+        assert grad_bias is not None and grad_x is not None
         grad_x1, grad_x2 = grad_x.split([rows1, x.shape[0] - rows1])
-        w_ih = grad_w_ih.unbind(0) if grad_w_ih is not None else (None, None)
-        w_hh = grad_w_hh.unbind(0) if grad_w_hh is not None else (None, None)
-        b_ih1, b_ih2 = grad_bias.unbind(0)
-        # the two biases of an LSTM get the same gradient: separate tensors, as a clip or hook edits each in place
-        lstm1 = (w_ih[0], w_hh[0], b_ih1, b_ih1.clone())
-        lstm2 = (w_ih[1], w_hh[1], b_ih2, b_ih2.clone())
+        w_ih: Sequence[Tensor | None] = (None, None)
+        w_hh: Sequence[Tensor | None] = (None, None)
+        if grad_weight is not None:
+            ih, hh = grad_weight.split([2 * dim, dim], dim=2)
+            w_ih, w_hh = ih.unbind(0), hh.unbind(0)
+        # the two biases of an LSTM get the same gradient: separate memory, as a clip or hook edits each in place
+        b_ih1, b_ih2, b_hh1, b_hh2 = grad_bias.repeat(2, 1).unbind(0)
+        lstm1 = (w_ih[0], w_hh[0], b_ih1, b_hh1)
+        lstm2 = (w_ih[1], w_hh[1], b_ih2, b_hh2)
         return (grad_x1, None, grad_x2, None, None, None, *lstm1, *lstm2)
 
 

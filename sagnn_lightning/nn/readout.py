@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sagnn_lightning.nn.concat import concat_features
 from sagnn_lightning.nn.paired_set2set import set2set_pair
 from sagnn_lightning.nn.scatter import scatter_softmax, scatter_sum
 
@@ -144,7 +145,7 @@ class MEGNetReadout(nn.Module):
             pooled = paired_set2set(atoms, bonds, atom_feat, batch, edge_feat, edge_batch, num_graphs)
         else:
             pooled = torch.cat([atoms(atom_feat, batch, num_graphs), bonds(edge_feat, edge_batch, num_graphs)], dim=-1)
-        return torch.cat([pooled, state_feat], dim=-1)
+        return concat_features([pooled, state_feat])
 
 
 def paired_set2set(

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 import torch_geometric.utils as pyg_utils
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 ScatterBackend = Literal["auto", "torch", "torch_scatter"]
 
@@ -103,10 +104,29 @@ def scatter_mean(
     """
     _check(src, index, dim_size)
     if counts is not None:
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _use_torch_scatter(backend):
+            return SegmentMean.apply(src, index, dim_size, counts)
         return scatter_sum(src, index, dim_size, backend) / counts
     if _use_torch_scatter(backend):
         return _torch_scatter_module().scatter_mean(src, index, dim=0, dim_size=dim_size)
     return pyg_utils.scatter(src, index, dim=0, dim_size=dim_size, reduce="mean")
+
+
+class SegmentMean(torch.autograd.Function):
+    """``scatter_sum(src, index, dim_size) / counts`` as one autograd node: its backward is ``(grad / counts)[index]``,
+    2 aten ops where autograd's division and ``index_add_`` take 3. ``counts`` (:func:`segment_counts`) gets no
+    gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, src: Tensor, index: Tensor, dim_size: int, counts: Tensor) -> Tensor:
+        ctx.save_for_backward(index, counts)
+        return src.new_zeros((dim_size, *src.shape[1:])).index_add_(0, index, src).div_(counts)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        index, counts = ctx.saved_tensors
+        return grad.div(counts).index_select(0, index), None, None, None
 
 
 def scatter_max(src: Tensor, index: Tensor, dim_size: int, backend: ScatterBackend = "auto") -> Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sagnn_lightning.nn.gathered_linear import GatheredLinear, gathered_linear, gathered_linear_reference
+from sagnn_lightning.nn.gathered_linear import GatheredLinear, gathered_linear, gathered_linear_reference, weight_parts
 
 
 def _graph(atoms: int, edges: int, graphs: int, dims: tuple[int, int, int], out: int, seed: int, dtype=torch.float64):
@@ -26,6 +26,10 @@ def _concatenated(v, e, u, i, j, edge_batch, weight, bias):
     return F.linear(torch.cat([v[i], v[j], e, u[edge_batch]], dim=-1), weight, bias)
 
 
+def _fused(v, e, u, i, j, edge_batch, weight, bias):
+    return GatheredLinear.apply(v, e, u, i, j, edge_batch, _parts(weight, v, e, u), weight, bias)
+
+
 def _values_and_grads(fn, args):
     leaves = [a.detach().requires_grad_(True) if a.is_floating_point() else a for a in args]
     out = fn(*leaves)
@@ -39,9 +43,7 @@ def _values_and_grads(fn, args):
 )
 def test_fused_equals_concatenation(atoms, edges, graphs, dims, out):
     args = _graph(atoms, edges, graphs, dims, out, seed=atoms + edges)
-    for fused, reference in zip(
-        _values_and_grads(GatheredLinear.apply, args), _values_and_grads(_concatenated, args), strict=True
-    ):
+    for fused, reference in zip(_values_and_grads(_fused, args), _values_and_grads(_concatenated, args), strict=True):
         torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-12)
     for plain, reference in zip(
         _values_and_grads(gathered_linear_reference, args), _values_and_grads(_concatenated, args), strict=True
@@ -49,11 +51,16 @@ def test_fused_equals_concatenation(atoms, edges, graphs, dims, out):
         torch.testing.assert_close(plain, reference, rtol=1e-12, atol=1e-12)
 
 
+def _parts(weight, v, e, u):
+    """The weight's split views, as :func:`gathered_linear` passes them (views: gradcheck's perturbations show)."""
+    return weight_parts(weight.detach(), (v.shape[1], v.shape[1], e.shape[1], u.shape[1]))
+
+
 def test_gradcheck_every_input():
     v, e, u, i, j, edge_batch, weight, bias = _graph(6, 17, 2, (3, 2, 4), 5, seed=3)
     inputs = [t.requires_grad_(True) for t in (v, e, u, weight, bias)]
     assert torch.autograd.gradcheck(
-        lambda v, e, u, w, b: GatheredLinear.apply(v, e, u, i, j, edge_batch, w, b), tuple(inputs)
+        lambda v, e, u, w, b: GatheredLinear.apply(v, e, u, i, j, edge_batch, _parts(w, v, e, u), w, b), tuple(inputs)
     )
 
 
@@ -61,7 +68,7 @@ def test_partial_gradients():
     """Inputs that need no gradient get none (the first block's encoders feed all four; a frozen layer needs none)."""
     v, e, u, i, j, edge_batch, weight, bias = _graph(5, 11, 2, (3, 3, 3), 4, seed=4)
     weight.requires_grad_(True)
-    GatheredLinear.apply(v, e, u, i, j, edge_batch, weight, bias).sum().backward()
+    GatheredLinear.apply(v, e, u, i, j, edge_batch, _parts(weight, v, e, u), weight, bias).sum().backward()
     (expected,) = torch.autograd.grad(_concatenated(v, e, u, i, j, edge_batch, weight, bias).sum(), weight)
     torch.testing.assert_close(weight.grad, expected)
     assert v.grad is None and e.grad is None and u.grad is None and bias.grad is None

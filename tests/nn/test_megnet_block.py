@@ -7,7 +7,7 @@ import torch
 
 from sagnn_lightning.data import collate_graphs
 from sagnn_lightning.nn.dense import ShiftedSoftplus, mlp
-from sagnn_lightning.nn.megnet_block import MEGNetBlock
+from sagnn_lightning.nn.megnet_block import BlockSegments, MEGNetBlock
 from tests.models.physics import graph, load_fixture_structures
 
 DIM = 8
@@ -97,3 +97,18 @@ def test_gradcheck():
     block = MEGNetBlock(DIM, (16,), (16,)).double()
     e, v, u = (t.requires_grad_(True) for t in features(small, 1))
     assert torch.autograd.gradcheck(lambda a, b, c: run(block, small, a, b, c), (e, v, u))
+
+
+def test_block_segments_count_each_index_and_keep_the_bond_ends(batch):
+    """The three divisors, counted in one scatter, equal counting each index alone (naive loops)."""
+    segments = BlockSegments.of(batch.edge_index, batch.batch, batch.num_graphs, torch.float64)
+    src, dst = batch.edge_index.tolist()
+    graph_of = batch.batch.tolist()
+    assert segments.centre.tolist() == src and segments.neighbour.tolist() == dst
+    assert segments.edge_batch.tolist() == [graph_of[i] for i in src]
+    per_atom = [max(1, src.count(a)) for a in range(batch.num_nodes)]
+    per_graph_edges = [max(1, sum(graph_of[i] == b for i in src)) for b in range(batch.num_graphs)]
+    per_graph_atoms = [max(1, graph_of.count(b)) for b in range(batch.num_graphs)]
+    assert segments.edges_per_atom.squeeze(1).tolist() == per_atom
+    assert segments.edges_per_graph.squeeze(1).tolist() == per_graph_edges
+    assert segments.atoms_per_graph.squeeze(1).tolist() == per_graph_atoms

@@ -142,4 +142,5 @@ def test_mean_with_precomputed_counts_matches_naive():
     out = scatter_mean(src, index, n, backend="torch", counts=counts)
     torch.testing.assert_close(out, naive(src, index, n, "mean"))
     src.requires_grad_(True)
+    assert "SegmentMean" in type(scatter_mean(src, index, n, backend="torch", counts=counts).grad_fn).__name__
     assert torch.autograd.gradcheck(lambda x: scatter_mean(x, index, n, backend="torch", counts=counts), (src,))

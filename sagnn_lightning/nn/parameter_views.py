@@ -1,0 +1,59 @@
+"""Views of parameters (a transpose, a split) made once and reused while each parameter keeps its memory.
+
+An eager training step multiplies by ``weight.t()`` in every dense layer: one aten op per layer and step that does
+no arithmetic, but that the host dispatches and a GPU waits for (``benchmarks/step_ops.py``). A view shares its
+parameter's memory, so optimizer steps and ``load_state_dict`` (both in place) show through it; only when the
+parameter's tensor is replaced (``module.to(...)``, ``load_state_dict(..., assign=True)``, ``param.data = ...``)
+do its data pointer or layout change, and the view is made again. The cached view keeps the memory it looks at
+alive, so no other tensor can take that address while it is cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+def _stamp(param: Tensor) -> tuple[Any, ...]:
+    return param.data_ptr(), param.shape, param.stride(), param.dtype, param.device
+
+
+class ParameterViews:
+    """A per-module cache: ``views.get(key, param, make)`` returns ``make(param)`` (views of ``param``'s memory,
+    made under ``no_grad`` from ``param.detach()``), made again when ``param``'s memory or layout changed.
+
+    The views carry no autograd history: callers pass the parameter itself to their ``autograd.Function`` for the
+    gradient and use the view for the arithmetic. Not pickled or deep-copied (remade on first use).
+    """
+
+    def __init__(self) -> None:
+        self._views: dict[str, tuple[tuple[Any, ...], Any]] = {}
+
+    def get(self, key: str, param: Tensor, make: Callable[[Tensor], T]) -> T:
+        stamp = _stamp(param)
+        hit = self._views.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        with torch.no_grad():
+            view = make(param.detach())
+        self._views[key] = (stamp, view)
+        return view
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_views": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._views = {}
+
+
+def transposed(param: Tensor) -> Tensor:
+    """``param.t()``: what :meth:`ParameterViews.get` caches for a dense layer's weight ``[out, in]``."""
+    return param.t()
+
+
+__all__ = ["ParameterViews", "transposed"]
