@@ -69,6 +69,8 @@ def metrics_rows(name: str, frame: pd.DataFrame, std_columns: list[str]) -> list
         half = None
         if column == "std" and {"lower_95", "upper_95"} <= set(frame) and np.isfinite(frame["upper_95"]).all():
             half = {"95": ((frame["upper_95"] - frame["lower_95"]) / 2).to_numpy()}
+        elif f"{column}_half95" in frame:  # a refit's conformal interval
+            half = {"95": frame[f"{column}_half95"].to_numpy()}
         values = uncertainty_metrics(frame["target"], frame["prediction"], frame[column], half_widths=half)
         values |= member_scores(frame)
         rows.append({"file": name, "sigma": column, **{k: round(v, 6) for k, v in values.items()}})
@@ -131,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="held-out predictions (same columns) to fit the recalibration on; adds a 'recalibrated' σ column",
     )
+    parser.add_argument(
+        "--refit",
+        choices=["scale", "floor"],
+        default=None,
+        help="refit each CSV's calibration on its sibling <name>_calibration.csv (the runner's held-out rows): "
+        "'scale' (σ' = s·σ) or 'floor' (σ'² = s²σ² + f²); adds the column 'refit_<kind>' and prints the fit",
+    )
     parser.add_argument("--out", type=Path, default=None, help="prefix of the metrics CSV and the two plots")
     args = parser.parse_args(argv)
     frames = {
@@ -148,6 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         for frame in frames.values():
             frame["recalibrated"] = fitted.std(frame[base])
         columns.append("recalibrated")
+    if args.refit is not None:
+        column = f"refit_{args.refit}"
+        for path in args.csv:
+            sibling = path.with_name(path.stem + "_calibration.csv")
+            held = read_predictions(sibling, args.targets, args.id_column, args.target_column, args.prediction_column)
+            fitted = fit_calibration(held["target"] - held["prediction"], held["std_raw"], floor=args.refit == "floor")
+            frames[path.name][column] = fitted.std(frames[path.name]["std_raw"])
+            frames[path.name][f"{column}_half95"] = fitted.half_widths(frames[path.name]["std_raw"])["95"]
+            print(
+                f"{path.name}: refit on {fitted.n} rows of {sibling.name}: σ x{fitted.scale:.4g}, floor {fitted.floor:.4g}"
+            )
+        columns.append(column)
     rows = [row for name, frame in frames.items() for row in metrics_rows(name, frame, columns)]
     if len(frames) > 1:
         rows += metrics_rows("pooled", pd.concat(frames.values(), ignore_index=True), columns)
@@ -158,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         metrics = write_csv_rows(args.out.with_name(args.out.name + "_metrics.csv"), rows)
         sigma = (
-            "std"
+            f"refit_{args.refit}"
+            if args.refit is not None
+            else "std"
             if all("std" in f for f in frames.values())
             else next(c for c in columns if c in next(iter(frames.values())))
         )

@@ -38,6 +38,12 @@ def _fit_parser() -> CommandParser:
     parser.add_argument("--seed", type=int, default=0, help="member j trains with seed + j (default 0)")
     parser.add_argument("--jobs", type=int, default=1, help="members trained at once (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each member (default: inherited)")
+    parser.add_argument(
+        "--calibration-floor",
+        action="store_true",
+        help="calibrate σ'² = s²σ² + f² (a floor for rows where the members agree but still err, e.g. expt_gap's "
+        "metals) instead of σ' = s·σ",
+    )
     return parser
 
 
@@ -62,6 +68,12 @@ def _assemble_parser() -> CommandParser:
         default=None,
         help="where the members' data file is here, if their checkpoints name another place",
     )
+    parser.add_argument(
+        "--calibration-floor",
+        action="store_true",
+        help="calibrate σ'² = s²σ² + f² (a floor for rows where the members agree but still err, e.g. expt_gap's "
+        "metals) instead of σ' = s·σ",
+    )
     return parser
 
 
@@ -78,7 +90,13 @@ def ensemble_main(argv: Sequence[str]) -> int:
     action, argv = argv[0], argv[1:]
     if action == "assemble":
         args = _assemble_parser().parse_command(argv)
-        manifest = assemble_ensemble(args.out, args.ckpt, calibrate_on=args.calibrate_on, data_file=args.data_file)
+        manifest = assemble_ensemble(
+            args.out,
+            args.ckpt,
+            calibrate_on=args.calibrate_on,
+            data_file=args.data_file,
+            calibration_floor=args.calibration_floor,
+        )
         print(f"ensemble of {len(manifest['members'])} members in {args.out}: predict --ckpt {args.out} --input ...")
         return 0
     command: list[str] = []
@@ -94,6 +112,7 @@ def ensemble_main(argv: Sequence[str]) -> int:
         seed=args.seed,
         jobs=args.jobs,
         threads=args.threads,
+        calibration_floor=args.calibration_floor,
     )
     print(f"ensemble of {len(manifest['members'])} members in {args.out}: predict --ckpt {args.out} --input ...")
     return 0
@@ -109,6 +128,7 @@ FLAGS: dict[str, str] = {
     "checkpoints": "--ckpt",
     "calibrate_on": "--calibrate-on",
     "data_file": "--data-file",
+    "calibration_floor": "--calibration-floor",
 }
 
 __all__ = ["FLAGS", "ensemble_main"]

@@ -126,9 +126,10 @@ class Ensemble(nn.Module):
             return result | {"prediction": (mean >= 0.5).long(), "probability": mean, "probability_std": spread}
         result |= {"prediction": mean, "std_raw": spread, "std": spread}
         if self.calibration is not None:
-            half = torch.as_tensor(self.calibration.half_widths(spread.cpu().numpy())["95"], dtype=mean.dtype)
+            raw = spread.cpu().numpy()
+            half = torch.as_tensor(self.calibration.half_widths(raw)["95"], dtype=mean.dtype)
             result |= {
-                "std": spread * self.calibration.scale,
+                "std": torch.as_tensor(self.calibration.std(raw), dtype=mean.dtype).to(mean.device),
                 "lower_95": mean - half.to(mean.device),
                 "upper_95": mean + half.to(mean.device),
             }

@@ -107,6 +107,7 @@ def assemble_ensemble(
     checkpoints: Sequence[str | os.PathLike],
     calibrate_on: CalibrateOn = "validation",
     data_file: str | None = None,
+    calibration_floor: bool = False,
 ) -> dict[str, Any]:
     """Copy ``checkpoints`` into the ensemble folder ``folder`` (``member_<j>/<file name>``), write its manifest and,
     unless ``calibrate_on="none"``, calibrate it on the members' shared held-out rows (module docstring). Returns the
@@ -118,6 +119,7 @@ def assemble_ensemble(
         calibrate_on: ``"calibration"``, ``"validation"`` or ``"none"``.
         data_file: where the members' data file is on this machine, when their checkpoints record another place
             (e.g. a shipped model's bare file name).
+        calibration_floor: calibrate ``σ'² = s²σ² + f²`` instead of ``σ' = s·σ``.
     """
     if len(checkpoints) < 2:
         raise UsageError(f"{param('checkpoints')} needs >= 2 checkpoint files (an ensemble's spread needs two)")
@@ -147,6 +149,7 @@ def assemble_ensemble(
         )
     command = ["python", "-m", "sagnn_lightning", "ensemble", "assemble", "--out", str(root), "--ckpt"]
     command += [str(p) for p in paths] + ["--calibrate-on", calibrate_on]
+    command += ["--calibration-floor"] if calibration_floor else []
     manifest: dict[str, Any] = {
         "format": 1,
         "command": shlex.join(command + (["--data-file", data_file] if data_file else [])),
@@ -160,7 +163,7 @@ def assemble_ensemble(
     if calibrate_on != "none":
         try:
             manifest["calibration"], manifest["calibration_metrics"] = calibrate(
-                root, manifest, calibrate_on, data_file
+                root, manifest, calibrate_on, data_file, floor=calibration_floor
             )
         except FileNotFoundError as err:
             raise SAGNNError(

@@ -98,6 +98,7 @@ def fit_ensemble(
     seed: int = 0,
     jobs: int = 1,
     threads: int | None = None,
+    calibration_floor: bool = False,
 ) -> dict[str, Any]:
     """Train (or finish) the ensemble in ``folder``; returns its manifest. See the module docstring.
 
@@ -111,6 +112,8 @@ def fit_ensemble(
         seed: member ``j`` trains with ``seed + j``.
         jobs: members trained at once.
         threads: ``OMP_NUM_THREADS`` of each member's process (default: inherited).
+        calibration_floor: calibrate ``σ'² = s²σ² + f²`` (a floor for rows where the members agree; expt_gap's
+            metals) instead of ``σ' = s·σ``.
     """
     _check(members, split, calibration_fraction, jobs, command)
     root = Path(folder).expanduser().resolve()
@@ -143,6 +146,7 @@ def fit_ensemble(
                     str(calibration_fraction),
                     "--seed",
                     str(seed),
+                    *(["--calibration-floor"] if calibration_floor else []),
                     "--out",
                     str(root),
                     "--",
@@ -191,7 +195,7 @@ def fit_ensemble(
             f"train.log says why); run the same command again to retry them: {manifest['command']}"
         )
     if calibration_fraction > 0:
-        manifest["calibration"], manifest["calibration_metrics"] = calibrate(root, manifest)
+        manifest["calibration"], manifest["calibration_metrics"] = calibrate(root, manifest, floor=calibration_floor)
         write_manifest(root, manifest)
     return manifest
 
@@ -233,7 +237,11 @@ def member_predictions(
 
 
 def calibrate(
-    root: Path, manifest: dict[str, Any], rows: HeldOutRows = "calibration", data_file: str | None = None
+    root: Path,
+    manifest: dict[str, Any],
+    rows: HeldOutRows = "calibration",
+    data_file: str | None = None,
+    floor: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the calibration on held-out rows of member 0's data (which every member shares) and write
     ``calibration_predictions.csv``; returns the calibration and the raw spread's metrics on those rows.
@@ -241,7 +249,8 @@ def calibrate(
     ``rows``: ``"calibration"`` (the ``calibration_fraction`` rows held out of every member) or ``"validation"``
     (the validation rows of members that share them; they chose their checkpoints on these rows, see
     :func:`~sagnn_lightning.lit.ensemble_assemble.assemble_ensemble`). ``data_file``: where member 0's data file is
-    on this machine, when its checkpoint records another place."""
+    on this machine, when its checkpoint records another place. ``floor``: fit ``σ'² = s²σ² + f²`` instead of
+    ``σ' = s·σ`` (:func:`~sagnn_lightning.uncertainty.fit_calibration`)."""
     modules = [load_module(root / m["checkpoint"], "cpu", "ckpt")[0] for m in manifest["members"]]
     if modules[0].task_type != "regression" or len(modules[0].target_names) != 1:
         print("calibration: fitted for single-target regression only; the raw spread is kept", flush=True)
@@ -259,16 +268,18 @@ def calibrate(
     ids, predictions = member_predictions(modules, loader)
     targets = np.asarray(datamodule.targets_of(ids), dtype=np.float64)
     mean, spread = predictions.mean(axis=0)[:, 0], member_spread(torch.from_numpy(predictions)).numpy()[:, 0]
-    calibration = fit_calibration(targets[:, 0] - mean, spread)
+    calibration = fit_calibration(targets[:, 0] - mean, spread, floor=floor)
     table = [
-        {"id": i, "target": float(t), "prediction": float(m), "std_raw": float(s), "std": float(calibration.scale * s)}
+        {"id": i, "target": float(t), "prediction": float(m), "std_raw": float(s), "std": float(calibration.std(s))}
         | {f"member_{k}": float(predictions[k, n, 0]) for k in range(len(modules))}
         for n, (i, t, m, s) in enumerate(zip(ids, targets[:, 0], mean, spread))
     ]
     write_csv_rows(root / "calibration_predictions.csv", table)
     before = uncertainty_metrics(targets[:, 0], mean, spread)
     print(
-        f"calibration on {len(ids)} held-out {rows} rows: σ scale {calibration.scale:.3g}, conformal 95 % multiplier "
+        f"calibration on {len(ids)} held-out {rows} rows: σ scale {calibration.scale:.3g}"
+        + (f", floor {calibration.floor:.3g}" if calibration.floor else "")
+        + f", conformal 95 % multiplier "
         f"{calibration.conformal['95']:.3g} (raw spread: mean z² {before['mean_z2']:.3g}, 95 % coverage "
         f"{before['coverage_95']:.3f}, Spearman {before['spearman']:.3f})",
         flush=True,

@@ -5,6 +5,7 @@ from sagnn_lightning.uncertainty.calibration import (
     Calibration,
     conformal_quantile,
     fit_calibration,
+    fit_scale_and_floor,
     fit_variance_scale,
 )
 from sagnn_lightning.uncertainty.metrics import (
@@ -23,6 +24,7 @@ __all__ = [
     "coverage",
     "coverage_curve",
     "fit_calibration",
+    "fit_scale_and_floor",
     "fit_variance_scale",
     "gaussian_nll",
     "miscalibration_area",

@@ -268,3 +268,22 @@ def test_assemble_refuses_members_that_held_out_other_rows(ensemble_dir, tmp_pat
     assert load_ensemble(tmp_path / "raw").calibration is None
     assert _assemble(tmp_path / "raw", [first, other], "--calibrate-on", "none") == 2  # never overwrites one
     assert _assemble(tmp_path / "one", [first]) == 2 and "two" in capsys.readouterr().err
+
+
+def test_assemble_with_a_floor_fits_both_and_predicts_with_them(ensemble_dir, tmp_path):
+    """``--calibration-floor``: the manifest holds scale and floor as fit on the held-out rows' errors and spreads
+    (recomputed here with the library's fit on the written ``calibration_predictions.csv``), and predictions carry
+    ``std = sqrt((s·σ)² + f²)``."""
+    from sagnn_lightning.uncertainty import fit_scale_and_floor
+
+    assert _assemble(tmp_path / "asm", _member_checkpoints(ensemble_dir), "--calibration-floor") == 0
+    manifest = json.loads((tmp_path / "asm" / "ensemble.json").read_text())
+    assert "--calibration-floor" in manifest["command"] and "floor" in manifest["calibration"]["method"]
+    rows = pd.read_csv(tmp_path / "asm" / "calibration_predictions.csv")
+    scale, floor = fit_scale_and_floor(rows["target"] - rows["prediction"], rows["std_raw"])
+    assert manifest["calibration"]["scale"] == pytest.approx(scale, rel=1e-6)
+    assert manifest["calibration"]["floor"] == pytest.approx(floor, rel=1e-6, abs=1e-6)
+    np.testing.assert_allclose(rows["std"], np.hypot(scale * rows["std_raw"], floor), rtol=1e-6)
+    structures = pd.read_csv(ensemble_dir["csv"])["cif"].tolist()[:4]
+    result = load_ensemble(tmp_path / "asm").predict(structures)
+    np.testing.assert_allclose(result.std, np.hypot(scale * result.std_raw, floor), rtol=1e-5)
