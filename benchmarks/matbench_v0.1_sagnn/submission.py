@@ -233,18 +233,45 @@ def _class_name(spec: Any) -> str:
     return str((spec or {}).get("class_path", "none")).rsplit(".", 1)[-1] if isinstance(spec, dict) else "none"
 
 
-def _structure_model_text(model: dict[str, Any]) -> str:
+def _structure_model_text(model: dict[str, Any], training: dict[str, Any] | None = None) -> str:
     attention = {
         "last": f"{model.get('heads')}-head self-attention over the atoms of each crystal after the last MEGNet block",
         "each": f"{model.get('heads')}-head self-attention after every block",
         "none": "no self-attention (the paper's w/o-MHSA ablation, i.e. MEGNet)",
     }[model["attention"]]
+    training = training or {}
+    cutoff = training.get("cutoff") or model["cutoff"]  # the data's cutoff; the model's basis is linked to it
+    neighbours = training.get("max_neighbors")
+    graph = (
+        f"the {neighbours} nearest neighbours of each atom within {cutoff} A"
+        if neighbours
+        else f"every neighbour within {cutoff} A"
+    )
     return (
         f"MEGNet graph network (Chen et al. 2019: "
-        f"atom embedding {model['atom_embedding_dim']}, {model['num_gaussians']} Gaussians on 0-{model['cutoff']} "
+        f"atom embedding {model['atom_embedding_dim']}, {model['num_gaussians']} Gaussians on 0-{cutoff} "
         f"A width {model['gaussian_width']}, {model['num_blocks']} MEGNet blocks of width {model['hidden_dim']}, "
-        f"Set2Set readout on atoms and bonds) with {attention} (SA-GNN, Cui et al. 2024). Periodic crystal graphs "
-        f"with a {model['cutoff']} A cutoff."
+        f"Set2Set readout on atoms and bonds) with {attention} (SA-GNN, Cui et al. 2024). Periodic crystal graphs: "
+        f"{graph}."
+    )
+
+
+def _selection_text(training: dict[str, Any]) -> str:
+    """How the model that predicts a test fold is chosen: one checkpoint, or an ensemble of inner-fold members."""
+    monitor = str((training.get("checkpoint") or {}).get("monitor", "auto"))
+    members = training.get("val_folds")
+    if not members:
+        return (
+            f"the checkpoint with the best validation {monitor} metric (validation = "
+            f"{training['val_fraction']:.0%} of each fold's training rows) predicts the test fold."
+        )
+    carve = float(training.get("calibration_fraction") or 0.0)
+    held = f"{carve:.0%} of each fold's training rows are held out of all members; " if carve else ""
+    return (
+        f"an ensemble of {members} members predicts each test fold: {held}member j trains on the other "
+        f"{members - 1} of {members} inner folds of the remaining rows and keeps its checkpoint with the best "
+        f"{monitor} metric on inner fold j; the prediction is the members' mean"
+        + (", its error bar their spread recalibrated on the held-out rows." if carve else ".")
     )
 
 
@@ -269,7 +296,11 @@ def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[st
     descriptions: list[str] = []
     for cfg in configs.values():  # one text per model class in the submission (crystal and/or composition)
         composition = str(cfg["training"].get("model_class", "")).endswith("CompositionSAGNN")
-        text = (_composition_model_text if composition else _structure_model_text)(cfg["model"])
+        text = (
+            _composition_model_text(cfg["model"])
+            if composition
+            else _structure_model_text(cfg["model"], cfg["training"])
+        )
         if text not in descriptions:
             descriptions.append(text)
     budget = ", ".join(f"{name}: {c['max_epochs']} epochs" for name, c in sorted(configs.items()))
@@ -292,9 +323,7 @@ def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[st
             f"{ALGORITHM_NAMES[variant]} (sagnn-lightning {_pkg_version()}): {' '.join(descriptions)} "
             f"Trained with {str(training.get('loss', 'l1')).upper()} loss on "
             f"standardised targets (BCE for classification), {_class_name(optimizer)} (lr {lr}), scheduler "
-            f"{_class_name(training.get('scheduler'))}; the checkpoint with the best validation "
-            f"{str((training.get('checkpoint') or {}).get('monitor', 'auto'))} metric (validation = "
-            f"{training['val_fraction']:.0%} of each fold's training rows) predicts the test fold. "
+            f"{_class_name(training.get('scheduler'))}; {_selection_text(training)} "
             f"Fixed hyper-parameters (recipes/configs); training budget per fold: {budget}."
         ),
         "bibtex_refs": BIBTEX_REFS,

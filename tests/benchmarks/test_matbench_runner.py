@@ -719,3 +719,34 @@ def test_inner_fold_ensemble_with_calibration_rows_writes_error_bars(runner, one
     assert stored["calibration"]["scale"] == pytest.approx(scale)
     np.testing.assert_allclose(test["std"], scale * test["std_raw"])
     assert stored["test_after"]["mae"] == pytest.approx(np.mean(np.abs(test["target"] - test["prediction"])))
+
+
+def test_info_json_names_the_graph_and_the_ensemble_that_made_the_predictions(runner):
+    """A knn-graph, inner-fold-ensemble submission says so in ``algorithm_long`` (it said "5.0 A cutoff" and "the
+    checkpoint ... predicts the test fold" for the 24-neighbour ensembles); a plain run keeps the single-model text."""
+    submission = _sibling(runner, "submission")
+    model = {
+        "attention": "last",
+        "heads": 8,
+        "atom_embedding_dim": 64,
+        "num_gaussians": 25,
+        "cutoff": 5.0,
+        "gaussian_width": 0.4,
+        "num_blocks": 3,
+        "hidden_dim": 32,
+    }
+    training = {"val_fraction": 0.1, "checkpoint": {"monitor": "auto"}, "max_epochs": 300}
+    ensemble = training | {"cutoff": 8.0, "max_neighbors": 24, "val_folds": 5, "calibration_fraction": 0.1}
+    texts = {
+        name: submission.info_json(
+            "sagnn", {"matbench_jdft2d": {"model": model, "training": t, "max_epochs": 300}}, {}
+        )["algorithm_long"]
+        for name, t in (("single", training), ("ensemble", ensemble))
+    }
+    assert "every neighbour within 5.0 A" in texts["single"] and "the checkpoint with the best" in texts["single"]
+    assert "the 24 nearest neighbours of each atom within 8.0 A" in texts["ensemble"]
+    assert "Gaussians on 0-8.0 A" in texts["ensemble"] and "5.0" not in texts["ensemble"]
+    assert (
+        "an ensemble of 5 members" in texts["ensemble"]
+        and "10% of each fold's training rows are held out" in texts["ensemble"]
+    )
