@@ -111,16 +111,20 @@ class MLP(nn.Sequential):
         self._weights_t = ParameterViews()
 
     def forward(self, x: Tensor, start: int = 0) -> Tensor:  # type: ignore[override]
-        modules = list(self)[start:]
+        modules = list(self)[start:] if start else list(self)
         plan = self._fused_plan(x, modules)
         if plan is None:
             for module in modules:
                 x = module(x)
             return x
-        linears = [(start + k, m) for k, m in enumerate(modules) if isinstance(m, nn.Linear)]
-        weights_t = tuple(self._weights_t.get(str(k), m.weight, transposed) for k, m in linears)
-        params = [p for _, module in linears for p in (module.weight, module.bias)]
-        return ShiftedSoftplusStack.apply(x, plan, weights_t, *params)
+        weights_t: list[Tensor] = []
+        params: list[Tensor] = []
+        for k, module in enumerate(modules):
+            if isinstance(module, nn.Linear):
+                weight = module.weight
+                weights_t.append(self._weights_t.get(start + k, weight, transposed))
+                params += (weight, module.bias)
+        return ShiftedSoftplusStack.apply(x, plan, tuple(weights_t), *params)
 
     def _fused_plan(self, x: Tensor, modules: list[nn.Module]) -> tuple[bool, tuple[bool, ...]] | None:
         if (

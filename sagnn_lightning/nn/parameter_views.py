@@ -19,10 +19,6 @@ from torch import Tensor
 T = TypeVar("T")
 
 
-def _stamp(param: Tensor) -> tuple[Any, ...]:
-    return param.data_ptr(), param.shape, param.stride(), param.dtype, param.device
-
-
 class ParameterViews:
     """A per-module cache: ``views.get(key, param, make)`` returns ``make(param)`` (views of ``param``'s memory,
     made under ``no_grad`` from ``param.detach()``), made again when ``param``'s memory or layout changed.
@@ -32,16 +28,18 @@ class ParameterViews:
     """
 
     def __init__(self) -> None:
-        self._views: dict[str, tuple[tuple[Any, ...], Any]] = {}
+        self._views: dict[Any, tuple[int, torch.Size, tuple[int, ...], Any]] = {}
 
-    def get(self, key: str, param: Tensor, make: Callable[[Tensor], T]) -> T:
-        stamp = _stamp(param)
+    def get(self, key: Any, param: Tensor, make: Callable[[Tensor], T]) -> T:
+        # the stamp is the memory address and layout: a new dtype or device means new memory, and the cached view
+        # keeps the old memory alive, so its address cannot come back while cached (devices share one virtual
+        # address space under CUDA's unified addressing)
         hit = self._views.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
+        if hit is not None and hit[0] == param.data_ptr() and hit[1] == param.shape and hit[2] == param.stride():
+            return hit[3]
         with torch.no_grad():
             view = make(param.detach())
-        self._views[key] = (stamp, view)
+        self._views[key] = (param.data_ptr(), param.shape, param.stride(), view)
         return view
 
     def __getstate__(self) -> dict[str, Any]:
