@@ -58,14 +58,14 @@ def member_spread(stacked: np.ndarray) -> np.ndarray:
 
 
 def uncertainty_rows(
-    results: Sequence[dict[str, Any]], ids: Sequence[str], truth: np.ndarray
+    results: Sequence[dict[str, Any]], ids: Sequence[str], truth: np.ndarray, floor: bool = False
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
     """A regression fold's ensemble with error bars: rows ``id, target, prediction, std_raw[, std, lower_95,
     upper_95], member_<j>`` for the test set and, when the members predicted held-out calibration rows
     (``--data.init_args.calibration_fraction``), for those rows too, plus the calibration fit on them (variance
     scaling and conformal multipliers, :func:`sagnn_lightning.uncertainty.fit_calibration`) with the calibration
-    metrics of the test set before and after. Without calibration rows: ``std`` is left out and the third value is
-    ``None``."""
+    metrics of the test set before and after (``floor``: scaling with a floor). Without calibration rows: ``std`` is
+    left out and the third value is ``None``."""
     from sagnn_lightning.uncertainty import fit_calibration, uncertainty_metrics
 
     test = np.stack([np.asarray(r["predictions"], dtype=float) for r in results])
@@ -75,7 +75,7 @@ def uncertainty_rows(
     if len(held) == len(results) and all(h["ids"] == held[0]["ids"] for h in held):
         cal = np.stack([np.asarray(h["predictions"], dtype=float) for h in held])
         cal_truth = np.asarray(held[0]["targets"], dtype=float)
-        calibration = fit_calibration(cal_truth - cal.mean(axis=0), member_spread(cal))
+        calibration = fit_calibration(cal_truth - cal.mean(axis=0), member_spread(cal), floor=floor)
         cal_rows = _rows(held[0]["ids"], cal_truth, cal, calibration)
     rows = _rows(list(ids), truth, test, calibration)
     if calibration is None:

@@ -129,4 +129,10 @@ def parser(description: str = "") -> argparse.ArgumentParser:
         help="select on K inner folds instead of one validation carve: K members per fold, each validating on "
         "one inner fold; the fold records the mean of their test predictions",
     )
+    add(
+        "--calibration-floor",
+        action="store_true",
+        help="with --val-folds and --data.init_args.calibration_fraction: calibrate the members' spread as "
+        "σ'² = s²σ² + f² (a floor for rows where they agree but err) instead of σ' = s·σ",
+    )
     return p

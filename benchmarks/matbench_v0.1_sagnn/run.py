@@ -147,6 +147,7 @@ def run(
     max_time: float | None = None,
     cli_args: Sequence[str] = (),
     val_folds: int | None = None,
+    calibration_floor: bool = False,
 ) -> tuple[Any, dict[str, int]]:
     """Train/predict/record the requested folds (skipping recorded ones); returns ``(MatbenchBenchmark,
     {"failed": n, "stopped": n})``: folds that failed (``jobs > 1``) or were stopped / not started by ``max_time``.
@@ -158,7 +159,8 @@ def run(
     ``checkpoint_dir``, the checkpoint that predicted each fold is also copied to
     ``<checkpoint_dir>/<task>/fold_<k>.ckpt``. ``cli_args``: more options for the recipes' CLI (``--config``
     files, ``--model.*``, ...), before those the runner's flags set. ``val_folds``: K inner-fold members per
-    fold (``<run dir>/inner_<j>``), recorded as the mean of their test predictions once all K are done.
+    fold (``<run dir>/inner_<j>``), recorded as the mean of their test predictions once all K are done;
+    ``calibration_floor``: their spread is calibrated with a floor (:func:`sagnn_lightning.uncertainty.fit_calibration`).
     """
     import torch
 
@@ -257,7 +259,7 @@ def run(
             predictions, params = ensemble_of_members(complete, truth, task.metadata.task_type)
             tag = _tag(variant, name, fold)
             if task.metadata.task_type == "regression":
-                params |= write_uncertainty(out, name, fold, complete, result["ids"], truth, tag)
+                params |= write_uncertainty(out, name, fold, complete, result["ids"], truth, tag, calibration_floor)
         scores = record_fold(task, fold, predictions, params)
         save(mb, out, variant, configs, machine_info)
         print(
@@ -271,14 +273,21 @@ def run(
 
 
 def write_uncertainty(
-    out: Path, task: str, fold: int, members: list[dict[str, Any]], ids: list[str], truth: np.ndarray, tag: str
+    out: Path,
+    task: str,
+    fold: int,
+    members: list[dict[str, Any]],
+    ids: list[str],
+    truth: np.ndarray,
+    tag: str,
+    floor: bool = False,
 ) -> dict[str, Any]:
     """Write ``<out>/uncertainty/<task>_fold_<k>.csv`` (and ``..._calibration.csv`` with calibration rows) and
     print the test set's calibration metrics; returns what the fold's record keeps (the calibration and those
     metrics), or nothing without calibration rows."""
     from sagnn_lightning.files import write_csv_rows
 
-    rows, calibration_rows, summary = uncertainty_rows(members, ids, truth)
+    rows, calibration_rows, summary = uncertainty_rows(members, ids, truth, floor)
     folder = out / "uncertainty"
     write_csv_rows(folder / f"{task}_fold_{fold}.csv", rows)
     if calibration_rows:
@@ -344,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.max_time,
             cli_args,
             args.val_folds,
+            args.calibration_floor,
         )
     for name, s in summarize(mb).items():
         if s["n_folds"]:

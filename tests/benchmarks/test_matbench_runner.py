@@ -750,3 +750,33 @@ def test_info_json_names_the_graph_and_the_ensemble_that_made_the_predictions(ru
         "an ensemble of 5 members" in texts["ensemble"]
         and "10% of each fold's training rows are held out" in texts["ensemble"]
     )
+
+
+def test_uncertainty_rows_calibrate_with_a_floor_on_request(runner):
+    """``--calibration-floor``: members that agree on half the rows but err there get a floor; without the flag
+    one factor is fit (the summary says which, and the rows' std follows it)."""
+    ensemble = _sibling(runner, "ensemble")
+    rng = np.random.default_rng(0)
+    n = 400
+    truth = rng.normal(0.0, 1.0, n)
+    agree = np.arange(n) < n // 2
+    spread = np.where(agree, 1e-4, 0.5)
+    errors = rng.normal(0.0, np.hypot(spread, 0.3))
+
+    def members(ids):
+        centre = truth[: len(ids)] - errors[: len(ids)]
+        offsets = np.outer([-1.5, -0.5, 0.5, 1.5], spread[: len(ids)] / np.std([-1.5, -0.5, 0.5, 1.5], ddof=1))
+        return [centre + o for o in offsets]
+
+    ids = [f"id-{k}" for k in range(n)]
+    results = [
+        {"predictions": p.tolist(), "calibration": {"ids": ids, "targets": truth.tolist(), "predictions": p.tolist()}}
+        for p in members(ids)
+    ]
+    for floor in (False, True):
+        rows, held, summary = ensemble.uncertainty_rows(results, ids, truth, floor)
+        fitted = summary["calibration"]
+        assert (fitted["floor"] > 0.2) if floor else (fitted["floor"] == 0.0 and fitted["scale"] > 100)
+        std = np.array([r["std"] for r in rows])
+        raw = np.array([r["std_raw"] for r in rows])
+        np.testing.assert_allclose(std, np.hypot(fitted["scale"] * raw, fitted["floor"]), rtol=1e-9)
