@@ -38,13 +38,17 @@ def _fit_parser() -> CommandParser:
     parser.add_argument("--seed", type=int, default=0, help="member j trains with seed + j (default 0)")
     parser.add_argument("--jobs", type=int, default=1, help="members trained at once (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each member (default: inherited)")
+    _add_floor_flag(parser)
+    return parser
+
+
+def _add_floor_flag(parser: CommandParser) -> None:
     parser.add_argument(
         "--calibration-floor",
         action="store_true",
         help="calibrate σ'² = s²σ² + f² (a floor for rows where the members agree but still err, e.g. expt_gap's "
         "metals) instead of σ' = s·σ",
     )
-    return parser
 
 
 def _assemble_parser() -> CommandParser:
@@ -68,12 +72,7 @@ def _assemble_parser() -> CommandParser:
         default=None,
         help="where the members' data file is here, if their checkpoints name another place",
     )
-    parser.add_argument(
-        "--calibration-floor",
-        action="store_true",
-        help="calibrate σ'² = s²σ² + f² (a floor for rows where the members agree but still err, e.g. expt_gap's "
-        "metals) instead of σ' = s·σ",
-    )
+    _add_floor_flag(parser)
     return parser
 
 

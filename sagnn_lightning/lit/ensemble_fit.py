@@ -270,9 +270,9 @@ def calibrate(
     mean, spread = predictions.mean(axis=0)[:, 0], member_spread(torch.from_numpy(predictions)).numpy()[:, 0]
     calibration = fit_calibration(targets[:, 0] - mean, spread, floor=floor)
     table = [
-        {"id": i, "target": float(t), "prediction": float(m), "std_raw": float(s), "std": float(calibration.std(s))}
+        {"id": i, "target": float(t), "prediction": float(m), "std_raw": float(s), "std": float(c)}
         | {f"member_{k}": float(predictions[k, n, 0]) for k in range(len(modules))}
-        for n, (i, t, m, s) in enumerate(zip(ids, targets[:, 0], mean, spread))
+        for n, (i, t, m, s, c) in enumerate(zip(ids, targets[:, 0], mean, spread, calibration.std(spread)))
     ]
     write_csv_rows(root / "calibration_predictions.csv", table)
     before = uncertainty_metrics(targets[:, 0], mean, spread)

@@ -111,7 +111,7 @@ class MLP(nn.Sequential):
         self._weights_t = ParameterViews()
 
     def forward(self, x: Tensor, start: int = 0) -> Tensor:  # type: ignore[override]
-        modules = list(self)[start:] if start else list(self)
+        modules = list(self)[start:]
         plan = self._fused_plan(x, modules)
         if plan is None:
             for module in modules:

@@ -31,12 +31,10 @@ def bond_vectors(
     if lattice.dim() == 2:
         lattice = lattice.unsqueeze(0)
     lattice = lattice.to(pos.dtype)
-    if edge_batch is not None:
-        edge_graph = edge_batch
-    else:
-        edge_graph = torch.zeros_like(i) if batch is None else batch[i]
+    if edge_batch is None:
+        edge_batch = torch.zeros_like(i) if batch is None else batch[i]
     # [E, 1, 3] @ [E, 3, 3]: the same product as einsum("ek,ekl->el"), in 3 aten ops instead of 11
-    shift = torch.bmm(image_offsets.to(pos.dtype).unsqueeze(1), lattice[edge_graph]).squeeze(1)
+    shift = torch.bmm(image_offsets.to(pos.dtype).unsqueeze(1), lattice[edge_batch]).squeeze(1)
     return pos[j] + shift - pos[i]
 
 

@@ -24,7 +24,7 @@ from sagnn_lightning.nn.concat import concat_features
 from sagnn_lightning.nn.dense import Activation, mlp
 from sagnn_lightning.nn.gathered_linear import gathered_linear
 from sagnn_lightning.nn.parameter_views import ParameterViews
-from sagnn_lightning.nn.scatter import scatter_mean
+from sagnn_lightning.nn.scatter import scatter_mean, segment_counts
 
 
 class BlockSegments(NamedTuple):
@@ -50,8 +50,7 @@ class BlockSegments(NamedTuple):
         edge_batch = batch[centre]
         num_atoms = batch.shape[0]
         index = torch.cat([centre, edge_batch + num_atoms, batch + (num_atoms + num_graphs)])
-        ones = torch.ones(index.shape[0], 1, dtype=dtype, device=index.device)
-        counts = ones.new_zeros(num_atoms + 2 * num_graphs, 1).index_add_(0, index, ones).clamp_(min=1)
+        counts = segment_counts(index, num_atoms + 2 * num_graphs, dtype)
         per_atom, per_graph_edges, per_graph_atoms = counts.split([num_atoms, num_graphs, num_graphs])
         return cls(centre, neighbour, edge_batch, per_atom, per_graph_edges, per_graph_atoms)
 

@@ -17,7 +17,7 @@ Two calibrations are fit on the same rows (errors ``e`` of the ensemble mean, ra
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -137,5 +137,6 @@ def fit_calibration(
     scale, floor_value = fit_scale_and_floor(errors, sigma) if floor else (fit_variance_scale(errors, sigma), 0.0)
     fitted = Calibration(scale=scale, n=int(errors.size), levels=levels, floor=floor_value)
     difficulty = fitted.difficulty(sigma)
-    conformal = {name: conformal_quantile(errors, difficulty, level) for name, level in levels.items()}
-    return Calibration(scale=scale, conformal=conformal, n=int(errors.size), levels=levels, floor=floor_value)
+    return replace(
+        fitted, conformal={name: conformal_quantile(errors, difficulty, level) for name, level in levels.items()}
+    )
