@@ -60,6 +60,9 @@ class SAGNN(nn.Module):
         readout_hidden: widths of the output MLP before the last layer (MEGNet: ``(32, 16)``).
         dropout: dropout in the blocks and on the readout vector (MEGNet: 0).
         activation: ``"softplus2"`` (shifted softplus, MEGNet), ``"softplus"`` or ``"silu"``.
+        attention_norm_first: pre-norm attention (``x + MHSA(LayerNorm(x))``, the atom features pass through
+            unchanged beside it) instead of the paper's post-norm ``LayerNorm(x + MHSA(x))`` (default False); see
+            :class:`~sagnn_lightning.nn.AtomSelfAttention` (``norm_first``).
 
     Input (a :class:`torch_geometric.data.Batch` from
     :func:`sagnn_lightning.data.collate_graphs`, or one graph ``Data``): ``atomic_numbers [N]``,
@@ -96,6 +99,7 @@ class SAGNN(nn.Module):
         readout_hidden: tuple[int, ...] = (32, 16),
         dropout: float = 0.0,
         activation: Activation = "softplus2",
+        attention_norm_first: bool = False,
     ) -> None:
         super().__init__()
         if num_targets < 1:
@@ -119,7 +123,8 @@ class SAGNN(nn.Module):
         )
         num_attention = {"each": num_blocks, "last": 1, "none": 0}[attention]
         self.attention_layers = nn.ModuleList(
-            AtomSelfAttention(hidden_dim, heads, attention_dropout, attention_backend) for _ in range(num_attention)
+            AtomSelfAttention(hidden_dim, heads, attention_dropout, attention_backend, norm_first=attention_norm_first)
+            for _ in range(num_attention)
         )
         self.readout = MEGNetReadout(hidden_dim, set2set_steps)
         self.readout_dropout = nn.Dropout(dropout)

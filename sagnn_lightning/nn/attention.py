@@ -26,7 +26,11 @@ class AtomSelfAttention(nn.Module):
         x' = \mathrm{LayerNorm}\bigl(x + W_O [\mathrm{head}_1 \Vert \dots \Vert \mathrm{head}_H]\bigr)
 
     with the softmax taken over the atoms of each crystal only (Vaswani et al. 2017, post-norm
-    residual; Cui et al., AIP Advances 14, 2024 use it on MEGNet's atom features). The packed batch is
+    residual; Cui et al., AIP Advances 14, 2024 use it on MEGNet's atom features). With ``norm_first=True``
+    the LayerNorm moves onto the attention's input (pre-norm, Xiong et al. 2020):
+    :math:`x' = x + W_O[\dots](\mathrm{LayerNorm}(x))`, so ``x`` passes through unchanged beside the attention
+    (its scale reaches the readout) and a layer whose output projection is near zero leaves ``x`` as it was.
+    The packed batch is
     handed to :func:`sagnn_lightning.kernels.varlen_attention` as ``(total, heads, head_dim)`` with
     ``cu_seqlens = ptr`` (int32) and ``max_seqlen = max_num_atoms``.
 
@@ -41,7 +45,9 @@ class AtomSelfAttention(nn.Module):
         head_dim: width per head; default ``dim // heads`` (then ``heads`` must divide ``dim``, and the
             parameter count does not depend on ``heads``).
         residual: add the input back (default True).
-        layer_norm: LayerNorm after the residual sum (default True).
+        layer_norm: LayerNorm after the residual sum (default True), or on the input with ``norm_first``.
+        norm_first: pre-norm (LayerNorm on the attention's input, none after the sum) instead of post-norm
+            (default False, as in :class:`torch.nn.TransformerEncoderLayer`); needs ``residual``.
 
     Shapes:
         ``x [N, dim]`` (atoms of all crystals, packed), ``ptr [B + 1]`` (graph boundaries), ``max_num_atoms``
@@ -70,8 +76,11 @@ class AtomSelfAttention(nn.Module):
         head_dim: int | None = None,
         residual: bool = True,
         layer_norm: bool = True,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
+        if norm_first and not residual:
+            raise ValueError("AtomSelfAttention: norm_first=True needs residual=True (pre-norm adds the input back)")
         if heads < 1:
             raise ValueError(f"AtomSelfAttention: heads must be >= 1, got {heads}")
         if head_dim is None:
@@ -84,7 +93,7 @@ class AtomSelfAttention(nn.Module):
         if backend not in ("auto", "torch", "triton"):
             raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'torch' or 'triton'")
         self.dim, self.heads, self.head_dim = dim, heads, head_dim
-        self.dropout, self.backend, self.residual = float(dropout), backend, residual
+        self.dropout, self.backend, self.residual, self.norm_first = float(dropout), backend, residual, norm_first
         inner = heads * head_dim
         self.q_proj = nn.Linear(dim, inner)
         self.k_proj = nn.Linear(dim, inner)
@@ -136,16 +145,16 @@ class AtomSelfAttention(nn.Module):
         total = x.shape[0]
         scale = 1.0 / math.sqrt(self.head_dim)
         dropout_p = self.dropout if self.training else 0.0
+        h = self.norm(x) if self.norm_first else x  # the attention's input
         if not return_weights and self._fusable(x, key_bias, dropout_p):
             layout = PaddedLayout.of(ptr, total, int(max_num_atoms), x.dtype, batch)
             projections = (self.q_proj, self.k_proj, self.v_proj, self.out_proj)
             weights_t = tuple(self._weights_t.get(str(n), p.weight, transposed) for n, p in enumerate(projections))
             params = [t for p in projections for t in (p.weight, p.bias)]
-            out = FusedSelfAttention.apply(x, layout, self.heads, scale, weights_t, *params)
-            out = x + out if self.residual else out
-            return self.norm(out)
+            out = FusedSelfAttention.apply(h, layout, self.heads, scale, weights_t, *params)
+            return self._combine(x, out)
         shape = (total, self.heads, self.head_dim)
-        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        q, k, v = self.q_proj(h).view(shape), self.k_proj(h).view(shape), self.v_proj(h).view(shape)
         weights: Tensor | None = None
         if return_weights:  # explicit softmax, weights kept (for inspection)
             out, weights = varlen_attention_weights(
@@ -164,11 +173,13 @@ class AtomSelfAttention(nn.Module):
                 validate=False,  # ptr / max_num_atoms come from collate_graphs: no GPU read-back
                 key_bias=key_bias,
             )
-        out = self.out_proj(out.reshape(total, self.heads * self.head_dim))
-        if self.residual:
-            out = x + out
-        out = self.norm(out)
+        out = self._combine(x, self.out_proj(out.reshape(total, self.heads * self.head_dim)))
         return out if weights is None else (out, weights)
+
+    def _combine(self, x: Tensor, attended: Tensor) -> Tensor:
+        """The residual sum and, post-norm, its LayerNorm."""
+        out = x + attended if self.residual else attended
+        return out if self.norm_first else self.norm(out)
 
     def _fusable(self, x: Tensor, key_bias: Tensor | None, dropout_p: float) -> bool:
         """Eager CPU training on the PyTorch path without dropout or key bias: :class:`FusedSelfAttention` runs it."""
@@ -186,7 +197,10 @@ class AtomSelfAttention(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, head_dim={self.head_dim}, dropout={self.dropout}, backend={self.backend!r}"
+        return (
+            f"dim={self.dim}, heads={self.heads}, head_dim={self.head_dim}, dropout={self.dropout}, "
+            f"backend={self.backend!r}, norm_first={self.norm_first}"
+        )
 
 
 def split_by_crystal(weights: Tensor, ptr: Tensor) -> list[Tensor]:

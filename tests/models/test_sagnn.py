@@ -36,6 +36,14 @@ class TestSAGNNEachPhysics(InvarianceTests):
         return _model(attention="each", heads=4, num_targets=2).double().eval()
 
 
+class TestSAGNNPreNormPhysics(InvarianceTests):
+    """Pre-norm MHSA (``attention_norm_first``) after every block."""
+
+    @classmethod
+    def make_model(cls):
+        return _model(attention="each", attention_norm_first=True).double().eval()
+
+
 class TestMEGNetPhysics(InvarianceTests):
     """attention='none' = plain MEGNet (w/o MHSA)."""
 
@@ -76,6 +84,27 @@ def test_attention_changes_the_model(graphs):
     batch = collate_graphs(graphs)
     with torch.no_grad():
         assert not torch.allclose(plain(batch), with_mhsa(batch))
+
+
+@pytest.mark.parametrize("attention", ["each", "last"])
+def test_pre_norm_attention_that_adds_nothing_is_megnet(graphs, attention):
+    """Pre-norm leaves the atom features as they were when the attention's output projection is zero, so the model
+    is the MEGNet with the same weights (post-norm would still apply its LayerNorm); every parameter learns."""
+    plain = _model(attention="none").double().eval()
+    pre = _model(attention=attention, attention_norm_first=True).double().eval()
+    assert all(layer.norm_first for layer in pre.attention_layers)
+    pre.load_state_dict(plain.state_dict(), strict=False)
+    batch = collate_graphs(graphs)
+    with torch.no_grad():
+        assert not torch.allclose(plain(batch), pre(batch))
+        for layer in pre.attention_layers:
+            layer.out_proj.weight.zero_()
+            layer.out_proj.bias.zero_()
+        torch.testing.assert_close(pre(batch), plain(batch), rtol=1e-12, atol=1e-12)
+    trained = _model(attention=attention, attention_norm_first=True, num_targets=2)
+    batch.state = torch.rand(batch.state.shape)
+    trained(batch).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
 
 
 def test_megnet_equals_attention_none():

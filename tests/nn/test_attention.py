@@ -55,6 +55,32 @@ def test_matches_multihead_attention_per_crystal(heads):
         torch.testing.assert_close(out, torch_mha_reference(layer, x, ptr), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("heads", [1, 8])
+def test_norm_first_matches_pre_norm_multihead_attention_per_crystal(heads):
+    """Pre-norm: ``x + MHA(LayerNorm(x))`` crystal by crystal, no LayerNorm after the sum."""
+    torch.manual_seed(heads)
+    layer = AtomSelfAttention(32, heads, backend="torch", norm_first=True).double()
+    with torch.no_grad():
+        layer.norm.weight.uniform_(0.5, 1.5)
+        layer.norm.bias.uniform_(-0.5, 0.5)
+    x, ptr, max_len = packed(LENGTHS, 32)
+    mha = mha_copy(layer, x.dtype)
+    expected = []
+    for a, b in zip(ptr[:-1].tolist(), ptr[1:].tolist()):
+        h = layer.norm(x[a:b]).unsqueeze(0)
+        expected.append(x[a:b] + mha(h, h, h, need_weights=False)[0].squeeze(0))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, ptr, max_len), torch.cat(expected), rtol=1e-10, atol=1e-10)
+        out, weights = layer(x, ptr, max_len, return_weights=True)  # the inspection path agrees
+        torch.testing.assert_close(out, torch.cat(expected), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(weights.sum(-1)[0, :, : LENGTHS[0]], torch.ones(heads, LENGTHS[0], dtype=x.dtype))
+        layer.out_proj.weight.zero_()
+        layer.out_proj.bias.zero_()
+        torch.testing.assert_close(layer(x, ptr, max_len), x)  # a silent attention leaves x as it was
+    with pytest.raises(ValueError, match="norm_first"):
+        AtomSelfAttention(32, heads, residual=False, norm_first=True)
+
+
 def test_no_information_crosses_crystals():
     torch.manual_seed(0)
     layer = AtomSelfAttention(16, 4, backend="torch").double()

@@ -35,9 +35,10 @@ def _values_and_grads(layer, x, ptr, batch, max_len):
 @pytest.mark.parametrize("lengths", SIZES)
 @pytest.mark.parametrize(("dim", "heads"), [(32, 8), (32, 1), (12, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_equals_the_layers_pytorch_path(lengths, dim, heads, dtype, monkeypatch):
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_fused_equals_the_layers_pytorch_path(lengths, dim, heads, dtype, norm_first, monkeypatch):
     torch.manual_seed(len(lengths) + heads)
-    layer = AtomSelfAttention(dim, heads).to(dtype)
+    layer = AtomSelfAttention(dim, heads, norm_first=norm_first).to(dtype)
     args = _batch(lengths, dim, dtype, seed=dim + heads)
     fused, node = _values_and_grads(layer, *args)
     assert any("FusedSelfAttention" in type(f).__name__ for f, _ in _walk(node))
