@@ -84,6 +84,52 @@ def fold_cli_args(
     return args
 
 
+def _option_key(arg: str) -> str | None:
+    """``--model.model.init_args.attention=each`` → ``model.model.attention`` (``init_args`` dropped); ``None`` for
+    values and ``--config``."""
+    if not arg.startswith("--") or arg.startswith("--config"):
+        return None
+    return ".".join(part for part in arg[2:].split("=", 1)[0].split(".") if part != "init_args")
+
+
+def fixed_option_conflicts(
+    cli_args: Sequence[str],
+    *,
+    variant: str,
+    model_overrides: dict[str, Any] | None,
+    max_epochs: int | None,
+    val_folds: int | None,
+    data_home: Path | None,
+    cache_dir: Path | None,
+) -> list[str]:
+    """One message per recipe option after ``--`` that :func:`fold_cli_args` would override with the runner's own
+    (variant, ``--model-overrides``, ``--max-epochs``, fold, seeds, run dir, data location), so that no option a
+    user typed is dropped silently. Each names the option and the runner flag to use instead."""
+    model = {**VARIANTS.get(variant, {}), **(model_overrides or {})}
+    fixed = {
+        f"model.model.{k}": f"the runner sets {k}={v!r} (--variant {variant}, --model-overrides); "
+        f"use --model-overrides '{{\"{k}\": ...}}' instead"
+        for k, v in model.items()
+    }
+    fixed |= {
+        "data.task": "the runner sets the task (--tasks)",
+        "data.fold": "the runner sets the fold (--folds)",
+        "data.split_seed": "the runner sets the carve seed (--seed)",
+        "seed_everything": "the runner sets the weights' seed (--seed + fold)",
+        "trainer.default_root_dir": "the runner sets each fold's run dir (--work-dir)",
+        "data.graph_workers": "the runner sets it (--graph-workers)",
+    }
+    if max_epochs is not None:
+        fixed["trainer.max_epochs"] = "--max-epochs sets it"
+    if val_folds is not None:
+        fixed |= {"data.val_folds": "--val-folds sets it", "data.val_fold": "--val-folds sets each member's"}
+    if data_home is not None:
+        fixed["data.data_home"] = "--data-home sets it"
+    if cache_dir is not None:
+        fixed["data.cache_dir"] = "--cache-dir sets it"
+    return [f"{arg}: {fixed[key]}" for arg in cli_args if (key := _option_key(arg)) in fixed]
+
+
 def callback_args(prefix: str, deadline: float | None) -> list[str]:
     """The runner's callbacks, as CLI options appended after everything else (they add to the user's
     ``trainer.callbacks``): one progress line per epoch starting with ``prefix``, ``history.csv`` in the run dir

@@ -54,6 +54,7 @@ from folds import (  # noqa: E402
     check_fold_dir,
     config_summary,
     difference,
+    fixed_option_conflicts,
     fold_spec,
     ignore_expected_warnings,
     prepare_task_data,
@@ -331,6 +332,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.val_folds is not None and args.val_folds < 2:
         p.error(f"--val-folds must be >= 2, got {args.val_folds}")
 
+    conflicts = fixed_option_conflicts(
+        cli_args,
+        variant=args.variant,
+        model_overrides=args.model_overrides,
+        max_epochs=args.max_epochs,
+        val_folds=args.val_folds,
+        data_home=args.data_home,
+        cache_dir=args.cache_dir,
+    )
+    if conflicts:
+        p.error(f"options after -- that the runner would override: {'; '.join(conflicts)}")
     out = args.out or HERE / "results" / args.variant
     _quiet()
     with quiet_upstream_warnings():

@@ -780,3 +780,34 @@ def test_uncertainty_rows_calibrate_with_a_floor_on_request(runner):
         std = np.array([r["std"] for r in rows])
         raw = np.array([r["std_raw"] for r in rows])
         np.testing.assert_allclose(std, np.hypot(fitted["scale"] * raw, fitted["floor"]), rtol=1e-9)
+
+
+def test_recipe_options_the_runner_would_override_are_refused_with_the_flag_to_use(runner, tmp_path, capsys):
+    """An option after ``--`` that the runner's own flags would override (the variant's attention, the fold, the
+    seed, ...) is refused in one line naming it and the runner flag to use: never dropped silently."""
+    out = tmp_path / "never_written"
+    argv = ["--tasks", TASK, "--folds", "0", "--out", str(out), "--"]
+    for passthrough, expected in [
+        (["--model.model.init_args.attention=each"], "--model-overrides '{\"attention\": ...}'"),
+        (["--model.model.heads", "4"], "heads=8"),
+        (["--data.init_args.fold=3"], "(--folds)"),
+        (["--seed_everything=7"], "(--seed + fold)"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            runner.main([*argv, *passthrough])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert passthrough[0] in err and expected in err, err
+    assert not out.exists()
+    folds = _sibling(runner, "folds")
+    kwargs = {"max_epochs": None, "val_folds": None, "data_home": None, "cache_dir": None}
+    # what the runner does not fix passes, and so does a variant's key set through --model-overrides
+    assert not folds.fixed_option_conflicts(
+        ["--data.cutoff=8.0", "--model.model.init_args.attention_dropout=0.1", "--config", "my.yaml"],
+        variant="sagnn",
+        model_overrides={"attention": "each"},
+        **kwargs,
+    )
+    assert folds.fixed_option_conflicts(
+        ["--trainer.max_epochs=5"], variant="no_mhsa", model_overrides=None, **{**kwargs, "max_epochs": 10}
+    ) == ["--trainer.max_epochs=5: --max-epochs sets it"]
