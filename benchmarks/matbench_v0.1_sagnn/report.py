@@ -106,7 +106,8 @@ def plot(history_rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any
 
     tasks = sorted({r["task"] for r in summary})
     variants = sorted({r["variant"] for r in summary})
-    colors = {v: c for v, c in zip(variants, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False)}
+    palette = plt.get_cmap("tab10")  # any number of variants (a study compares many)
+    colors = {v: palette(i % palette.N) for i, v in enumerate(variants)}
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         regression = next(r["metric"] for r in summary if r["task"] == task) == "mae"

@@ -811,3 +811,20 @@ def test_recipe_options_the_runner_would_override_are_refused_with_the_flag_to_u
     assert folds.fixed_option_conflicts(
         ["--trainer.max_epochs=5"], variant="no_mhsa", model_overrides=None, **{**kwargs, "max_epochs": 10}
     ) == ["--trainer.max_epochs=5: --max-epochs sets it"]
+
+
+def test_report_plots_a_study_of_many_variants(tmp_path):
+    """A configuration study compares more variants than a submission has (8 here): each gets its own colour."""
+    spec = importlib.util.spec_from_file_location("mb_report", RUNNER.parent / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    variants = [f"config_{i}" for i in range(8)]
+    summary = [{"variant": v, "task": TASK, "fold": 0, "metric": "mae", "reference_mae": None} for v in variants]
+    history = [
+        {"variant": v, "task": TASK, "fold": 0, "epoch": e, "val_mae": 50.0 - e + i}
+        for i, v in enumerate(variants)
+        for e in range(1, 4)
+    ]
+    path = tmp_path / "study.png"
+    report.plot(history, summary, path)
+    assert path.stat().st_size > 0
