@@ -39,6 +39,15 @@ def lightning_flag(qualified: str) -> str:
     return f"--{qualified}"
 
 
+def flag_parameter(arg: str) -> str | None:
+    """The inverse of :func:`lightning_flag` for one command-line token: ``"--model.model.init_args.attention=each"``
+    → ``"model.model.attention"`` (``init_args`` levels dropped, so both spellings of a flag agree); ``None`` for a
+    value or a ``--config`` file."""
+    if not arg.startswith("--") or arg.startswith("--config"):
+        return None
+    return ".".join(part for part in arg[2:].split("=", 1)[0].split(".") if part != "init_args")
+
+
 def render_params(text: str, flag: Callable[[str], str] | Mapping[str, str] = python_name) -> str:
     """``text`` with each :func:`param` placeholder replaced by ``flag(qualified)`` (or ``flag[qualified]``,
     falling back to the Python name for parameters the mapping does not list)."""
@@ -78,4 +87,13 @@ class UsageError(SAGNNError, ValueError):
     exit_code = 2
 
 
-__all__ = ["SAGNNError", "UsageError", "lightning_flag", "param", "python_name", "raw_message", "render_params"]
+__all__ = [
+    "SAGNNError",
+    "UsageError",
+    "flag_parameter",
+    "lightning_flag",
+    "param",
+    "python_name",
+    "raw_message",
+    "render_params",
+]

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from sagnn_lightning.errors import flag_parameter
+
 #: the recipes' YAML files (``--config-dir``)
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 FOLD_CONFIG_FILE = "runner_config.json"
@@ -84,14 +86,6 @@ def fold_cli_args(
     return args
 
 
-def _option_key(arg: str) -> str | None:
-    """``--model.model.init_args.attention=each`` → ``model.model.attention`` (``init_args`` dropped); ``None`` for
-    values and ``--config``."""
-    if not arg.startswith("--") or arg.startswith("--config"):
-        return None
-    return ".".join(part for part in arg[2:].split("=", 1)[0].split(".") if part != "init_args")
-
-
 def fixed_option_conflicts(
     cli_args: Sequence[str],
     *,
@@ -127,7 +121,7 @@ def fixed_option_conflicts(
         fixed["data.data_home"] = "--data-home sets it"
     if cache_dir is not None:
         fixed["data.cache_dir"] = "--cache-dir sets it"
-    return [f"{arg}: {fixed[key]}" for arg in cli_args if (key := _option_key(arg)) in fixed]
+    return [f"{arg}: {fixed[key]}" for arg in cli_args if (key := flag_parameter(arg)) in fixed]
 
 
 def callback_args(prefix: str, deadline: float | None) -> list[str]:

@@ -123,6 +123,7 @@ FLAGS: dict[str, str] = {
     "split": "--split",
     "calibration_fraction": "--calibration-fraction",
     "jobs": "--jobs",
+    "seed": "--seed",
     "folder": "--out",
     "checkpoints": "--ckpt",
     "calibrate_on": "--calibrate-on",

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from sagnn_lightning.errors import SAGNNError, UsageError, param
+from sagnn_lightning.errors import SAGNNError, UsageError, flag_parameter, param
 from sagnn_lightning.files import write_csv_rows
 from sagnn_lightning.lit.checkpoints import read_checkpoint, recorded_best_checkpoint
 from sagnn_lightning.lit.ensemble import is_ensemble, member_spread, read_manifest, write_manifest
@@ -77,6 +77,17 @@ def _check(members: int, split: str, calibration_fraction: float, jobs: int, com
             "give the training command after --, e.g. `-- python recipes/matbench_jdft2d.py` or "
             "`-- python -m sagnn_lightning fit --config my.yaml`"
         )
+    fixed = {
+        "seed_everything": param("seed"),
+        "trainer.default_root_dir": param("folder"),
+        "data.calibration_fraction": param("calibration_fraction"),
+        "ckpt_path": "resuming (it continues each member from its last.ckpt)",
+    }
+    if split == "inner-folds":
+        fixed |= {"data.val_folds": param("members"), "data.val_fold": param("members")}
+    clashes = [f"{arg} (set per member from {fixed[key]})" for arg in command if (key := flag_parameter(arg)) in fixed]
+    if clashes:
+        raise UsageError(f"the training command sets what the ensemble sets for each member: {'; '.join(clashes)}")
 
 
 def _same_setup(manifest: dict[str, Any], setup: dict[str, Any], folder: Path) -> None:

@@ -287,3 +287,26 @@ def test_assemble_with_a_floor_fits_both_and_predicts_with_them(ensemble_dir, tm
     structures = pd.read_csv(ensemble_dir["csv"])["cif"].tolist()[:4]
     result = load_ensemble(tmp_path / "asm").predict(structures)
     np.testing.assert_allclose(result.std, np.hypot(scale * result.std_raw, floor), rtol=1e-5)
+
+
+def test_fit_refuses_a_training_command_that_sets_what_each_member_gets(tmp_path, capsys):
+    """The seed, run folder, calibration rows and inner fold are set per member, after the user's command: the same
+    options in the command would be overridden silently, so ``ensemble fit`` refuses them in one line that names the
+    option and the ensemble flag that sets it, before anything is written."""
+    from sagnn_lightning.errors import UsageError, flag_parameter
+    from sagnn_lightning.lit.ensemble_fit import fit_ensemble
+
+    assert flag_parameter("--model.model.init_args.attention=each") == "model.model.attention"
+    assert flag_parameter("--model.model.attention") == "model.model.attention"
+    assert flag_parameter("each") is None and flag_parameter("--config=my.yaml") is None
+    out = tmp_path / "ens"
+    command = ["python", "recipes/quickstart.py", "fit", "--seed_everything=3", "--data.init_args.val_fold", "1"]
+    with pytest.raises(UsageError, match="seed_everything=3 .set per member from seed.*val_fold .set per member"):
+        fit_ensemble(out, command, members=2, split="inner-folds")
+    assert main(["ensemble", "fit", "--out", str(out), "--members", "2", "--split", "inner-folds", "--", *command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and "from --seed" in err and "from --members" in err
+    assert not out.exists()
+    # the inner fold is the user's own with split="seeds", and other options pass: the check is not over-eager
+    fit_check = fit_ensemble.__globals__["_check"]
+    fit_check(2, "seeds", 0.1, 1, ["python", "x.py", "--data.val_fold=1", "--data.cutoff=8.0", "--config", "a.yaml"])
