@@ -62,12 +62,45 @@ def fold_cli_args(
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
     if max_epochs is not None and max_epochs < 1:
         raise ValueError(f"--max-epochs must be >= 1, got {max_epochs}")
-    model = {**VARIANTS[variant], **(model_overrides or {})}
-    args = [
+    return [
         "--trainer.logger=false",
         "--data.init_args.num_workers=0",
         "--data.init_args.progress=false",
         *cli_args,
+        *_fixed_args(
+            task,
+            fold,
+            run_dir,
+            variant,
+            max_epochs,
+            seed,
+            data_home,
+            cache_dir,
+            graph_workers,
+            model_overrides,
+            val_folds,
+            member,
+        ),
+    ]
+
+
+def _fixed_args(
+    task: str,
+    fold: int,
+    run_dir: Path,
+    variant: str,
+    max_epochs: int | None,
+    seed: int,
+    data_home: Path | None,
+    cache_dir: Path | None,
+    graph_workers: int,
+    model_overrides: dict[str, Any] | None,
+    val_folds: int | None,
+    member: int | None,
+) -> list[str]:
+    """The options the runner's own flags fix, after the user's (:func:`fold_cli_args`)."""
+    model = {**VARIANTS[variant], **(model_overrides or {})}
+    args = [
         *(f"--model.model.init_args.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in model.items()),
         *([f"--trainer.max_epochs={int(max_epochs)}"] if max_epochs is not None else []),
         f"--data.init_args.task={task}",
@@ -100,27 +133,29 @@ def fixed_option_conflicts(
     (variant, ``--model-overrides``, ``--max-epochs``, fold, seeds, run dir, data location), so that no option a
     user typed is dropped silently. Each names the option and the runner flag to use instead."""
     model = {**VARIANTS.get(variant, {}), **(model_overrides or {})}
-    fixed = {
+    hints = {
         f"model.model.{k}": f"the runner sets {k}={v!r} (--variant {variant}, --model-overrides); "
         f"use --model-overrides '{{\"{k}\": ...}}' instead"
         for k, v in model.items()
     }
-    fixed |= {
+    hints |= {
         "data.task": "the runner sets the task (--tasks)",
         "data.fold": "the runner sets the fold (--folds)",
         "data.split_seed": "the runner sets the carve seed (--seed)",
         "seed_everything": "the runner sets the weights' seed (--seed + fold)",
         "trainer.default_root_dir": "the runner sets each fold's run dir (--work-dir)",
         "data.graph_workers": "the runner sets it (--graph-workers)",
+        "trainer.max_epochs": "--max-epochs sets it",
+        "data.val_folds": "--val-folds sets it",
+        "data.val_fold": "--val-folds sets each member's",
+        "data.data_home": "--data-home sets it",
+        "data.cache_dir": "--cache-dir sets it",
     }
-    if max_epochs is not None:
-        fixed["trainer.max_epochs"] = "--max-epochs sets it"
-    if val_folds is not None:
-        fixed |= {"data.val_folds": "--val-folds sets it", "data.val_fold": "--val-folds sets each member's"}
-    if data_home is not None:
-        fixed["data.data_home"] = "--data-home sets it"
-    if cache_dir is not None:
-        fixed["data.cache_dir"] = "--cache-dir sets it"
+    # what the runner fixes is read off the options it appends, so this check cannot fall behind fold_cli_args
+    fixed_args = _fixed_args(
+        "task", 0, Path(), variant, max_epochs, 0, data_home, cache_dir, 0, model_overrides, val_folds, None
+    )
+    fixed = {key: hints.get(key, "the runner sets it") for key in map(flag_parameter, fixed_args) if key}
     return [f"{arg}: {fixed[key]}" for arg in cli_args if (key := flag_parameter(arg)) in fixed]
 
 

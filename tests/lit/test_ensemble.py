@@ -294,7 +294,7 @@ def test_fit_refuses_a_training_command_that_sets_what_each_member_gets(tmp_path
     options in the command would be overridden silently, so ``ensemble fit`` refuses them in one line that names the
     option and the ensemble flag that sets it, before anything is written."""
     from sagnn_lightning.errors import UsageError, flag_parameter
-    from sagnn_lightning.lit.ensemble_fit import fit_ensemble
+    from sagnn_lightning.lit.ensemble_fit import _check, fit_ensemble
 
     assert flag_parameter("--model.model.init_args.attention=each") == "model.model.attention"
     assert flag_parameter("--model.model.attention") == "model.model.attention"
@@ -308,5 +308,4 @@ def test_fit_refuses_a_training_command_that_sets_what_each_member_gets(tmp_path
     assert err.startswith("error:") and len(err.splitlines()) == 1 and "from --seed" in err and "from --members" in err
     assert not out.exists()
     # the inner fold is the user's own with split="seeds", and other options pass: the check is not over-eager
-    fit_check = fit_ensemble.__globals__["_check"]
-    fit_check(2, "seeds", 0.1, 1, ["python", "x.py", "--data.val_fold=1", "--data.cutoff=8.0", "--config", "a.yaml"])
+    _check(2, "seeds", 0.1, 1, ["python", "x.py", "--data.val_fold=1", "--data.cutoff=8.0", "--config", "a.yaml"])
