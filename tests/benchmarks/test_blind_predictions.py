@@ -12,7 +12,7 @@ from tests.lit.conftest import REPO, SHARED
 
 RESULTS = REPO / "benchmarks" / "results"
 TEST_INPUTS = SHARED / "matbench" / "matbench_perovskites_fold0_test_inputs.csv.gz"
-FILES = ["", "_heads4", "_heads16", "_ensemble"]
+FILES = ["", "_heads4", "_heads16", "_final"]
 
 
 @pytest.mark.shared_data
@@ -29,7 +29,7 @@ def test_every_fold0_test_crystal_once_in_matbench_order(suffix):
 def test_the_ensemble_file_is_what_the_shipped_ensemble_predicts():
     if not TEST_INPUTS.is_file():
         pytest.skip(f"no {TEST_INPUTS}")
-    frame = pd.read_csv(RESULTS / "matbench_perovskites_fold0_test_predictions_ensemble.csv")
+    frame = pd.read_csv(RESULTS / "matbench_perovskites_fold0_test_predictions_final.csv")
     assert list(frame.columns) == ["mbid", "prediction", "std", "lower_95", "upper_95"]
     assert (frame["std"] > 0).all() and (frame.lower_95 < frame.prediction).all()
     assert (frame.prediction < frame.upper_95).all()
