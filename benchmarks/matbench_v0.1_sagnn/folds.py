@@ -28,6 +28,9 @@ from sagnn_lightning.errors import flag_parameter
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 FOLD_CONFIG_FILE = "runner_config.json"
 
+#: the runner's defaults for every fold, before the user's options (which may override them)
+RUNNER_DEFAULTS = ("--trainer.logger=false", "--data.init_args.num_workers=0", "--data.init_args.progress=false")
+
 #: the two variants of issue 7: SA-GNN (8 heads, MHSA after the last block) and the w/o-MHSA ablation
 VARIANTS: dict[str, dict[str, Any]] = {
     "sagnn": {"attention": "last", "heads": 8},
@@ -62,45 +65,10 @@ def fold_cli_args(
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
     if max_epochs is not None and max_epochs < 1:
         raise ValueError(f"--max-epochs must be >= 1, got {max_epochs}")
-    return [
-        "--trainer.logger=false",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.progress=false",
-        *cli_args,
-        *_fixed_args(
-            task,
-            fold,
-            run_dir,
-            variant,
-            max_epochs,
-            seed,
-            data_home,
-            cache_dir,
-            graph_workers,
-            model_overrides,
-            val_folds,
-            member,
-        ),
-    ]
-
-
-def _fixed_args(
-    task: str,
-    fold: int,
-    run_dir: Path,
-    variant: str,
-    max_epochs: int | None,
-    seed: int,
-    data_home: Path | None,
-    cache_dir: Path | None,
-    graph_workers: int,
-    model_overrides: dict[str, Any] | None,
-    val_folds: int | None,
-    member: int | None,
-) -> list[str]:
-    """The options the runner's own flags fix, after the user's (:func:`fold_cli_args`)."""
     model = {**VARIANTS[variant], **(model_overrides or {})}
     args = [
+        *RUNNER_DEFAULTS,
+        *cli_args,
         *(f"--model.model.init_args.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in model.items()),
         *([f"--trainer.max_epochs={int(max_epochs)}"] if max_epochs is not None else []),
         f"--data.init_args.task={task}",
@@ -151,10 +119,20 @@ def fixed_option_conflicts(
         "data.data_home": "--data-home sets it",
         "data.cache_dir": "--cache-dir sets it",
     }
-    # what the runner fixes is read off the options it appends, so this check cannot fall behind fold_cli_args
-    fixed_args = _fixed_args(
-        "task", 0, Path(), variant, max_epochs, 0, data_home, cache_dir, 0, model_overrides, val_folds, None
-    )
+    # what the runner fixes is read off the options fold_cli_args appends after the user's (none here), so this
+    # check cannot fall behind it
+    fixed_args = fold_cli_args(
+        "task",
+        0,
+        Path(),
+        variant=variant,
+        max_epochs=max_epochs,
+        seed=0,
+        data_home=data_home,
+        cache_dir=cache_dir,
+        model_overrides=model_overrides,
+        val_folds=val_folds,
+    )[len(RUNNER_DEFAULTS) :]
     fixed = {key: hints.get(key, "the runner sets it") for key in map(flag_parameter, fixed_args) if key}
     return [f"{arg}: {fixed[key]}" for arg in cli_args if (key := flag_parameter(arg)) in fixed]
 
