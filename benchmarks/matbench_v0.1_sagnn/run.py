@@ -331,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.val_folds is not None and args.val_folds < 2:
         p.error(f"--val-folds must be >= 2, got {args.val_folds}")
+    if args.max_epochs is not None and args.max_epochs < 1:
+        p.error(f"--max-epochs must be >= 1, got {args.max_epochs}")
 
     conflicts = fixed_option_conflicts(
         cli_args,

@@ -799,6 +799,11 @@ def test_recipe_options_the_runner_would_override_are_refused_with_the_flag_to_u
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert passthrough[0] in err and expected in err, err
     assert not out.exists()
+    with pytest.raises(SystemExit) as exit_info:  # a bad budget is one line too, not fold_cli_args' traceback
+        runner.main(["--tasks", TASK, "--folds", "0", "--out", str(out), "--max-epochs", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--max-epochs must be >= 1, got 0")
+    assert not out.exists()
     folds = _sibling(runner, "folds")
     kwargs = {"max_epochs": None, "val_folds": None, "data_home": None, "cache_dir": None}
     # what the runner does not fix passes, and so does a variant's key set through --model-overrides
