@@ -80,8 +80,13 @@ def test_fit_with_the_kgcnn_schedule(sample_run, offline_env):
     assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-4 * (1 - 0.99 / 2))
 
 
+#: where validation chose otherwise than the one configuration (issue 26): matbench_phonons trains w/o MHSA
+VALIDATED_EXCEPTIONS = {"matbench_phonons": {"attention": "none"}}
+
+
 def test_every_task_recipe_trains_the_one_configuration(capsys):
-    """Issue 11: one configuration for every structure task — the task YAMLs add data settings only."""
+    """Issue 11: one configuration for every structure task — the task YAMLs add data settings only, except what
+    inner-fold validation chose for a task (``VALIDATED_EXCEPTIONS``, documented in the YAML and the leaderboard)."""
     from sagnn_lightning.data.tasks import MATBENCH_TASKS
 
     task_yamls = [p for p in sorted((RECIPES / "configs").glob("matbench_*.yaml")) if p.stem in MATBENCH_TASKS]
@@ -91,6 +96,10 @@ def test_every_task_recipe_trains_the_one_configuration(capsys):
         printed = _print_config(["fit"], [RECIPES / "configs" / "sagnn.yaml", task_yaml], capsys)
         data = printed["data"]["init_args"]
         assert data["task"] == task_yaml.stem and data["batch_size"] == 32
+        init = printed["model"]["model"]["init_args"]
+        for key, chosen in VALIDATED_EXCEPTIONS.get(task_yaml.stem, {}).items():
+            assert init[key] == chosen, f"{task_yaml.stem}: {key}={init[key]!r}, validation chose {chosen!r}"
+            init[key] = "last"  # compare the rest with the other tasks
         seen.append((printed["model"], printed["trainer"]["max_epochs"]))
     assert all(entry == seen[0] for entry in seen)
     model, max_epochs = seen[0]

@@ -15,6 +15,7 @@ from sagnn_lightning.cli import build_argv, cli_main
 from sagnn_lightning.lit.module import SAGNNModule
 from sagnn_lightning.lit.schedules import HoldThenLinearDecay
 from sagnn_lightning.lit.wandb import resolve_offline, wandb_api_key_configured
+from sagnn_lightning.models import SAGNN
 from tests.lit.conftest import REPO, SHARED, read_rows, run_python, wandb_run_bytes
 
 RECIPES = REPO / "recipes"
@@ -192,6 +193,19 @@ def test_every_recipe_yaml_parses_with_print_config(script, capsys, tmp_path):
         dumped = tmp_path / "printed.yaml"
         dumped.write_text(yaml.safe_dump(printed))
         assert _print_config(["fit", "--config", str(dumped)], [], capsys) == printed
+
+
+def test_the_phonons_recipe_builds_the_model_without_attention_and_one_flag_restores_sa_gnn(capsys):
+    """The phonons recipe defaults to the w/o-MHSA model that inner-fold validation chose on all five folds;
+    ``--model.model.attention=last`` gives SA-GNN back (8 heads after the last block), as every other recipe has."""
+    configs = _recipe_configs(RECIPE_CONFIGS["matbench_phonons"])
+    default = _print_config(["fit"], configs, capsys)["model"]["model"]["init_args"]
+    assert len(SAGNN(**default).attention_layers) == 0
+    restored = _print_config(["fit", "--model.model.attention=last"], configs, capsys)["model"]["model"]["init_args"]
+    layers = SAGNN(**restored).attention_layers
+    assert len(layers) == 1 and layers[0].heads == 8
+    others = _print_config(["fit"], _recipe_configs(RECIPE_CONFIGS["matbench_jdft2d"]), capsys)["model"]["model"]
+    assert len(SAGNN(**others["init_args"]).attention_layers) == 1
 
 
 def test_every_yaml_in_recipes_is_used_by_a_recipe():
