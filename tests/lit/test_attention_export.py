@@ -25,12 +25,13 @@ from sagnn_lightning.lit.attention_logger import AttentionMapsLogger
 from sagnn_lightning.lit.attention_plots import crystal_figure
 from sagnn_lightning.lit.inference import predict_structures
 from sagnn_lightning.lit.module import SAGNNModule
-from sagnn_lightning.lit.pretrained import load
+from sagnn_lightning.lit.pretrained import graph_settings, load
 from sagnn_lightning.models import SAGNN, CompositionSAGNN, megnet
 from tests.lit.conftest import REPO, TINY_MODEL_YAML, crystal_data_yaml, read_rows, run_python, write_sample_csv
 
 INPUT = REPO / "tests" / "fixtures" / "inputs" / "jdft2d_8.json"  # 8 real 2D crystals of 3 to 10 atoms
-MODEL = "matbench_phonons/member_0"  # one member: the shipped models are ensembles, --attention takes one model
+MODEL = "matbench_jdft2d/member_0"  # one member: the shipped models are ensembles, --attention takes one model;
+# jdft2d, an SA-GNN on its own graph (24 nearest within 8 Å): the phonons model has no attention layer
 
 #: both predict commands in one process (one start-up; the same threads, so the CSVs can be compared byte for byte)
 BOTH_PREDICTS = """\
@@ -76,7 +77,7 @@ def test_index_and_files_against_an_independent_computation(export):
     assert sorted(p.name for p in folder.iterdir()) == sorted([*(f"{r['id']}.npz" for r in rows), "index.json"])
     structures = _structures()
     module = load(MODEL).eval()  # independent path: pymatgen structures, graphs one by one, the model called directly
-    graphs = [structure_to_graph(structures[row["id"]], cutoff=5.0) for row in rows]
+    graphs = [structure_to_graph(structures[row["id"]], **graph_settings(MODEL)) for row in rows]
     with torch.no_grad():
         _, maps = module.model(collate_graphs(graphs), return_attention=True)
     for b, row in enumerate(rows):
