@@ -257,9 +257,17 @@ def _structure_model_text(model: dict[str, Any], training: dict[str, Any] | None
 
 
 def _selection_text(training: dict[str, Any]) -> str:
-    """How the model that predicts a test fold is chosen: one checkpoint, or an ensemble of inner-fold members."""
+    """How the model that predicts a test fold is chosen: one checkpoint, an ensemble of inner-fold members, or
+    the mean of runs of several seeds (``seed_runs``, written by ``combine.py``)."""
     monitor = str((training.get("checkpoint") or {}).get("monitor", "auto"))
     members = training.get("val_folds")
+    seeds = training.get("seed_runs")
+    if seeds and not members:
+        return (
+            f"the mean of {len(seeds)} models (seeds {', '.join(map(str, seeds))}) predicts each test fold; each "
+            f"trained on the fold's training rows and kept its checkpoint with the best validation {monitor} metric "
+            f"(validation = its own {training['val_fraction']:.0%} of the training rows, carved by its seed)."
+        )
     if not members:
         return (
             f"the checkpoint with the best validation {monitor} metric (validation = "
@@ -267,12 +275,15 @@ def _selection_text(training: dict[str, Any]) -> str:
         )
     carve = float(training.get("calibration_fraction") or 0.0)
     held = f"{carve:.0%} of each fold's training rows are held out of all members; " if carve else ""
-    return (
+    text = (
         f"an ensemble of {members} members predicts each test fold: {held}member j trains on the other "
         f"{members - 1} of {members} inner folds of the remaining rows and keeps its checkpoint with the best "
         f"{monitor} metric on inner fold j; the prediction is the members' mean"
         + (", its error bar their spread recalibrated on the held-out rows." if carve else ".")
     )
+    if seeds:
+        text += f" Such ensembles of {len(seeds)} seeds ({', '.join(map(str, seeds))}) are averaged."
+    return text
 
 
 def _composition_model_text(model: dict[str, Any]) -> str:
