@@ -88,6 +88,12 @@ def checkpoint_cutoff(checkpoint: dict[str, Any]) -> float | None:
     return None if cutoff is None else float(cutoff)
 
 
+def checkpoint_model_args(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The network's constructor arguments saved in a checkpoint's hyper-parameters (``{}`` when not saved)."""
+    model_cfg = (checkpoint.get("hyper_parameters") or {}).get("model")
+    return dict(model_cfg.get("init_args") or {}) if isinstance(model_cfg, dict) else {}
+
+
 def graph_settings_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """``{"cutoff": Å, "max_neighbors": int | None, "max_isolated_radius": Å}`` used in training (DataModule
     hparams, else the model's cutoff and the defaults)."""
@@ -204,6 +210,7 @@ __all__ = [
     "ResolvedCheckpoint",
     "check_checkpoint_file",
     "checkpoint_cutoff",
+    "checkpoint_model_args",
     "find_checkpoint",
     "graph_settings_from_checkpoint",
     "read_checkpoint",

@@ -13,13 +13,15 @@ Used by :class:`~sagnn_lightning.lit.SAGNNModule` (``init_from``, ``freeze``, ``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from sagnn_lightning.errors import SAGNNError, UsageError, param
-from sagnn_lightning.lit.checkpoints import checkpoint_cutoff, read_checkpoint, resolve_source
+from sagnn_lightning.lit.checkpoints import checkpoint_cutoff, checkpoint_model_args, read_checkpoint, resolve_source
 
 #: the output layers that ``reset_head`` re-initialises (``SAGNN.head``)
 HEAD_PREFIX = "head"
@@ -27,8 +29,13 @@ HEAD_PREFIX = "head"
 INIT_FROM, FREEZE, RESET_HEAD = "model.init_from", "model.freeze", "model.reset_head"
 
 
-def _network_state(source: str) -> tuple[dict[str, torch.Tensor], float | None]:
-    """``(network state_dict without the "model." prefix, cutoff Å or None)`` of a checkpoint or model name."""
+#: constructor arguments that do not change the weights' shapes or meaning (never named as the difference)
+_NOT_ARCHITECTURE = ("attention_backend",)
+
+
+def _network_state(source: str) -> tuple[dict[str, torch.Tensor], float | None, dict[str, Any]]:
+    """``(network state_dict without the "model." prefix, cutoff Å or None, the network's constructor arguments
+    or {})`` of a checkpoint or model name."""
     path = resolve_source(source, INIT_FROM)
     checkpoint = read_checkpoint(path, INIT_FROM)
     state = checkpoint["state_dict"]
@@ -36,7 +43,22 @@ def _network_state(source: str) -> tuple[dict[str, torch.Tensor], float | None]:
         raise SAGNNError(
             f"{param(INIT_FROM)}={source}: {path} holds no SA-GNN weights (no model.* entries in its state_dict)"
         )
-    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}, checkpoint_cutoff(checkpoint)
+    network = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    return network, checkpoint_cutoff(checkpoint), checkpoint_model_args(checkpoint)
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))  # tuples and lists compare equal
+
+
+def differing_arguments(source_args: dict[str, Any], model: nn.Module, reset_head: bool = False) -> dict[str, Any]:
+    """``{argument: the source's value}`` for each constructor argument of ``model`` (its ``init_args``) that
+    the source network was built with otherwise (``num_targets`` too unless ``reset_head``)."""
+    own = getattr(model, "init_args", None)
+    if not isinstance(own, dict):
+        return {}
+    skip = {*_NOT_ARCHITECTURE, *(("num_targets",) if reset_head else ())}
+    return {k: v for k, v in source_args.items() if k in own and k not in skip and _plain(v) != _plain(own[k])}
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -57,7 +79,7 @@ def init_weights(model: nn.Module, source: str, reset_head: bool = False) -> lis
         UsageError: the architectures differ (every differing key with both shapes, in one line), or the
             neighbour cutoff differs.
     """
-    source_state, source_cutoff = _network_state(source)
+    source_state, source_cutoff, source_args = _network_state(source)
     own = model.state_dict()
     expansion = getattr(model, "bond_expansion", None)
     own_cutoff = getattr(expansion, "stop", None)
@@ -80,12 +102,18 @@ def init_weights(model: nn.Module, source: str, reset_head: bool = False) -> lis
     if problems:
         texts = list(problems.values())
         shown = "; ".join(texts[:6]) + (f"; ... ({len(texts) - 6} more)" if len(texts) > 6 else "")
-        fix = (
-            f"the output layers differ (another number of targets?): add {param(RESET_HEAD)}=true"
-            if all(_is_head(key) for key in problems)
-            else f"give {param('model.model')} the pretrained model's config (sagnn_lightning.pretrained.card(name) "
-            "or python -m sagnn_lightning models <name> shows it)"
-        )
+        arguments = differing_arguments(source_args, model, reset_head)
+        if all(_is_head(key) for key in problems):
+            fix = f"the output layers differ (another number of targets?): add {param(RESET_HEAD)}=true"
+        elif arguments:
+            fix = "build the model as the checkpoint's: " + ", ".join(
+                f"{param('model.model.' + k)}={json.dumps(_plain(v))}" for k, v in arguments.items()
+            )
+        else:
+            fix = (
+                f"give {param('model.model')} the pretrained model's config (sagnn_lightning.pretrained.card(name) "
+                "or python -m sagnn_lightning models <name> shows it)"
+            )
         raise UsageError(f"{param(INIT_FROM)}={source}: the architecture differs: {shown}; {fix}")
     with torch.no_grad():
         for key in wanted:
@@ -128,4 +156,4 @@ def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
     return frozen
 
 
-__all__ = ["HEAD_PREFIX", "freeze", "init_weights", "parameter_groups"]
+__all__ = ["HEAD_PREFIX", "differing_arguments", "freeze", "init_weights", "parameter_groups"]

@@ -16,7 +16,7 @@ runs fully in float64. ``attention="none"`` *is* MEGNet (the paper's "w/o MHSA" 
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -101,7 +101,10 @@ class SAGNN(nn.Module):
         activation: Activation = "softplus2",
         attention_norm_first: bool = False,
     ) -> None:
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        #: the constructor arguments (the whole configuration): fine-tuning names the ones a checkpoint differs in
+        self.init_args: dict[str, Any] = arguments
         if num_targets < 1:
             raise ValueError(f"SAGNN: num_targets must be >= 1, got {num_targets}")
         if num_blocks < 1:

@@ -74,13 +74,32 @@ def test_another_number_of_targets_without_reset_head_points_to_it():
     assert "add --model.reset_head=true" in info.value.render(lightning_flag)  # the LightningCLI reads its flag
 
 
-def test_init_from_another_architecture_names_the_differing_shapes():
+def test_init_from_another_architecture_names_the_shapes_and_the_arguments_that_fix_them():
     module = SAGNNModule(SAGNN(**_architecture(atom_embedding_dim=16, attention="none")), init_from=SOURCE)
     with pytest.raises(UsageError) as info:
         module.setup("fit")
     message = str(info.value)
     assert "atom_embedding.weight: checkpoint [101, 64] vs model [101, 16]" in message
-    assert "not in the model" in message and "models <name>" in message
+    assert "not in the model" in message and "\n" not in message
+    # the fix names the constructor arguments the checkpoint was built with, and only those
+    assert message.endswith('build the model as the checkpoint\'s: atom_embedding_dim=64, attention="last"')
+    rendered = info.value.render(lightning_flag)
+    assert '--model.model.atom_embedding_dim=64, --model.model.attention="last"' in rendered
+    # following it loads the weights
+    fixed = SAGNNModule(SAGNN(**_architecture(atom_embedding_dim=64, attention="last")), init_from=SOURCE)
+    fixed.setup("fit")
+    assert torch.equal(fixed.model.atom_embedding.weight, _network()["atom_embedding.weight"])
+
+
+def test_a_checkpoint_without_its_arguments_points_to_the_model_card(tmp_path):
+    """A checkpoint saved without hyper-parameters: the differing shapes are named, the fix is the card."""
+    source = torch.load(pretrained.checkpoint_file(SOURCE), map_location="cpu", weights_only=False)
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": source["state_dict"]}, bare)
+    module = SAGNNModule(SAGNN(**_architecture(attention="none")), init_from=str(bare))
+    with pytest.raises(UsageError, match="attention_layers.0.* not in the model") as info:
+        module.setup("fit")
+    assert "models <name>" in str(info.value) and "build the model as" not in str(info.value)
 
 
 def test_init_from_with_another_cutoff_is_refused():
