@@ -52,7 +52,12 @@ def parser(description: str = "") -> argparse.ArgumentParser:
         default="sagnn",
         help="sagnn: 8-head MHSA after the last block; no_mhsa: the w/o-MHSA ablation",
     )
-    add("--max-epochs", type=int, default=None, help="training budget per fold (epochs; default: the recipes' 300)")
+    add(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="training budget per fold (epochs; default: the recipe's trainer.max_epochs, 300; phonons 400)",
+    )
     add(
         "--max-time",
         type=parse_max_time,

@@ -208,6 +208,33 @@ def test_the_phonons_recipe_builds_the_model_without_attention_and_one_flag_rest
     assert len(SAGNN(**others["init_args"]).attention_layers) == 1
 
 
+def test_the_phonons_recipe_trains_kgcnns_schedule_to_epoch_400_and_its_comment_restores_the_shared_one(capsys):
+    """The phonons schedule that validation chose (hold 100 epochs, linear over 900, stopped at 400), as the
+    scheduler runs it; the flags its YAML comment gives restore the shared schedule (30 held, decay to epoch 300)."""
+    from sagnn_lightning.lit.schedules import HoldThenLinearDecay
+
+    configs = _recipe_configs(RECIPE_CONFIGS["matbench_phonons"])
+    printed = _print_config(["fit"], configs, capsys)
+    args = printed["model"]["scheduler"]["init_args"]
+    assert printed["trainer"]["max_epochs"] == 400 and (args["hold_epochs"], args["decay_epochs"]) == (100, 900)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+    schedule = HoldThenLinearDecay(optimizer, **args)
+    schedule.fit_to(printed["trainer"]["max_epochs"])  # a fixed decay length is kept, not fitted to the budget
+    rates = []
+    for _ in range(400):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[:101] == [5e-4] * 101
+    assert rates[399] == pytest.approx(5e-4 * (1 - 0.99 * 299 / 900))
+    comment = (RECIPES / "configs" / "matbench_phonons.yaml").read_text()
+    flags = comment.split("The shared one: ")[1].split("\n")[0].split()
+    shared = _print_config(["fit", *flags], configs, capsys)
+    base = _print_config(["fit"], _recipe_configs(RECIPE_CONFIGS["matbench_jdft2d"]), capsys)
+    assert shared["model"]["scheduler"] == base["model"]["scheduler"]
+    assert shared["trainer"]["max_epochs"] == base["trainer"]["max_epochs"] == 300
+
+
 def test_every_yaml_in_recipes_is_used_by_a_recipe():
     used = {c for s in RECIPE_CONFIGS.values() for c in _recipe_configs(s)}
     # overlays a user stacks with --config (tested in tests/lit/test_baseline_configs.py), and the complete config
