@@ -101,3 +101,15 @@ class FirstStep(Callback):
             Path(self.path).write_text(
                 json.dumps({"global_step": trainer.global_step, "epoch": trainer.current_epoch, "batch_idx": batch_idx})
             )
+
+
+def learning_rates(schedule: torch.optim.lr_scheduler.LRScheduler, epochs: int) -> list[float]:
+    """The first parameter group's learning rate at the start of each of ``epochs`` epochs, stepping the optimizer
+    and then ``schedule`` once per epoch as Lightning does."""
+    optimizer = schedule.optimizer
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates

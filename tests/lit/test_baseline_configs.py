@@ -8,6 +8,7 @@ import yaml
 
 from sagnn_lightning.lit.schedules import HoldThenLinearDecay
 from sagnn_lightning.models import SAGNN
+from tests.lit.helpers import learning_rates
 from tests.lit.test_cli import RECIPES, _print_config
 
 KGCNN = RECIPES / "configs" / "megnet_kgcnn.yaml"
@@ -38,11 +39,7 @@ def test_hold_then_linear_decay_is_kgcnns_schedule_and_resumes():
     param = [torch.nn.Parameter(torch.zeros(1))]
     optimizer = torch.optim.Adam(param, lr=5e-4)
     schedule = HoldThenLinearDecay(optimizer, hold_epochs=100, decay_epochs=900, end_factor=0.01)
-    rates = []
-    for _ in range(1100):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
+    rates = learning_rates(schedule, 1100)
     assert rates[:101] == [5e-4] * 101
     for epoch in (101, 400, 777, 999):  # the straight line from (100, 5e-4) to (1000, 5e-6)
         assert rates[epoch] == pytest.approx(5e-4 + (5e-6 - 5e-4) * (epoch - 100) / 900, rel=1e-9)
@@ -143,11 +140,7 @@ def test_decay_until_max_epochs_follows_the_trainer():
     assert schedule.factor(50) == 1.0  # not fitted yet: holds
     schedule.fit_to(10)
     assert schedule.decay_epochs == 7
-    rates = []
-    for _ in range(12):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
+    rates = learning_rates(schedule, 12)
     assert rates[:4] == [1e-3] * 4
     assert rates[10] == pytest.approx(1e-5) and rates[11] == pytest.approx(1e-5)
     assert rates[6] == pytest.approx(1e-3 * (1 - 0.99 * 3 / 7))

@@ -17,6 +17,7 @@ from sagnn_lightning.lit.schedules import HoldThenLinearDecay
 from sagnn_lightning.lit.wandb import resolve_offline, wandb_api_key_configured
 from sagnn_lightning.models import SAGNN
 from tests.lit.conftest import REPO, SHARED, read_rows, run_python, wandb_run_bytes
+from tests.lit.helpers import learning_rates
 
 RECIPES = REPO / "recipes"
 BASE = RECIPES / "configs" / "sagnn.yaml"
@@ -220,11 +221,7 @@ def test_the_phonons_recipe_trains_kgcnns_schedule_to_epoch_400_and_its_comment_
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
     schedule = HoldThenLinearDecay(optimizer, **args)
     schedule.fit_to(printed["trainer"]["max_epochs"])  # a fixed decay length is kept, not fitted to the budget
-    rates = []
-    for _ in range(400):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
+    rates = learning_rates(schedule, 400)
     assert rates[:101] == [5e-4] * 101
     assert rates[399] == pytest.approx(5e-4 * (1 - 0.99 * 299 / 900))
     comment = (RECIPES / "configs" / "matbench_phonons.yaml").read_text()
