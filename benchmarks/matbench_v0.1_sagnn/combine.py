@@ -135,9 +135,9 @@ def combine(
                 predictions, params = np.asarray(runs[0]["predictions"], dtype=float), dict(runs[0]["params"])
             else:
                 truth = np.asarray(task.df.loc[ids, task.metadata.target], dtype=float)  # scoring only
-                predictions, params = ensemble_of_members(runs, truth, task.metadata.task_type)
-                del params["val_folds"]
-                params["ensemble"] = f"mean of {len(runs)} runs' test predictions (seeds {sorted(fold_seeds)})"
+                predictions, summed = ensemble_of_members(runs, truth, task.metadata.task_type)
+                params = {"ensemble": f"mean of {len(runs)} runs' test predictions (seeds {sorted(fold_seeds)})"}
+                params |= summed
                 if task.metadata.task_type == "regression":
                     rows, _, _ = uncertainty_rows(runs, ids, truth)
                     write_csv_rows(out / "uncertainty" / f"{name}_fold_{fold}.csv", rows)

@@ -26,15 +26,14 @@ class InnerFolds:
 def ensemble_of_members(
     results: Sequence[dict[str, Any]], truth: np.ndarray, task_type: str
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The fold's record from its inner-fold members: the mean of their test predictions (probabilities for
-    classification) and parameters summing up the members (``truth``: the fold's test targets, used for the
-    members' reported MAE only, never for a choice)."""
+    """The fold's record from its members (inner-fold members, or runs of several seeds): the mean of their test
+    predictions (probabilities for classification) and parameters summing up the members (``truth``: the fold's
+    test targets, used for the members' reported MAE only, never for a choice). The caller adds what kind of
+    ensemble it is."""
     stacked = np.stack([np.asarray(r["predictions"], dtype=float) for r in results])
     mean = stacked.mean(axis=0)
     members = [dict(r["params"]) for r in results]
     params: dict[str, Any] = {
-        "val_folds": len(results),
-        "ensemble": "mean of the inner-fold members' test predictions",
         "epochs_run": [m["epochs_run"] for m in members],
         "max_epochs": members[0]["max_epochs"],
         "best_epoch": [m["best_epoch"] for m in members],

@@ -257,7 +257,9 @@ def run(
             complete = inner.add(name, fold, spec["member"], result)
             if complete is None:
                 continue
-            predictions, params = ensemble_of_members(complete, truth, task.metadata.task_type)
+            predictions, summed = ensemble_of_members(complete, truth, task.metadata.task_type)
+            params = {"val_folds": len(complete), "ensemble": "mean of the inner-fold members' test predictions"}
+            params |= summed
             tag = _tag(variant, name, fold)
             if task.metadata.task_type == "regression":
                 params |= write_uncertainty(out, name, fold, complete, result["ids"], truth, tag, calibration_floor)
