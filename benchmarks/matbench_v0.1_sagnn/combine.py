@@ -4,13 +4,16 @@ machines or sittings), and a fold recorded by runs of different ``--seed`` becom
     python benchmarks/matbench_v0.1_sagnn/combine.py results/seed0 results/seed1 --out results/seeds01 \
         --data-home ../shared/data/matbench
 
-* A fold that one input recorded is recorded again unchanged (predictions and parameters).
+* A fold that one input recorded is recorded again unchanged: predictions, parameters (plus ``combined_from`` and
+  ``seeds``) and its ``uncertainty/<task>_fold_<k>*.csv`` files. So a combined submission can be an input again.
 * A fold that several inputs recorded, each with its own ``--seed`` (its own validation carve and weights), records
   the mean of their test predictions (probabilities for classification); for regression the rows with the runs'
   spread go to ``<out>/uncertainty/<task>_fold_<k>.csv``, as ``run.py --val-folds`` writes them (``std_raw``: no
   calibration rows, so no recalibrated ``std``).
 * The inputs must hold one configuration: the same variant and every recorded setting but the seed. Two inputs
-  recording the same fold with the same seed are the same run twice and are refused, as is anything that differs.
+  recording the same fold with the same seed are the same run twice and are refused, as is anything that differs,
+  and a fold that is already a mean of seeds is not averaged again (its members are not stored): combine the
+  original runs instead.
 
 matbench's own API scores each fold (``task.record``) from the task's targets, read from the task file as the runner
 reads it (``--data-home``, else ``$MATMINER_DATA``, else matbench's download).
@@ -69,7 +72,18 @@ def read_submission(folder: Path) -> Submission:
 
 
 def _without_seed(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "seed"}
+    """The configuration apart from the seed (and a combined submission's record of its seeds)."""
+    kept = {k: v for k, v in config.items() if k != "seed"}
+    if isinstance(kept.get("training"), dict):
+        kept["training"] = {k: v for k, v in kept["training"].items() if k != "seed_runs"}
+    return kept
+
+
+def _fold_seeds(sub: Submission, name: str, recorded: dict[str, Any]) -> list[int]:
+    """The seeds whose models predicted one recorded fold: a combined fold names them (``seeds``); a run.py fold
+    has its task's one seed (a combined submission written before ``seeds`` existed lists them all)."""
+    seeds = recorded["parameters"].get("seeds", sub.configs[name]["seed"])
+    return [int(s) for s in seeds] if isinstance(seeds, list) else [int(seeds)]
 
 
 def check_compatible(inputs: Sequence[Submission]) -> None:
@@ -92,6 +106,23 @@ def _recorded(sub: Submission, name: str, fold: int) -> dict[str, Any] | None:
     if task is None or not task.is_recorded[fold]:
         return None
     return dict(task.results[task.folds_map[fold]])
+
+
+def copy_uncertainty(source: Path, out: Path, name: str, fold: int) -> list[Path]:
+    """Copy a fold's ``uncertainty/<task>_fold_<k>.csv`` and ``..._<k>_<kind>.csv`` files from ``source`` to
+    ``out`` (atomically); returns the copies."""
+    from sagnn_lightning.files import atomic_write
+
+    folder = source / "uncertainty"
+    found = [*folder.glob(f"{name}_fold_{fold}.csv"), *folder.glob(f"{name}_fold_{fold}_*.csv")]
+    copies = []
+    for path in sorted(found):
+        target = out / "uncertainty" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(target, "wb") as fh:
+            fh.write(path.read_bytes())
+        copies.append(target)
+    return copies
 
 
 def combine(
@@ -118,7 +149,14 @@ def combine(
             sources = [(sub, rec) for sub in inputs if (rec := _recorded(sub, name, fold)) is not None]
             if not sources:
                 continue
-            fold_seeds = [int(sub.configs[name]["seed"]) for sub, _ in sources]
+            per_source = [_fold_seeds(sub, name, rec) for sub, rec in sources]
+            fold_seeds = sorted(seed for seeds in per_source for seed in seeds)
+            averaged = next((i for i, seeds in enumerate(per_source) if len(seeds) > 1), None)
+            if len(sources) > 1 and averaged is not None:
+                raise CombineError(
+                    f"{sources[averaged][0].folder}: {name} fold {fold} is already the mean of seeds "
+                    f"{per_source[averaged]} (its members are not stored); combine the original runs' folders instead"
+                )
             if len(set(fold_seeds)) < len(fold_seeds):
                 folders = ", ".join(str(sub.folder) for sub, _ in sources)
                 raise CombineError(
@@ -133,15 +171,17 @@ def combine(
             params: dict[str, Any]
             if len(runs) == 1:
                 predictions, params = np.asarray(runs[0]["predictions"], dtype=float), dict(runs[0]["params"])
+                copy_uncertainty(sources[0][0].folder, out, name, fold)
             else:
                 truth = np.asarray(task.df.loc[ids, task.metadata.target], dtype=float)  # scoring only
                 predictions, summed = ensemble_of_members(runs, truth, task.metadata.task_type)
-                params = {"ensemble": f"mean of {len(runs)} runs' test predictions (seeds {sorted(fold_seeds)})"}
+                params = {"ensemble": f"mean of {len(runs)} runs' test predictions (seeds {fold_seeds})"}
                 params |= summed
                 if task.metadata.task_type == "regression":
                     rows, _, _ = uncertainty_rows(runs, ids, truth)
                     write_csv_rows(out / "uncertainty" / f"{name}_fold_{fold}.csv", rows)
             params["combined_from"] = [str(sub.folder) for sub, _ in sources]
+            params["seeds"] = fold_seeds
             scores = record_fold(task, fold, predictions, params)
             print(f"{name} fold {fold}: {scores} from {len(runs)} run(s)", flush=True)
         config = dict(next(sub.configs[name] for sub in inputs if name in sub.configs))

@@ -141,3 +141,29 @@ def test_a_folder_without_a_submission_is_named(runs, tmp_path):
         done.returncode == 2
         and done.stderr == f"error: {tmp_path}: no results.json.gz; give the --out folder of a run.py run\n"
     )
+
+
+def test_a_combined_submission_is_an_input_again(runs, tmp_path):
+    """A combined fold is copied with its spread file and seeds; it is not averaged again with one of its seeds."""
+    pair = tmp_path / "pair"
+    done = _combine(runs["s0_f0"], runs["s1_f0"], "--out", pair)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    joined = tmp_path / "joined"
+    done = _combine(pair, runs["s0_f1"], "--out", joined)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folds = json.loads((joined / "results.json.gz").read_text())["tasks"][TASK]["results"]
+    assert (
+        folds["fold_0"]["data"] == _fold(pair, 0)["data"] and folds["fold_1"]["data"] == _fold(runs["s0_f1"], 1)["data"]
+    )
+    assert folds["fold_0"]["parameters"]["seeds"] == [0, 1] and folds["fold_1"]["parameters"]["seeds"] == [0]
+    name = f"{TASK}_fold_0.csv"
+    assert (joined / "uncertainty" / name).read_bytes() == (pair / "uncertainty" / name).read_bytes()
+    assert sorted(p.name for p in (joined / "uncertainty").iterdir()) == [name]  # fold 1 had none to carry
+    meta = json.loads((joined / "results.json.gz").read_text())["user_metadata"]
+    assert meta["configs"][TASK]["seed"] == [0, 1] and meta["summary"][TASK]["n_folds"] == 2
+
+    done = _combine(pair, runs["s0_f0"], "--out", tmp_path / "again")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {pair}: ") and "already the mean of seeds [0, 1]" in done.stderr
+    assert not (tmp_path / "again").exists()
