@@ -260,17 +260,19 @@ def _selection_text(training: dict[str, Any]) -> str:
     """How the model that predicts a test fold is chosen: one checkpoint, an ensemble of inner-fold members, or
     the mean of runs of several seeds (``seed_runs``, written by ``combine.py``)."""
     monitor = str((training.get("checkpoint") or {}).get("monitor", "auto"))
+    if monitor == "auto":  # the module's own choice (sagnn_lightning.lit.module.MONITOR)
+        monitor = "MAE (ROC-AUC for classification)"
     members = training.get("val_folds")
     seeds = training.get("seed_runs")
     if seeds and not members:
         return (
             f"the mean of {len(seeds)} models (seeds {', '.join(map(str, seeds))}) predicts each test fold; each "
-            f"trained on the fold's training rows and kept its checkpoint with the best validation {monitor} metric "
+            f"trained on the fold's training rows and kept its checkpoint with the best validation {monitor} "
             f"(validation = its own {training['val_fraction']:.0%} of the training rows, carved by its seed)."
         )
     if not members:
         return (
-            f"the checkpoint with the best validation {monitor} metric (validation = "
+            f"the checkpoint with the best validation {monitor} (validation = "
             f"{training['val_fraction']:.0%} of each fold's training rows) predicts the test fold."
         )
     carve = float(training.get("calibration_fraction") or 0.0)
@@ -278,7 +280,7 @@ def _selection_text(training: dict[str, Any]) -> str:
     text = (
         f"an ensemble of {members} members predicts each test fold: {held}member j trains on the other "
         f"{members - 1} of {members} inner folds of the remaining rows and keeps its checkpoint with the best "
-        f"{monitor} metric on inner fold j; the prediction is the members' mean"
+        f"{monitor} on inner fold j; the prediction is the members' mean"
         + (", its error bar their spread recalibrated on the held-out rows." if carve else ".")
     )
     if seeds:
@@ -327,6 +329,15 @@ def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[st
         if len(set(map(str, rates.values()))) == 1
         else ", ".join(f"{name} {rate}" for name, rate in rates.items())
     )
+    # one text when every task chose its models the same way, else one per group of tasks
+    texts: dict[str, list[str]] = {}
+    for name, cfg in sorted(configs.items()):
+        texts.setdefault(_selection_text(cfg["training"]), []).append(name)
+    selection = (
+        next(iter(texts))
+        if len(texts) == 1
+        else " ".join(f"{', '.join(names)}: {text}" for text, names in texts.items())
+    )
     return {
         "authors": "sagnn-lightning contributors",
         "algorithm": ALGORITHM_NAMES[variant],
@@ -334,7 +345,7 @@ def info_json(variant: str, configs: dict[str, dict[str, Any]], summary: dict[st
             f"{ALGORITHM_NAMES[variant]} (sagnn-lightning {_pkg_version()}): {' '.join(descriptions)} "
             f"Trained with {str(training.get('loss', 'l1')).upper()} loss on "
             f"standardised targets (BCE for classification), {_class_name(optimizer)} (lr {lr}), scheduler "
-            f"{_class_name(training.get('scheduler'))}; {_selection_text(training)} "
+            f"{_class_name(training.get('scheduler'))}; {selection} "
             f"Fixed hyper-parameters (recipes/configs); training budget per fold: {budget}."
         ),
         "bibtex_refs": BIBTEX_REFS,

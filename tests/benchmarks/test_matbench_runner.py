@@ -750,6 +750,24 @@ def test_info_json_names_the_graph_and_the_ensemble_that_made_the_predictions(ru
         "an ensemble of 5 members" in texts["ensemble"]
         and "10% of each fold's training rows are held out" in texts["ensemble"]
     )
+    assert "auto" not in texts["single"] and "best validation MAE (ROC-AUC for classification)" in texts["single"]
+
+    # tasks that chose their models differently (calibration rows held out or not) each get their own text
+    both = submission.info_json(
+        "sagnn",
+        {
+            "matbench_jdft2d": {"model": model, "training": ensemble, "max_epochs": 300},
+            "matbench_phonons": {
+                "model": model,
+                "training": ensemble | {"calibration_fraction": 0.0},
+                "max_epochs": 300,
+            },
+        },
+        {},
+    )["algorithm_long"]
+    held = both.index("matbench_jdft2d: an ensemble of 5 members predicts each test fold: 10% of each fold's")
+    plain = both.index("matbench_phonons: an ensemble of 5 members predicts each test fold: member j trains")
+    assert held < plain and both.count("an ensemble of 5 members") == 2
 
 
 def test_uncertainty_rows_calibrate_with_a_floor_on_request(runner):
