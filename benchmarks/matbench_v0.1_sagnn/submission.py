@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 from collections.abc import Callable, Sequence
@@ -163,6 +164,9 @@ def load_results(path: Path, tasks: Sequence[str]) -> Any:
 
     if not path.is_file():
         return MatbenchBenchmark(autoload=False, subset=list(tasks))
+    bench_log = logging.getLogger("matbench")
+    level = bench_log.level
+    bench_log.setLevel(logging.ERROR)  # from_file warns that a loaded file takes no new data: ours only reads it
     try:
         mb = MatbenchBenchmark.from_file(str(path))
     except ValueError as err:
@@ -174,6 +178,8 @@ def load_results(path: Path, tasks: Sequence[str]) -> Any:
             for fold_key, fold in task["results"].items():
                 mb.tasks_map[name].results[fold_key] = fold
         mb.user_metadata = stored["user_metadata"]
+    finally:
+        bench_log.setLevel(level)
     for name in tasks:
         if name not in mb.tasks_map:
             mb.tasks_map[name] = MatbenchTask(name, autoload=False, benchmark=mb.benchmark_name)
