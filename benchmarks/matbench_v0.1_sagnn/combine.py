@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,7 @@ def combine(
     from sagnn_lightning.files import write_csv_rows
 
     check_compatible(inputs)
+    writes: list[Callable[[], Any]] = []  # files under out, written once every fold has passed its checks
     names = sorted({name for sub in inputs for name in sub.configs})
     mb = MatbenchBenchmark(autoload=False, subset=names)
     configs: dict[str, dict[str, Any]] = {}
@@ -171,7 +173,7 @@ def combine(
             params: dict[str, Any]
             if len(runs) == 1:
                 predictions, params = np.asarray(runs[0]["predictions"], dtype=float), dict(runs[0]["params"])
-                copy_uncertainty(sources[0][0].folder, out, name, fold)
+                writes.append(partial(copy_uncertainty, sources[0][0].folder, out, name, fold))
             else:
                 truth = np.asarray(task.df.loc[ids, task.metadata.target], dtype=float)  # scoring only
                 predictions, summed = ensemble_of_members(runs, truth, task.metadata.task_type)
@@ -179,7 +181,7 @@ def combine(
                 params |= summed
                 if task.metadata.task_type == "regression":
                     rows, _, _ = uncertainty_rows(runs, ids, truth)
-                    write_csv_rows(out / "uncertainty" / f"{name}_fold_{fold}.csv", rows)
+                    writes.append(partial(write_csv_rows, out / "uncertainty" / f"{name}_fold_{fold}.csv", rows))
             params["combined_from"] = [str(sub.folder) for sub, _ in sources]
             params["seeds"] = fold_seeds
             scores = record_fold(task, fold, predictions, params)
@@ -190,6 +192,8 @@ def combine(
             config["training"] = {**config["training"], "seed_runs": sorted(seeds)}
         configs[name] = config
     machine = {**inputs[0].machine, "combined_from": [str(sub.folder) for sub in inputs]}
+    for write in writes:
+        write()
     save(mb, out, inputs[0].variant, configs, machine)
     for task in mb.tasks_map.values():
         task.df = None

@@ -167,3 +167,10 @@ def test_a_combined_submission_is_an_input_again(runs, tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: {pair}: ") and "already the mean of seeds [0, 1]" in done.stderr
     assert not (tmp_path / "again").exists()
+
+    # a refusal at a later fold leaves nothing behind: fold 0's spread file is not written before fold 1's check
+    twice = tmp_path / "twice"
+    shutil.copytree(runs["s0_f1"], twice, ignore=shutil.ignore_patterns("work"))
+    done = _combine(pair, runs["s0_f1"], twice, "--out", tmp_path / "partial")
+    assert done.returncode == 2 and "fold 1" in done.stderr and "same --seed" in done.stderr, done.stderr
+    assert not (tmp_path / "partial").exists()
