@@ -134,6 +134,18 @@ def file_lock(path: str | os.PathLike, what: str = "") -> contextlib.AbstractCon
     return held()
 
 
+def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy ``source`` to ``target`` atomically (:func:`atomic_write`), creating the parent folder; returns the
+    target."""
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as src, atomic_write(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return target
+
+
 def write_csv_rows(path: str | os.PathLike, rows: list[dict]) -> Path:
     """Write ``rows`` (dicts with the same keys; the first row's keys are the header) as a CSV file,
     atomically, creating the parent folder; returns the path."""

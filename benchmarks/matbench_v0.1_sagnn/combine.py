@@ -112,18 +112,11 @@ def _recorded(sub: Submission, name: str, fold: int) -> dict[str, Any] | None:
 def copy_uncertainty(source: Path, out: Path, name: str, fold: int) -> list[Path]:
     """Copy a fold's ``uncertainty/<task>_fold_<k>.csv`` and ``..._<k>_<kind>.csv`` files from ``source`` to
     ``out`` (atomically); returns the copies."""
-    from sagnn_lightning.files import atomic_write
+    from sagnn_lightning.files import atomic_copy
 
     folder = source / "uncertainty"
     found = [*folder.glob(f"{name}_fold_{fold}.csv"), *folder.glob(f"{name}_fold_{fold}_*.csv")]
-    copies = []
-    for path in sorted(found):
-        target = out / "uncertainty" / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(target, "wb") as fh:
-            fh.write(path.read_bytes())
-        copies.append(target)
-    return copies
+    return [atomic_copy(path, out / "uncertainty" / path.name) for path in sorted(found)]
 
 
 def combine(

@@ -22,7 +22,6 @@ import importlib
 import inspect
 import os
 import shlex
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from sagnn_lightning.errors import SAGNNError, UsageError, param
-from sagnn_lightning.files import atomic_write
+from sagnn_lightning.files import atomic_copy
 from sagnn_lightning.lit.checkpoints import check_checkpoint_file, read_checkpoint
 from sagnn_lightning.lit.ensemble import Ensemble, is_ensemble, write_manifest
 from sagnn_lightning.lit.ensemble_fit import calibrate, checkpoint_scores
@@ -95,13 +94,6 @@ def _recorded_seed(checkpoint: Path) -> int | None:
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
-def _copy(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` atomically (:func:`~sagnn_lightning.files.atomic_write`)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as src, atomic_write(target, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-
-
 def assemble_ensemble(
     folder: str | os.PathLike,
     checkpoints: Sequence[str | os.PathLike],
@@ -136,7 +128,7 @@ def assemble_ensemble(
     members = []
     for j, (path, state) in enumerate(zip(paths, states)):
         target = root / f"member_{j}" / path.name
-        _copy(path, target)
+        atomic_copy(path, target)
         members.append(
             {
                 "name": f"member_{j}",

@@ -19,7 +19,7 @@ import torch
 
 from sagnn_lightning.data.cache import load_or_build_graphs
 from sagnn_lightning.data.graph import GraphSettings
-from sagnn_lightning.files import atomic_write
+from sagnn_lightning.files import atomic_copy, atomic_write
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests/fixtures/graph/structures.json.gz"
@@ -80,6 +80,14 @@ def test_failed_write_keeps_the_old_file(tmp_path) -> None:
             raise RuntimeError("boom")
     assert target.read_text() == "old" and leftovers(tmp_path) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_atomic_copy_makes_the_folder_and_leaves_no_temp_file(tmp_path) -> None:
+    source = tmp_path / "a.bin"
+    source.write_bytes(os.urandom(70_000))
+    target = atomic_copy(source, tmp_path / "new" / "deeper" / "b.bin")
+    assert target.read_bytes() == source.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == ["b.bin"]
 
 
 def test_writer_by_name_and_bad_mode(tmp_path) -> None:
